@@ -1,0 +1,42 @@
+//! Liveness and readiness, for load balancers and orchestrators (no auth).
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::puppet::SessionState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// 200 while the process runs.
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// 200 when the store answers and the puppet is logged in; 503 with the reason.
+async fn readyz(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if let Err(e) = app.store.ping().await {
+        tracing::warn!(error = %e, "readiness: the store does not answer");
+        return Err(ApiError::not_ready("the store does not answer"));
+    }
+    let session = app.session.get();
+    if session.state != SessionState::LoggedIn {
+        let reason = session
+            .reason
+            .unwrap_or_else(|| "the puppet is not logged in".into());
+        return Err(ApiError::not_ready(format!(
+            "session is {}: {reason}",
+            serde_json::to_value(session.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(Json(json!({"status": "ready"})))
+}

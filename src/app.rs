@@ -1,0 +1,174 @@
+//! Assembly: opens the store, starts the puppet, dispatcher, sender and pruner, binds
+//! the listener and serves the API until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{PuppetKind, Settings};
+use crate::event::now_millis;
+use crate::ingest::Ingest;
+use crate::puppet::mock::MockPuppet;
+use crate::puppet::{Puppet, SessionHandle};
+use crate::relay::dispatcher::{Dispatcher, Wakers};
+use crate::relay::sender::Sender;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// Everything a request handler may need.
+pub struct App {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub session: SessionHandle,
+    pub puppet: Arc<dyn Puppet>,
+    /// The mock puppet, when it is the puppet (for `/v1/mock`).
+    pub mock: Option<Arc<MockPuppet>>,
+    pub ingest: Arc<Ingest>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub sender: Arc<Sender>,
+    pub wakers: Arc<Wakers>,
+}
+
+/// A built, bound, not yet running waas.
+pub struct Application {
+    app: Arc<App>,
+    listener: TcpListener,
+}
+
+/// How long in-flight deliveries and sends may take to finish at shutdown; what is not
+/// done by then stays in the store and goes out after the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listen = settings.server.listen;
+        if !listen.ip().is_loopback() && !settings.auth.is_configured() {
+            anyhow::bail!(
+                "server.listen = {listen} is not a loopback address, and no auth.tokens or \
+                 auth.signing_secrets are configured: anyone who can reach it could send as \
+                 your bot. Configure auth (see `waas secret`) or listen on 127.0.0.1."
+            );
+        }
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&settings.storage.url, settings.storage.synchronous)
+                .await
+                .with_context(|| format!("cannot open the store at {}", settings.storage.url))?,
+        );
+        let session = SessionHandle::new(settings.puppet.kind);
+        let (puppet, mock): (Arc<dyn Puppet>, Option<Arc<MockPuppet>>) = match settings.puppet.kind {
+            PuppetKind::Mock => {
+                let mock = Arc::new(MockPuppet::new(&settings.puppet.mock, session.clone()));
+                (mock.clone(), Some(mock))
+            }
+            PuppetKind::Service => anyhow::bail!("puppet.kind = \"service\" is not available in this build"),
+        };
+        let wakers = Arc::new(Wakers::default());
+        let sender_wake = Arc::new(Notify::new());
+        let stats = store.webhook_stats().await?;
+        let disabled: Vec<String> = stats
+            .iter()
+            .filter(|(_, s)| s.disabled_reason.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            &settings.webhooks,
+            &disabled,
+            &wakers,
+            sender_wake.clone(),
+        ));
+        let ingest = Arc::new(Ingest::new(
+            store.clone(),
+            &settings.webhooks,
+            wakers.clone(),
+            &settings.puppet,
+        ));
+        let sender = Arc::new(Sender::new(
+            store.clone(),
+            puppet.clone(),
+            session.clone(),
+            sender_wake,
+            &settings.send,
+        ));
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+        Ok(Application {
+            app: Arc::new(App {
+                settings,
+                store,
+                session,
+                puppet,
+                mock,
+                ingest,
+                dispatcher,
+                sender,
+                wakers,
+            }),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.app.settings.server.listen)
+    }
+
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops accepting, stops claiming, and
+    /// gives in-flight work [`SHUTDOWN_GRACE`] to finish.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let app = self.app;
+        let tracker = TaskTracker::new();
+        let work = shutdown.child_token();
+
+        tracker.spawn(app.puppet.clone().run(app.ingest.clone(), work.clone()));
+        app.dispatcher.spawn(&tracker, work.clone());
+        tracker.spawn(app.sender.clone().run(tracker.clone(), work.clone()));
+        tracker.spawn(prune_loop(app.clone(), work.clone()));
+
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, puppet = app.settings.puppet.kind.as_str(), webhooks = app.settings.webhooks.len(), "waas listening");
+        let router = crate::api::router(app.clone());
+        let stop = shutdown.clone();
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("the HTTP server failed")?;
+
+        work.cancel();
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!("in-flight work did not finish in time; it stays queued for the next start");
+        }
+        tracing::info!("waas stopped");
+        Ok(())
+    }
+}
+
+/// Deletes what retention allows, at start and then hourly.
+async fn prune_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let retention = app.settings.storage.retention;
+    loop {
+        let before = now_millis() - retention.as_millis() as i64;
+        match app.store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned events older than storage.retention"),
+            Err(e) => tracing::error!(error = %e, "pruning failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}

@@ -1,0 +1,789 @@
+//! Configuration: compiled-in defaults → a TOML file → `WAAS__SECTION__KEY` environment
+//! variables, parsed into typed settings and validated once, at start-up, with errors
+//! that name the offending key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::EventType;
+use crate::relay::signing::SigningKey;
+
+/// The defaults every layer starts from; also what `waas serve` runs on by itself.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Everything waas is configured with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP listener.
+    pub server: ServerSettings,
+    /// The durable store.
+    pub storage: StorageSettings,
+    /// Who may call `/v1`.
+    pub auth: AuthSettings,
+    /// Log output.
+    pub log: LogSettings,
+    /// Which puppet holds the WeChat session.
+    pub puppet: PuppetSettings,
+    /// Outbound message pacing.
+    pub send: SendSettings,
+    /// Where inbound events are pushed.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on. Non-loopback addresses need `auth` configured.
+    pub listen: SocketAddr,
+    /// Base URL users reach waas at; used to build absolute links (the QR code URL).
+    pub public_url: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit: ByteSize,
+    /// Longest any API request may take before it is answered with an error.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `sqlite://PATH` (created on first start).
+    pub url: String,
+    /// Delivered events, their attempts and finished sends older than this are pruned.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// SQLite `synchronous`: `full` (survives power loss) or `normal` (survives a crash
+    /// of the process, not of the machine).
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Bearer tokens accepted on `/v1`: a value, `env:NAME` or `file:PATH`.
+    pub tokens: Vec<SecretValue>,
+    /// Standard Webhooks secrets (`whsec_…`) accepted on signed POSTs.
+    pub signing_secrets: Vec<SecretValue>,
+}
+
+impl AuthSettings {
+    /// True when some credential is configured, so the API is not open.
+    pub fn is_configured(&self) -> bool {
+        !self.tokens.is_empty() || !self.signing_secrets.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `waas=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PuppetSettings {
+    /// `mock` (embedded, simulated account) or `service` (Wechaty Puppet Service).
+    pub kind: PuppetKind,
+    /// Never relay the bot's own messages.
+    pub skip_self: bool,
+    /// Drop messages older than this (puppets replay history at login).
+    #[serde(with = "humantime_serde")]
+    pub skip_older_than: Duration,
+    /// The simulated account.
+    pub mock: MockSettings,
+    /// The gRPC Puppet Service peer.
+    pub service: ServiceSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PuppetKind {
+    Mock,
+    Service,
+}
+
+impl PuppetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PuppetKind::Mock => "mock",
+            PuppetKind::Service => "service",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockSettings {
+    /// Log in right after the scan event; `false` waits for `POST /v1/mock/scan`.
+    pub auto_login: bool,
+    /// The bot's own account.
+    pub bot: MockContact,
+    /// The bot's contacts.
+    pub contacts: Vec<MockContact>,
+    /// The rooms the bot is in.
+    pub rooms: Vec<MockRoom>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockContact {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockRoom {
+    pub id: String,
+    pub topic: String,
+    /// Contact ids of the members, the bot included.
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// `host:port` of the puppet-service gateway.
+    pub endpoint: String,
+    /// The gateway's token: a value, `env:NAME` or `file:PATH`.
+    pub token: SecretValue,
+    /// Use TLS to reach the gateway.
+    pub tls: bool,
+    /// PEM file of the CA that signed the gateway's certificate.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Server name to verify in the gateway's certificate.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Reconnect backoff.
+    pub reconnect: ReconnectSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectSettings {
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendSettings {
+    /// Least time between two sends into one conversation once `burst` is used up;
+    /// `0s` turns pacing off. Pacing queues, it never drops.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Sends allowed into one conversation at once before pacing starts.
+    pub burst: u32,
+}
+
+/// One webhook endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Unique name, used in admin URLs and metrics.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Standard Webhooks secret(s); several sign in parallel during a rotation.
+    pub secret: OneOrMany<SecretValue>,
+    /// Event types to send; empty means all.
+    #[serde(default)]
+    pub events: Vec<EventType>,
+    /// Only events in these rooms (ids or topics).
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// Only events from these contacts (ids or names).
+    #[serde(default)]
+    pub contacts: Vec<String>,
+    /// Body format.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// How long one attempt may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Delays after each failed attempt; after the last one the delivery is dead.
+    #[serde(default = "default_retry", with = "duration_list")]
+    pub retry: Vec<Duration>,
+    /// Concurrent requests to this URL.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// `none`, or `conversation` for FIFO per chat.
+    #[serde(default)]
+    pub ordering: Ordering,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_retry() -> Vec<Duration> {
+    [5, 30, 120, 600, 1800, 7200, 21600]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
+}
+
+fn default_max_in_flight() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Standard,
+    Slack,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    #[default]
+    None,
+    Conversation,
+}
+
+impl Ordering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::Conversation => "conversation",
+        }
+    }
+}
+
+/// A single value or a list of them (`secret = "whsec_…"` or `secret = ["…", "…"]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A secret as written in the config: a literal, `env:NAME` or `file:PATH`. It is
+/// resolved once at load time and never printed (`Debug` and `Serialize` redact it).
+#[derive(Clone, Deserialize)]
+#[serde(from = "String")]
+pub struct SecretValue {
+    source: String,
+    resolved: Option<String>,
+}
+
+impl From<String> for SecretValue {
+    fn from(source: String) -> Self {
+        SecretValue {
+            source,
+            resolved: None,
+        }
+    }
+}
+
+impl SecretValue {
+    /// The resolved value. Only valid after [`Settings::validate`].
+    pub fn expose(&self) -> &str {
+        self.resolved.as_deref().unwrap_or("")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    fn resolve(&mut self) -> Result<(), String> {
+        let value = if let Some(name) = self.source.strip_prefix("env:") {
+            std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?
+        } else if let Some(path) = self.source.strip_prefix("file:") {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {path}: {e}"))?
+                .trim()
+                .to_string()
+        } else {
+            self.source.clone()
+        };
+        self.resolved = Some(value);
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl SecretValue {
+    /// What may be shown: where the secret comes from, never the secret itself.
+    fn redacted(&self) -> String {
+        if self.source.is_empty() {
+            String::new()
+        } else if self.source.starts_with("env:") || self.source.starts_with("file:") {
+            format!("{} (redacted)", self.source)
+        } else {
+            "(redacted)".to_string()
+        }
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// A size such as `1MiB`, `512KB` or `1048576`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 1MiB or 512KB"))?;
+        let factor = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1 << 30,
+            other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, KB, MB)")),
+        };
+        n.checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for d in v {
+            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+        }
+        seq.end()
+    }
+}
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then `WAAS__…` environment variables, and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given (tests pass their own).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WAAS__"))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("WAAS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses a TOML document layered over the defaults (no file, no environment).
+    pub fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
+        use config::{Config, File, FileFormat};
+        let raw = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(toml, FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: cross-field rules, secret formats, URLs, and resolves
+    /// `env:`/`file:` secrets.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if !self.server.public_url.starts_with("http://")
+            && !self.server.public_url.starts_with("https://")
+        {
+            return Err(invalid(
+                "server.public_url",
+                "must start with http:// or https://",
+            ));
+        }
+        if self.server.body_limit.0 < 1024 {
+            return Err(invalid("server.body_limit", "must be at least 1KiB"));
+        }
+        if crate::store::sqlite_path(&self.storage.url).is_none() {
+            return Err(invalid(
+                "storage.url",
+                format!(
+                    "`{}` is not supported: use sqlite://PATH (Postgres is planned)",
+                    self.storage.url
+                ),
+            ));
+        }
+        for (i, token) in self.auth.tokens.iter_mut().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            token.resolve().map_err(|r| invalid(&key, r))?;
+            if token.expose().len() < 16 {
+                return Err(invalid(key, "a token must be at least 16 characters"));
+            }
+        }
+        for (i, secret) in self.auth.signing_secrets.iter_mut().enumerate() {
+            let key = format!("auth.signing_secrets[{i}]");
+            secret.resolve().map_err(|r| invalid(&key, r))?;
+            SigningKey::parse(secret.expose()).map_err(|e| invalid(key, e.to_string()))?;
+        }
+        if self.puppet.kind == PuppetKind::Service {
+            return Err(invalid(
+                "puppet.kind",
+                "`service` (the Wechaty Puppet Service gRPC puppet) is not available in this build yet; use `mock`",
+            ));
+        }
+        self.validate_mock()?;
+        if self.send.burst == 0 {
+            return Err(invalid("send.burst", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, hook) in self.webhooks.iter_mut().enumerate() {
+            let at = |field: &str| format!("webhooks[{i}].{field}");
+            if hook.name.is_empty()
+                || !hook
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    at("name"),
+                    "must be non-empty and use only letters, digits, `-` and `_`",
+                ));
+            }
+            if !names.insert(hook.name.clone()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("`{}` is used by two webhooks", hook.name),
+                ));
+            }
+            match reqwest::Url::parse(&hook.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                Ok(_) => return Err(invalid(at("url"), "must be an http:// or https:// URL")),
+                Err(e) => return Err(invalid(at("url"), format!("not a URL: {e}"))),
+            }
+            if hook.secret.as_slice().is_empty() {
+                return Err(invalid(at("secret"), "at least one secret is required"));
+            }
+            let mut secrets = hook.secret.as_slice().to_vec();
+            for (j, secret) in secrets.iter_mut().enumerate() {
+                let key = format!("webhooks[{i}].secret[{j}]");
+                secret.resolve().map_err(|r| invalid(&key, r))?;
+                SigningKey::parse(secret.expose()).map_err(|e| invalid(key, e.to_string()))?;
+            }
+            hook.secret = OneOrMany::Many(secrets);
+            if hook.format != WebhookFormat::Standard {
+                return Err(invalid(
+                    at("format"),
+                    "only `standard` is available in this build (slack is planned)",
+                ));
+            }
+            if hook.events.contains(&EventType::WebhookTest) {
+                return Err(invalid(
+                    at("events"),
+                    "`webhook.test` is sent by the test endpoint only",
+                ));
+            }
+            if hook.timeout.is_zero() {
+                return Err(invalid(at("timeout"), "must be more than 0s"));
+            }
+            if hook.max_in_flight == 0 || hook.max_in_flight > 1024 {
+                return Err(invalid(at("max_in_flight"), "must be between 1 and 1024"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_mock(&self) -> Result<(), ConfigError> {
+        let mock = &self.puppet.mock;
+        let mut ids = std::collections::HashSet::new();
+        ids.insert(mock.bot.id.as_str());
+        for (i, c) in mock.contacts.iter().enumerate() {
+            if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+                return Err(invalid(
+                    format!("puppet.mock.contacts[{i}].id"),
+                    "must be non-empty and unique",
+                ));
+            }
+        }
+        for (i, room) in mock.rooms.iter().enumerate() {
+            if !room.id.contains('@') {
+                return Err(invalid(
+                    format!("puppet.mock.rooms[{i}].id"),
+                    "room ids contain `@` (like `room1@chatroom`)",
+                ));
+            }
+            if let Some(m) = room.members.iter().find(|m| !ids.contains(m.as_str())) {
+                return Err(invalid(
+                    format!("puppet.mock.rooms[{i}].members"),
+                    format!("`{m}` is not the bot or one of puppet.mock.contacts"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        // serde_json first: toml cannot be produced by the `config` crate, and our
+        // Serialize impls already redact secrets.
+        let value = serde_json::to_value(self).unwrap_or_default();
+        render_toml(&value)
+    }
+}
+
+/// A small TOML writer for the shapes `Settings` serializes to (tables of scalars,
+/// arrays and inline tables, and one array of tables for webhooks).
+fn render_toml(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn scalar(v: &Value) -> String {
+        match v {
+            Value::Null => "\"\"".into(),
+            Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            Value::Array(items) => {
+                format!("[{}]", items.iter().map(scalar).collect::<Vec<_>>().join(", "))
+            }
+            Value::Object(map) => format!(
+                "{{ {} }}",
+                map.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| format!("{k} = {}", scalar(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => other.to_string(),
+        }
+    }
+    fn table(out: &mut String, path: &str, map: &serde_json::Map<String, Value>, array: bool) {
+        if array {
+            out.push_str(&format!("\n[[{path}]]\n"));
+        } else if !path.is_empty() {
+            out.push_str(&format!("\n[{path}]\n"));
+        }
+        let mut nested = Vec::new();
+        for (k, v) in map {
+            match v {
+                Value::Null => {}
+                Value::Object(m) if k != "reconnect" && k != "bot" => nested.push((k, m)),
+                _ => out.push_str(&format!("{k} = {}\n", scalar(v))),
+            }
+        }
+        for (k, m) in nested {
+            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            table(out, &p, m, false);
+        }
+    }
+    let mut out = String::new();
+    if let Value::Object(root) = value {
+        for (k, v) in root {
+            match v {
+                Value::Object(m) => table(&mut out, k, m, false),
+                Value::Array(items) => {
+                    for item in items {
+                        if let Value::Object(m) = item {
+                            table(&mut out, k, m, true);
+                        }
+                    }
+                }
+                _ => out.push_str(&format!("{k} = {}\n", scalar(v))),
+            }
+        }
+    }
+    out.trim_start().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_listen_on_loopback() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:3010");
+        assert_eq!(s.server.body_limit.0, 1 << 20);
+        assert_eq!(s.puppet.kind, PuppetKind::Mock);
+        assert_eq!(s.puppet.mock.contacts.len(), 3);
+        assert!(s.webhooks.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let env = vec![
+            ("WAAS__SERVER__LISTEN".to_string(), "127.0.0.1:4000".to_string()),
+            ("WAAS__SEND__BURST".to_string(), "9".to_string()),
+        ];
+        let s = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(s.send.burst, 9);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Settings::from_toml(
+            "[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "webhooks[0].url: must be an http:// or https:// URL");
+
+        let err = Settings::from_toml(
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"nope\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("webhooks[0].secret[0]:"), "{err}");
+
+        let err = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+
+        let err = Settings::from_toml("[server]\nlisen = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let s = Settings::from_toml(
+            "[auth]\ntokens = [\"a-very-secret-token-value\"]\n[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
+        )
+        .unwrap();
+        let printed = s.to_redacted_toml();
+        assert!(!printed.contains("a-very-secret-token-value"));
+        assert!(!printed.contains("C2FVsBQIhrsc"));
+        assert!(printed.contains("[[webhooks]]"));
+        assert!(!format!("{s:?}").contains("a-very-secret"));
+        assert_eq!(s.auth.tokens[0].expose(), "a-very-secret-token-value");
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!("1MiB".parse::<ByteSize>().unwrap().0, 1 << 20);
+        assert_eq!("512KB".parse::<ByteSize>().unwrap().0, 512_000);
+        assert_eq!("100".parse::<ByteSize>().unwrap().0, 100);
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+    }
+}

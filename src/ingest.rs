@@ -1,0 +1,238 @@
+//! Ingest: where puppet events become stored events. Drops what must not be relayed
+//! (the bot's own messages, stale replays), decides which webhooks get a delivery
+//! (their filters), commits event and deliveries together, then wakes the dispatcher.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::config::{PuppetSettings, WebhookSettings};
+use crate::event::{BotRef, EventData, EventType, new_event_id, now_millis};
+use crate::relay::dispatcher::Wakers;
+use crate::store::{Appended, NewEvent, Store, StoreError};
+
+/// Which events one webhook receives.
+#[derive(Debug, Clone)]
+pub struct WebhookRoute {
+    pub name: String,
+    events: HashSet<EventType>,
+    rooms: Vec<String>,
+    contacts: Vec<String>,
+}
+
+impl WebhookRoute {
+    pub fn new(settings: &WebhookSettings) -> WebhookRoute {
+        WebhookRoute {
+            name: settings.name.clone(),
+            events: settings.events.iter().copied().collect(),
+            rooms: settings.rooms.clone(),
+            contacts: settings.contacts.clone(),
+        }
+    }
+
+    /// Filters are ANDed: an event passes when its type is wanted, and — for events
+    /// that concern a room — the room is listed, and — for events caused by a contact
+    /// — the contact is listed. A `rooms` filter therefore excludes direct messages.
+    /// Session events (scan, login…) pass room and contact filters.
+    pub fn accepts(&self, data: &EventData) -> bool {
+        let event_type = data.event_type();
+        if event_type == EventType::WebhookTest {
+            return false;
+        }
+        if !self.events.is_empty() && !self.events.contains(&event_type) {
+            return false;
+        }
+        let concerns_chat = data.conversation().is_some();
+        if !self.rooms.is_empty() && concerns_chat {
+            match data.room() {
+                Some(room) if self.rooms.iter().any(|r| *r == room.id || *r == room.topic) => {}
+                _ => return false,
+            }
+        }
+        if !self.contacts.is_empty()
+            && let Some(contact) = data.contact()
+            && !self
+                .contacts
+                .iter()
+                .any(|c| *c == contact.id || *c == contact.name || Some(c) == contact.alias.as_ref())
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// What became of a reported event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Stored(Appended),
+    /// Not relayed, and why.
+    Skipped(&'static str),
+}
+
+pub struct Ingest {
+    store: Arc<dyn Store>,
+    routes: RwLock<Arc<Vec<WebhookRoute>>>,
+    wakers: Arc<Wakers>,
+    bot: RwLock<BotRef>,
+    skip_self: bool,
+    skip_older_than: Duration,
+    last_seq: watch::Sender<i64>,
+}
+
+impl Ingest {
+    pub fn new(
+        store: Arc<dyn Store>,
+        webhooks: &[WebhookSettings],
+        wakers: Arc<Wakers>,
+        puppet: &PuppetSettings,
+    ) -> Ingest {
+        Ingest {
+            store,
+            routes: RwLock::new(Arc::new(webhooks.iter().map(WebhookRoute::new).collect())),
+            wakers,
+            bot: RwLock::new(BotRef {
+                id: String::new(),
+                name: String::new(),
+            }),
+            skip_self: puppet.skip_self,
+            skip_older_than: puppet.skip_older_than,
+            last_seq: watch::Sender::new(0),
+        }
+    }
+
+    /// The account events are attributed to; set at login.
+    pub fn set_bot(&self, bot: BotRef) {
+        *self.bot.write().unwrap_or_else(|e| e.into_inner()) = bot;
+    }
+
+    /// The `seq` of the newest stored event, to wait on for new events.
+    pub fn last_seq(&self) -> watch::Receiver<i64> {
+        self.last_seq.subscribe()
+    }
+
+    /// Stores one event and its deliveries. Returns once committed.
+    pub async fn record(&self, data: EventData) -> Result<Recorded, StoreError> {
+        if let EventData::Message(m) = &data {
+            if self.skip_self && m.from.is_self {
+                return Ok(Recorded::Skipped("the bot's own message"));
+            }
+            let age = OffsetDateTime::now_utc() - m.sent_at;
+            if age > self.skip_older_than {
+                tracing::debug!(message = %m.id, age = %age, "dropping a stale message");
+                return Ok(Recorded::Skipped("older than puppet.skip_older_than"));
+            }
+        }
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let hooks: Vec<String> = routes
+            .iter()
+            .filter(|r| r.accepts(&data))
+            .map(|r| r.name.clone())
+            .collect();
+        self.append(data, hooks).await.map(Recorded::Stored)
+    }
+
+    /// Stores an event for exactly these webhooks, bypassing filters (`webhook.test`).
+    pub async fn append(&self, data: EventData, hooks: Vec<String>) -> Result<Appended, StoreError> {
+        let bot_json = {
+            let bot = self.bot.read().unwrap_or_else(|e| e.into_inner());
+            serde_json::to_string(&*bot).unwrap_or_else(|_| "{}".into())
+        };
+        let event = NewEvent {
+            id: new_event_id(),
+            event_type: data.event_type().as_str(),
+            dedup_key: data.dedup_key(),
+            conversation: data.conversation().map(|c| c.key()),
+            created_at: now_millis(),
+            bot_json,
+            data_json: serde_json::to_string(&data).unwrap_or_else(|_| "{}".into()),
+        };
+        let event_type = event.event_type;
+        let appended = self.store.append_event(event, hooks.clone()).await?;
+        if !appended.duplicate {
+            tracing::debug!(event = %appended.id, seq = appended.seq, r#type = event_type, webhooks = hooks.len(), "event stored");
+            self.wakers.wake(&hooks);
+            self.last_seq.send_if_modified(|s| {
+                let newer = appended.seq > *s;
+                if newer {
+                    *s = appended.seq;
+                }
+                newer
+            });
+        }
+        Ok(appended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Contact, Gender, MessageData, MessageKind, Room};
+
+    fn contact(id: &str, name: &str) -> Contact {
+        Contact {
+            id: id.into(),
+            name: name.into(),
+            alias: None,
+            friend: true,
+            gender: Gender::Unknown,
+            province: None,
+            city: None,
+            avatar: None,
+            is_self: false,
+        }
+    }
+
+    fn message(room: Option<Room>) -> EventData {
+        EventData::Message(MessageData {
+            id: "m".into(),
+            kind: MessageKind::Text,
+            text: "hi".into(),
+            from: contact("alice", "Alice"),
+            to: None,
+            room,
+            mentions: vec![],
+            mentions_self: false,
+            sent_at: OffsetDateTime::now_utc(),
+        })
+    }
+
+    fn route(toml: &str) -> WebhookRoute {
+        let s = crate::config::Settings::from_toml(&format!(
+            "[[webhooks]]\nname = \"w\"\nurl = \"http://x\"\nsecret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n{toml}"
+        ))
+        .unwrap();
+        WebhookRoute::new(&s.webhooks[0])
+    }
+
+    #[test]
+    fn filters_select_events() {
+        let room = Room {
+            id: "r@chatroom".into(),
+            topic: "Mock Room".into(),
+            member_count: 3,
+        };
+        let login = EventData::Login {
+            user: contact("bot", "Bot"),
+        };
+        let all = route("");
+        assert!(all.accepts(&message(None)) && all.accepts(&login));
+
+        let only_messages = route("events = [\"message\"]");
+        assert!(only_messages.accepts(&message(None)));
+        assert!(!only_messages.accepts(&login));
+
+        let by_topic = route("rooms = [\"Mock Room\"]");
+        assert!(by_topic.accepts(&message(Some(room.clone()))));
+        assert!(!by_topic.accepts(&message(None)));
+        assert!(by_topic.accepts(&login));
+
+        let by_name = route("contacts = [\"Alice\"]");
+        assert!(by_name.accepts(&message(None)));
+        let by_other = route("contacts = [\"bob\"]");
+        assert!(!by_other.accepts(&message(Some(room))));
+    }
+}

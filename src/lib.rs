@@ -1,0 +1,38 @@
+//! waas — WeChat-as-a-service: one WeChat bot session, held through a Wechaty puppet,
+//! turned into plain, reliable HTTP.
+//!
+//! ```text
+//!  puppet (mock | Wechaty puppet service)      ▲ sends (relay::sender, paced)
+//!     │ events                                  │
+//!     ▼                                         │
+//!  ingest ──► store (SQLite outbox) ◄── send queue ◄── api (axum)
+//!                │ due deliveries                        ▲
+//!                ▼                                       │
+//!       relay::dispatcher ──► signed POST ──► reply in the response
+//! ```
+//!
+//! - [`config`]: settings, layered defaults → file → environment.
+//! - [`event`]: the event model every webhook receives.
+//! - [`puppet`]: the session trait and the mock account.
+//! - [`ingest`]: puppet events → stored events with their deliveries.
+//! - [`store`]: the durable outbox and send queue.
+//! - [`relay`]: the dispatcher, retry schedule, signatures and sender.
+//! - [`api`]: the HTTP routes; [`app`] wires everything together.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod event;
+pub mod ingest;
+pub mod puppet;
+pub mod relay;
+pub mod send;
+pub mod store;
+pub mod telemetry;
+
+/// rustls needs one process-wide crypto provider; waas uses ring. Safe to call often.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

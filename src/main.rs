@@ -1,0 +1,153 @@
+//! The `waas` command: parses the CLI, loads the configuration, sets up logging and
+//! calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use waas::config::Settings;
+
+#[derive(Parser)]
+#[command(name = "waas", version, about = "WeChat-as-a-service: signed, durable webhooks for a WeChat bot session")]
+struct Cli {
+    /// TOML config file, layered over the built-in defaults.
+    #[arg(long, global = true, env = "WAAS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig,
+    /// Print a fresh `whsec_` signing secret.
+    Secret,
+    /// Print Standard Webhooks headers for a body, for use with curl.
+    Sign {
+        /// The `whsec_` secret.
+        #[arg(long)]
+        secret: String,
+        /// File holding the exact body to sign (`-` for stdin).
+        #[arg(long)]
+        body: PathBuf,
+    },
+    /// Measure the relay against a raw HTTP baseline (run with --release).
+    Bench(waas::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Secret => {
+            println!("{}", waas::relay::signing::generate_secret());
+            ExitCode::SUCCESS
+        }
+        Command::Sign { secret, body } => sign(&secret, &body),
+        Command::CheckConfig => match Settings::load(cli.config.as_deref()) {
+            Ok(settings) => {
+                print!("{}", settings.to_redacted_toml());
+                eprintln!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve => {
+            let settings = match Settings::load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            waas::telemetry::init(&settings.log);
+            runtime(|| serve(settings))
+        }
+        Command::Bench(args) => {
+            waas::telemetry::init(&waas::config::LogSettings {
+                format: waas::config::LogFormat::Pretty,
+                level: "warn".into(),
+            });
+            runtime(|| waas::bench::run(args))
+        }
+    }
+}
+
+fn runtime<F: Future<Output = anyhow::Result<()>>>(f: impl FnOnce() -> F) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = waas::app::Application::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight work");
+        trigger.cancel();
+    });
+    app.run(shutdown).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn sign(secret: &str, body: &std::path::Path) -> ExitCode {
+    let key = match waas::relay::signing::SigningKey::parse(secret) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: --secret: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bytes = if body.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
+            eprintln!("error: cannot read stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        buf
+    } else {
+        match std::fs::read(body) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: --body {}: {e}", body.display());
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let id = format!("msg_{}", ulid::Ulid::new());
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    println!("webhook-id: {id}");
+    println!("webhook-timestamp: {ts}");
+    println!("webhook-signature: {}", key.sign(&id, ts, &bytes));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,143 @@
+//! Puppets: what holds the WeChat session.
+//!
+//! Wechaty reaches WeChat through *puppets*: each one drives an account somehow (a
+//! protocol implementation, a desktop client…) and exposes the same operations: log in
+//! by QR code, emit events (messages, logins, room changes), send messages, list
+//! contacts and rooms. waas talks to one puppet through [`Puppet`]:
+//!
+//! - [`mock::MockPuppet`], an embedded simulated account, the default, so waas runs
+//!   with no WeChat at all; messages are injected through `POST /v1/mock/messages`.
+//! - the Wechaty Puppet Service gRPC client (planned: `puppet.kind = "service"`).
+//!
+//! A puppet reports what happens to an [`crate::ingest::Ingest`], which stores it, and
+//! keeps the login state in a [`SessionHandle`].
+
+pub mod mock;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PuppetKind;
+use crate::event::{Contact, Conversation, Millis, ScanStatus, format_millis, now_millis};
+use crate::ingest::Ingest;
+use crate::send::{Content, Recipient};
+
+/// Where the login stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Starting,
+    WaitingForScan,
+    LoggedIn,
+    LoggedOut,
+    Disconnected,
+}
+
+/// The QR code a person scans with the WeChat app to log the bot in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Qr {
+    pub payload: String,
+    pub status: ScanStatus,
+}
+
+/// The session as `GET /v1/session` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub state: SessionState,
+    pub puppet: &'static str,
+    pub qr: Option<Qr>,
+    pub user: Option<Contact>,
+    #[serde(serialize_with = "ser_since")]
+    pub since: Millis,
+    /// Why the session is not logged in, for `/readyz`.
+    #[serde(skip)]
+    pub reason: Option<String>,
+}
+
+fn ser_since<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_millis(*ms))
+}
+
+/// The shared, observable session state. Puppets write it; the API, `/readyz` and the
+/// sender read or watch it.
+#[derive(Clone)]
+pub struct SessionHandle(Arc<watch::Sender<Session>>);
+
+impl SessionHandle {
+    pub fn new(kind: PuppetKind) -> SessionHandle {
+        SessionHandle(Arc::new(watch::Sender::new(Session {
+            state: SessionState::Starting,
+            puppet: kind.as_str(),
+            qr: None,
+            user: None,
+            since: now_millis(),
+            reason: Some("the puppet is starting".into()),
+        })))
+    }
+
+    pub fn get(&self) -> Session {
+        self.0.borrow().clone()
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.0.borrow().state
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Session> {
+        self.0.subscribe()
+    }
+
+    /// Moves to `state`; `since` changes only when the state does.
+    pub fn set(
+        &self,
+        state: SessionState,
+        qr: Option<Qr>,
+        user: Option<Contact>,
+        reason: Option<String>,
+    ) {
+        self.0.send_modify(|s| {
+            if s.state != state {
+                s.since = now_millis();
+                tracing::info!(from = ?s.state, to = ?state, "session state changed");
+            }
+            s.state = state;
+            s.qr = qr;
+            s.user = user;
+            s.reason = reason;
+        });
+    }
+}
+
+/// Why the puppet could not do something.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PuppetError {
+    /// The recipient does not exist; retrying will not help.
+    #[error("{0}")]
+    NotFound(String),
+    /// The session is not logged in right now; try again later.
+    #[error("the puppet is not logged in")]
+    Offline,
+    /// The send failed for a reason that may pass.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One WeChat session.
+#[async_trait]
+pub trait Puppet: Send + Sync + 'static {
+    fn kind(&self) -> PuppetKind;
+
+    /// Runs the session: logs in and reports every event to `ingest`, until
+    /// `shutdown` is cancelled.
+    async fn run(self: Arc<Self>, ingest: Arc<Ingest>, shutdown: CancellationToken);
+
+    /// Finds the conversation a recipient names.
+    async fn resolve(&self, to: &Recipient) -> Result<Conversation, PuppetError>;
+
+    /// Sends one message; returns the puppet's id of the sent message.
+    async fn send(&self, to: &Conversation, content: &Content) -> Result<String, PuppetError>;
+}

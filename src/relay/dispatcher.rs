@@ -1,0 +1,418 @@
+//! The dispatcher: one loop per webhook claims due deliveries and POSTs them, signed,
+//! up to `max_in_flight` at a time, so a slow or dead webhook never delays another.
+//! Every attempt is recorded; failures are rescheduled from the webhook's retry
+//! schedule; a 2xx answer to a message event may carry replies, which are queued in
+//! the same transaction that marks the delivery delivered.
+//!
+//! The loops never poll: they sleep until the next due time or until woken (a new
+//! delivery, a finished attempt, a manual retry).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::retry::{next_delay, parse_retry_after};
+use super::signing::{SigningKey, signature_header};
+use crate::config::WebhookSettings;
+use crate::event::{Conversation, MessageData, now_millis};
+use crate::send::{Recipient, SendRequest, parse_replies};
+use crate::store::{AttemptRecord, DueDelivery, NewSend, Outcome, Store};
+
+/// How much of a response is kept in the attempt record.
+const RESPONSE_PREFIX: usize = 1024;
+/// How much of a response is read at all (a reply may carry a small file).
+const RESPONSE_CAP: usize = 1 << 20;
+
+/// Wakes the loop of each named webhook.
+#[derive(Default)]
+pub struct Wakers(RwLock<HashMap<String, Arc<Notify>>>);
+
+impl Wakers {
+    pub fn wake(&self, webhooks: &[String]) {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        for name in webhooks {
+            if let Some(n) = map.get(name) {
+                n.notify_one();
+            }
+        }
+    }
+
+    fn register(&self, name: &str) -> Arc<Notify> {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+}
+
+/// One webhook as the dispatcher drives it.
+pub struct Target {
+    pub settings: WebhookSettings,
+    keys: Vec<SigningKey>,
+    notify: Arc<Notify>,
+    slots: Arc<Semaphore>,
+    disabled: AtomicBool,
+}
+
+impl Target {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(AtomicOrdering::Relaxed)
+    }
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    targets: Vec<Arc<Target>>,
+    /// Wakes the sender when a reply was queued.
+    sender_wake: Arc<Notify>,
+}
+
+/// The HTTP client for webhooks: no redirects (a 3xx is a failure, as Svix does), our
+/// user agent, rustls.
+pub fn http_client() -> reqwest::Client {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("waas/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot build the configured HTTP client; using defaults");
+            reqwest::Client::new()
+        })
+}
+
+impl Dispatcher {
+    /// `disabled` names the webhooks the store remembers as disabled.
+    pub fn new(
+        store: Arc<dyn Store>,
+        webhooks: &[WebhookSettings],
+        disabled: &[String],
+        wakers: &Wakers,
+        sender_wake: Arc<Notify>,
+    ) -> Dispatcher {
+        let targets = webhooks
+            .iter()
+            .map(|w| {
+                Arc::new(Target {
+                    keys: w
+                        .secret
+                        .as_slice()
+                        .iter()
+                        .filter_map(|s| SigningKey::parse(s.expose()).ok())
+                        .collect(),
+                    notify: wakers.register(&w.name),
+                    slots: Arc::new(Semaphore::new(w.max_in_flight)),
+                    disabled: AtomicBool::new(disabled.contains(&w.name)),
+                    settings: w.clone(),
+                })
+            })
+            .collect();
+        Dispatcher {
+            store,
+            client: http_client(),
+            targets,
+            sender_wake,
+        }
+    }
+
+    pub fn targets(&self) -> &[Arc<Target>] {
+        &self.targets
+    }
+
+    /// Starts one loop per webhook on `tracker`.
+    pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) {
+        for target in &self.targets {
+            if target.is_disabled() {
+                tracing::warn!(webhook = %target.settings.name, "webhook is disabled; its deliveries wait");
+            }
+            tracker.spawn(
+                self.clone()
+                    .run_target(target.clone(), tracker.clone(), shutdown.clone()),
+            );
+        }
+    }
+
+    async fn run_target(
+        self: Arc<Self>,
+        target: Arc<Target>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let name = target.settings.name.clone();
+        let ordering = target.settings.ordering;
+        loop {
+            let mut next_due = None;
+            let free = target.slots.available_permits();
+            if free > 0 && !target.is_disabled() {
+                let now = now_millis();
+                match self.store.claim_due(&name, ordering, free, now).await {
+                    Ok(claim) => {
+                        next_due = claim.next_due;
+                        for delivery in claim.items {
+                            // Only this loop takes permits, and `free` were free.
+                            let Ok(permit) = target.slots.clone().try_acquire_owned() else {
+                                self.store.release(&delivery.id).await;
+                                continue;
+                            };
+                            tracker.spawn(self.clone().deliver(target.clone(), delivery, permit));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(webhook = %name, error = %e, "cannot claim deliveries; trying again in 1s");
+                        next_due = Some(now + 1000);
+                    }
+                }
+            }
+            let sleep = async {
+                match next_due {
+                    Some(at) => {
+                        let ms = (at - now_millis()).max(0) as u64;
+                        tokio::time::sleep(Duration::from_millis(ms)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = target.notify.notified() => {}
+                _ = sleep => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        tracing::debug!(webhook = %name, "dispatcher loop stopped");
+    }
+
+    async fn deliver(
+        self: Arc<Self>,
+        target: Arc<Target>,
+        delivery: DueDelivery,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let hook = &target.settings;
+        let body = delivery.event.body();
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signature = signature_header(&target.keys, &delivery.event.id, timestamp, body.as_bytes());
+        let at = now_millis();
+        let started = Instant::now();
+        let request = self
+            .client
+            .post(&hook.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &delivery.event.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body);
+        let answer = tokio::time::timeout(hook.timeout, async {
+            let mut response = request.send().await?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                let room = RESPONSE_CAP.saturating_sub(bytes.len());
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if room <= chunk.len() {
+                    break;
+                }
+            }
+            Ok::<_, reqwest::Error>((status, retry_after, bytes))
+        })
+        .await;
+        let duration_ms = started.elapsed().as_millis() as i64;
+
+        let failures = delivery.attempts + 1;
+        let mut attempt = AttemptRecord {
+            at,
+            status_code: None,
+            error: None,
+            duration_ms,
+            response: None,
+        };
+        let mut replies = Vec::new();
+        let outcome = match answer {
+            Ok(Ok((status, retry_after, bytes))) => {
+                attempt.status_code = Some(status.as_u16());
+                let prefix = &bytes[..bytes.len().min(RESPONSE_PREFIX)];
+                attempt.response = Some(String::from_utf8_lossy(prefix).into_owned());
+                if status.is_success() {
+                    if delivery.event.event_type == "message" {
+                        match reply_sends(&delivery, &bytes) {
+                            Ok(sends) => replies = sends,
+                            Err(why) => {
+                                tracing::warn!(webhook = %hook.name, event = %delivery.event.id, reason = %why, "ignoring the reply in the webhook response");
+                                attempt.error = Some(format!("reply ignored: {why}"));
+                            }
+                        }
+                    }
+                    Outcome::Delivered
+                } else if status == reqwest::StatusCode::GONE {
+                    Outcome::Disabled {
+                        reason: "the endpoint answered 410 Gone",
+                    }
+                } else {
+                    let honoured = matches!(status.as_u16(), 429 | 503)
+                        .then_some(retry_after)
+                        .flatten();
+                    self.schedule(hook, failures, honoured)
+                }
+            }
+            Ok(Err(e)) => {
+                attempt.error = Some(describe(&e));
+                self.schedule(hook, failures, None)
+            }
+            Err(_) => {
+                attempt.error = Some(format!(
+                    "timed out after {}",
+                    humantime::format_duration(hook.timeout)
+                ));
+                self.schedule(hook, failures, None)
+            }
+        };
+        self.log_outcome(hook, &delivery, &attempt, outcome, failures);
+        if let Outcome::Disabled { .. } = outcome {
+            target.disabled.store(true, AtomicOrdering::Relaxed);
+        }
+        let queued_replies = !replies.is_empty();
+        if let Err(e) = self
+            .store
+            .finish_attempt(&delivery, attempt, outcome, replies)
+            .await
+        {
+            // The delivery stays as it was in the store and is claimed again.
+            tracing::error!(webhook = %hook.name, delivery = %delivery.id, error = %e, "cannot record an attempt");
+        }
+        if queued_replies {
+            self.sender_wake.notify_one();
+        }
+        target.notify.notify_one();
+    }
+
+    fn schedule(&self, hook: &WebhookSettings, failures: u32, retry_after: Option<Duration>) -> Outcome {
+        match next_delay(&hook.retry, failures, retry_after, &mut rand::rng()) {
+            Some(delay) => Outcome::Retry {
+                at: now_millis() + delay.as_millis() as i64,
+            },
+            None => Outcome::Dead,
+        }
+    }
+
+    fn log_outcome(
+        &self,
+        hook: &WebhookSettings,
+        d: &DueDelivery,
+        attempt: &AttemptRecord,
+        outcome: Outcome,
+        failures: u32,
+    ) {
+        let reason = attempt
+            .error
+            .clone()
+            .or_else(|| attempt.status_code.map(|c| format!("HTTP {c}")))
+            .unwrap_or_default();
+        match outcome {
+            Outcome::Delivered => tracing::debug!(
+                webhook = %hook.name, delivery = %d.id, event = %d.event.id,
+                status = attempt.status_code, ms = attempt.duration_ms, "delivered"
+            ),
+            Outcome::Retry { at } => tracing::warn!(
+                webhook = %hook.name, delivery = %d.id, event = %d.event.id, attempt = failures,
+                reason = %reason, retry_in_ms = at - now_millis(), "delivery failed; retry scheduled"
+            ),
+            Outcome::Dead => tracing::error!(
+                webhook = %hook.name, delivery = %d.id, event = %d.event.id, attempts = failures,
+                reason = %reason, "delivery is dead: retries exhausted (retry it with POST /v1/deliveries/{{id}}/retry)"
+            ),
+            Outcome::Disabled { reason } => tracing::error!(
+                webhook = %hook.name, delivery = %d.id, reason, "webhook disabled; its deliveries wait"
+            ),
+        }
+    }
+}
+
+/// Turns a reply in a webhook response into sends into the event's conversation, keyed
+/// by the event id so that a repeated delivery never sends twice.
+fn reply_sends(delivery: &DueDelivery, body: &[u8]) -> Result<Vec<NewSend>, String> {
+    let contents = parse_replies(body).map_err(|e| e.to_string())?;
+    if contents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let message: MessageData = serde_json::from_str(&delivery.event.data_json)
+        .map_err(|e| format!("the event is not a message: {e}"))?;
+    let conversation = message.conversation();
+    let to = match &conversation {
+        Conversation::Contact(id) => Recipient::Contact(id.clone()),
+        Conversation::Room(id) => Recipient::Room(id.clone()),
+    };
+    let now = now_millis();
+    Ok(contents
+        .into_iter()
+        .enumerate()
+        .map(|(i, content)| {
+            let key = match i {
+                0 => delivery.event.id.clone(),
+                i => format!("{}#{i}", delivery.event.id),
+            };
+            new_send(
+                SendRequest {
+                    to: to.clone(),
+                    content,
+                },
+                &conversation,
+                Some(key),
+                now,
+            )
+        })
+        .collect())
+}
+
+/// A send ready for the queue.
+pub fn new_send(
+    request: SendRequest,
+    conversation: &Conversation,
+    idempotency_key: Option<String>,
+    now: i64,
+) -> NewSend {
+    let request_json = serde_json::to_string(&request).unwrap_or_default();
+    let digest = Sha256::digest(request_json.as_bytes());
+    NewSend {
+        id: format!("out_{}", ulid::Ulid::new()),
+        idempotency_key,
+        request_hash: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        request_json,
+        conversation: conversation.key(),
+        created_at: now,
+    }
+}
+
+/// A transport error in a few words, with its cause (connection refused, DNS…).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_connect() {
+        "connection failed".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "response body error".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(s) = source {
+        last = Some(s.to_string());
+        source = s.source();
+    }
+    if let Some(cause) = last {
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
+    text
+}

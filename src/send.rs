@@ -1,0 +1,221 @@
+//! Outbound messages: the body of `POST /v1/messages` and of a reply in a webhook
+//! response, parsed into a [`Recipient`] and one [`Content`].
+
+use serde::{Deserialize, Serialize};
+
+/// Who a message goes to, as the request names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipient {
+    Contact(String),
+    Room(String),
+    ContactName(String),
+    RoomTopic(String),
+}
+
+/// A link card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub url: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+}
+
+/// A file, by URL or inline as base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    pub name: String,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Content {
+    Text {
+        text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<String>,
+    },
+    Link(Link),
+    File(FileRef),
+    /// Shares the card of the contact with this id.
+    ContactCard(String),
+}
+
+/// The wire shape of a send body without `to` (a reply in a webhook response).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentBody {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub mentions: Option<Vec<String>>,
+    #[serde(default)]
+    pub link: Option<Link>,
+    #[serde(default)]
+    pub file: Option<FileRef>,
+    #[serde(default)]
+    pub contact_card: Option<String>,
+}
+
+/// Why a send body was refused; the message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct InvalidSend(pub String);
+
+impl ContentBody {
+    /// Exactly one of `text`, `link`, `file`, `contact_card`.
+    pub fn into_content(self) -> Result<Content, InvalidSend> {
+        let given = [
+            self.text.is_some(),
+            self.link.is_some(),
+            self.file.is_some(),
+            self.contact_card.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
+        if given != 1 {
+            return Err(InvalidSend(
+                "give exactly one of `text`, `link`, `file` or `contact_card`".into(),
+            ));
+        }
+        if self.mentions.is_some() && self.text.is_none() {
+            return Err(InvalidSend("`mentions` goes with `text` only".into()));
+        }
+        if let Some(text) = self.text {
+            if text.trim().is_empty() {
+                return Err(InvalidSend("`text` must not be empty".into()));
+            }
+            return Ok(Content::Text {
+                text,
+                mentions: self.mentions.unwrap_or_default(),
+            });
+        }
+        if let Some(link) = self.link {
+            if !(link.url.starts_with("http://") || link.url.starts_with("https://")) {
+                return Err(InvalidSend("`link.url` must be an http(s) URL".into()));
+            }
+            return Ok(Content::Link(link));
+        }
+        if let Some(file) = self.file {
+            if file.url.is_some() == file.base64.is_some() {
+                return Err(InvalidSend(
+                    "`file` needs exactly one of `url` or `base64`".into(),
+                ));
+            }
+            if file.name.trim().is_empty() {
+                return Err(InvalidSend("`file.name` must not be empty".into()));
+            }
+            return Ok(Content::File(file));
+        }
+        match self.contact_card {
+            Some(id) if !id.is_empty() => Ok(Content::ContactCard(id)),
+            _ => Err(InvalidSend("`contact_card` must be a contact id".into())),
+        }
+    }
+}
+
+/// A queued send as stored: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    pub to: Recipient,
+    pub content: Content,
+}
+
+/// A reply found in a webhook response: `reply` (a string or a send body without `to`)
+/// or `replies` (a list of those).
+pub fn parse_replies(body: &[u8]) -> Result<Vec<Content>, InvalidSend> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum One {
+        Text(String),
+        Body(ContentBody),
+    }
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        reply: Option<One>,
+        #[serde(default)]
+        replies: Option<Vec<One>>,
+    }
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() || trimmed[0] != b'{' {
+        return Ok(Vec::new());
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(trimmed) else {
+        // A response that is JSON but not shaped like a reply is just a response.
+        let valid_json = serde_json::from_slice::<serde_json::Value>(trimmed).is_ok();
+        return if valid_json {
+            Err(InvalidSend(
+                "`reply` must be a string or a send body, `replies` a list of those".into(),
+            ))
+        } else {
+            Ok(Vec::new())
+        };
+    };
+    envelope
+        .reply
+        .into_iter()
+        .chain(envelope.replies.unwrap_or_default())
+        .map(|one| match one {
+            One::Text(text) => ContentBody {
+                text: Some(text),
+                ..ContentBody::default()
+            }
+            .into_content(),
+            One::Body(body) => body.into_content(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_take_every_documented_shape() {
+        assert_eq!(parse_replies(b"").unwrap(), vec![]);
+        assert_eq!(parse_replies(b"ok").unwrap(), vec![]);
+        assert_eq!(parse_replies(br#"{"received":true}"#).unwrap(), vec![]);
+        assert_eq!(
+            parse_replies(br#"{"reply":"hi"}"#).unwrap(),
+            vec![Content::Text {
+                text: "hi".into(),
+                mentions: vec![]
+            }]
+        );
+        let two = parse_replies(
+            br#"{"replies":["a",{"link":{"url":"https://x.y","title":"T"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(two.len(), 2);
+        assert!(matches!(two[1], Content::Link(_)));
+        assert!(parse_replies(br#"{"reply":{"text":"a","link":{"url":"https://x","title":"t"}}}"#).is_err());
+        assert!(parse_replies(br#"{"reply":42}"#).is_err());
+    }
+
+    #[test]
+    fn content_needs_exactly_one_kind() {
+        let none = ContentBody::default().into_content().unwrap_err();
+        assert!(none.0.contains("exactly one"));
+        let file = ContentBody {
+            file: Some(FileRef {
+                url: None,
+                base64: None,
+                name: "a.txt".into(),
+            }),
+            ..ContentBody::default()
+        };
+        assert!(file.into_content().unwrap_err().0.contains("file"));
+    }
+}

@@ -1,0 +1,331 @@
+//! The store: the one source of truth. Events with their delivery rows, every attempt,
+//! and the send queue. Nothing is acknowledged before the store has committed it.
+//!
+//! [`Store`] is what the rest of waas calls; [`sqlite::SqliteStore`] implements it for
+//! one process. A Postgres implementation for several instances fits the same trait:
+//! `claim_due` becomes `FOR UPDATE SKIP LOCKED` with a lease instead of the in-process
+//! in-flight set.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::Ordering;
+use crate::event::{Millis, format_millis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("the same idempotency key was used with a different request")]
+    IdempotencyConflict,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The path of a `sqlite://PATH` URL.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .filter(|p| !p.is_empty())
+}
+
+/// An event about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: &'static str,
+    /// Events with the same key are stored once (the puppet's message id).
+    pub dedup_key: Option<String>,
+    pub conversation: Option<String>,
+    pub created_at: Millis,
+    pub bot_json: String,
+    pub data_json: String,
+}
+
+/// The result of [`Store::append_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub id: String,
+    pub seq: i64,
+    /// True when an event with the same dedup key was already stored; nothing new was
+    /// written and no delivery was added.
+    pub duplicate: bool,
+}
+
+/// An event as stored, able to render the exact body every delivery of it carries.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: String,
+    pub event_type: String,
+    pub seq: i64,
+    pub created_at: Millis,
+    pub bot_json: String,
+    pub data_json: String,
+}
+
+impl StoredEvent {
+    /// The JSON body: identical bytes on every retry, since it is rendered from stored
+    /// columns only.
+    pub fn body(&self) -> String {
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        format!(
+            r#"{{"id":{},"type":{},"timestamp":{},"seq":{},"bot":{},"data":{}}}"#,
+            quote(&self.id),
+            quote(&self.event_type),
+            quote(&format_millis(self.created_at)),
+            self.seq,
+            self.bot_json,
+            self.data_json
+        )
+    }
+}
+
+/// A delivery the dispatcher now owns until it calls [`Store::finish_attempt`].
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: String,
+    pub webhook: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub event: StoredEvent,
+}
+
+/// Claimed work, and when the next not-yet-due item becomes due.
+#[derive(Debug)]
+pub struct Claim<T> {
+    pub items: Vec<T>,
+    pub next_due: Option<Millis>,
+}
+
+/// One HTTP attempt, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    #[serde(serialize_with = "ser_millis")]
+    pub at: Millis,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    #[serde(skip)]
+    pub response: Option<String>,
+}
+
+fn ser_millis<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_millis(*ms))
+}
+
+fn ser_opt_millis<S: serde::Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&format_millis(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+/// What becomes of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Try again at this time.
+    Retry { at: Millis },
+    /// Retries exhausted; kept for inspection and manual retry.
+    Dead,
+    /// The webhook answered 410 Gone and is now disabled; the delivery stays pending
+    /// and goes out if the webhook is enabled again.
+    Disabled { reason: &'static str },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery as `GET /v1/deliveries` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub webhook: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: Vec<AttemptRecord>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_millis"
+    )]
+    pub next_attempt_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub webhook: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    pub limit: u32,
+}
+
+/// What the store knows of one webhook's health.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookStats {
+    pub pending: i64,
+    pub dead: i64,
+    pub last_success_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Millis>,
+    pub disabled_reason: Option<String>,
+}
+
+/// An outbound message about to be queued.
+#[derive(Debug, Clone)]
+pub struct NewSend {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    /// A digest of the request, to tell a replay from a different request under the
+    /// same key.
+    pub request_hash: String,
+    pub request_json: String,
+    pub conversation: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendStatus {
+    Queued,
+    Sent,
+    Failed,
+}
+
+/// An outbound message as `GET /v1/messages/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendView {
+    pub id: String,
+    pub status: SendStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+/// The result of [`Store::enqueue_send`].
+#[derive(Debug, Clone)]
+pub struct Enqueued {
+    pub send: SendView,
+    /// True when the idempotency key was seen before with the same request.
+    pub replayed: bool,
+}
+
+/// A queued send the sender now owns.
+#[derive(Debug, Clone)]
+pub struct QueuedSend {
+    pub id: String,
+    pub request_json: String,
+    pub conversation: String,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent { message_id: String },
+    Retry { at: Millis, error: String },
+    Failed { error: String },
+}
+
+/// What the rest of waas needs from durable storage.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Commits an event and one pending delivery per named webhook, atomically. A
+    /// duplicate dedup key stores nothing and returns the first event's id.
+    async fn append_event(&self, event: NewEvent, webhooks: Vec<String>) -> Result<Appended>;
+
+    /// Takes up to `limit` due deliveries of one webhook for sending. With
+    /// `Ordering::Conversation`, only the oldest pending delivery of each conversation
+    /// is eligible. Claimed deliveries are not returned again until finished.
+    async fn claim_due(
+        &self,
+        webhook: &str,
+        ordering: Ordering,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Claim<DueDelivery>>;
+
+    /// Records an attempt and its outcome, queues the sends a reply in the response
+    /// asked for (in the same transaction), and releases the claim.
+    async fn finish_attempt(
+        &self,
+        delivery: &DueDelivery,
+        attempt: AttemptRecord,
+        outcome: Outcome,
+        replies: Vec<NewSend>,
+    ) -> Result<()>;
+
+    /// Gives up a claim on a delivery or a send without recording anything.
+    async fn release(&self, delivery_id: &str);
+
+    /// Re-queues one delivery now, whatever its status. False when it does not exist.
+    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>>;
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>>;
+
+    async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>>;
+
+    /// Marks a webhook disabled (`Some(reason)`) or enabled (`None`).
+    async fn set_webhook_disabled(&self, name: &str, reason: Option<String>, now: Millis)
+    -> Result<()>;
+
+    /// Events with `seq > after`, oldest first.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
+
+    /// Commits an outbound message. An idempotency key seen before with the same
+    /// request returns the first send; with another request it is a conflict.
+    async fn enqueue_send(&self, send: NewSend) -> Result<Enqueued>;
+
+    /// Takes up to `limit` due sends, only the oldest queued one per conversation.
+    async fn claim_sends(&self, limit: usize, now: Millis) -> Result<Claim<QueuedSend>>;
+
+    async fn finish_send(&self, send: &QueuedSend, outcome: SendOutcome, now: Millis)
+    -> Result<()>;
+
+    /// Puts a claimed send back, not before `at` (pacing), without counting an attempt.
+    async fn defer_send(&self, send: &QueuedSend, at: Millis) -> Result<()>;
+
+    async fn get_send(&self, id: &str) -> Result<Option<SendView>>;
+
+    /// Deletes delivered events, their attempts and finished sends older than `before`.
+    /// Returns how many events were pruned.
+    async fn prune(&self, before: Millis) -> Result<u64>;
+
+    /// Answers when the store is usable (`/readyz`).
+    async fn ping(&self) -> Result<()>;
+}

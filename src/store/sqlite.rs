@@ -1,0 +1,772 @@
+//! SQLite implementation of [`Store`] for one waas process.
+//!
+//! All writes go through one writer task that owns the only write connection and
+//! commits whatever has queued up in a single transaction (group commit): under load a
+//! single fsync covers hundreds of events, and with nothing queued a write commits
+//! alone at once. Each operation runs in its own savepoint so one failing operation does
+//! not undo its neighbours. Callers get their answer only after the commit.
+//!
+//! Reads use a small pool of their own (WAL lets them run beside the writer). Claims
+//! are held in memory: after a crash nothing is claimed, which is exactly right for a
+//! single process.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::config::Synchronous;
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Write>,
+    pool: SqlitePool,
+    /// Deliveries and sends claimed by this process and not yet finished.
+    in_flight: Mutex<HashSet<String>>,
+    /// Held while a claim reads and filters, and while a finish releases its claim, so
+    /// that a claim never sees a row as pending after its claim was already released.
+    claim_gate: tokio::sync::Mutex<()>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Write {
+    Append(NewEvent, Vec<String>, Reply<Appended>),
+    Finish(Box<(DueDelivery, AttemptRecord, Outcome, Vec<NewSend>)>, Reply<()>),
+    Enqueue(NewSend, Reply<Enqueued>),
+    FinishSend(String, SendOutcome, Millis, Reply<()>),
+    Defer(String, Millis, Reply<()>),
+    Retry(String, Millis, Reply<Option<String>>),
+    Disable(String, Option<String>, Millis, Reply<()>),
+    Prune(Millis, Reply<u64>),
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url`, runs the embedded migrations
+    /// and starts the writer task.
+    pub async fn open(url: &str, synchronous: Synchronous) -> Result<SqliteStore> {
+        let path = sqlite_path(url).unwrap_or(url);
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", dir.display()),
+                )))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .log_statements(tracing::log::LevelFilter::Trace);
+
+        let mut conn = options.connect().await?;
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run_writer(conn, rx));
+        Ok(SqliteStore {
+            writer: tx,
+            pool,
+            in_flight: Mutex::new(HashSet::new()),
+            claim_gate: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> Write) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(op(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A poisoned lock only means another thread panicked mid-insert; the set is
+        // still a valid set.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn unclaim(&self, id: &str) {
+        let _gate = self.claim_gate.lock().await;
+        self.in_flight().remove(id);
+    }
+}
+
+async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut answers: Vec<Box<dyn FnOnce(Option<&str>) + Send>> =
+            Vec::with_capacity(batch.len());
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "cannot begin a write transaction");
+            for op in batch.drain(..) {
+                fail(op, &msg);
+            }
+            continue;
+        }
+
+        macro_rules! step {
+            ($reply:expr, $work:expr) => {{
+                let _ = sqlx::query("SAVEPOINT op").execute(&mut conn).await;
+                let result = $work.await;
+                let end = if result.is_ok() {
+                    "RELEASE op"
+                } else {
+                    "ROLLBACK TO op"
+                };
+                let _ = sqlx::query(end).execute(&mut conn).await;
+                if result.is_err() {
+                    let _ = sqlx::query("RELEASE op").execute(&mut conn).await;
+                }
+                let reply = $reply;
+                answers.push(Box::new(move |failed: Option<&str>| {
+                    let _ = reply.send(match failed {
+                        None => result,
+                        Some(msg) => Err(StoreError::Commit(msg.to_string())),
+                    });
+                }));
+            }};
+        }
+
+        for op in batch.drain(..) {
+            match op {
+                Write::Append(event, hooks, reply) => {
+                    step!(reply, append(&mut conn, &event, &hooks))
+                }
+                Write::Finish(op, reply) => {
+                    let (delivery, attempt, outcome, replies) = *op;
+                    step!(
+                        reply,
+                        finish(&mut conn, &delivery, &attempt, outcome, &replies)
+                    )
+                }
+                Write::Enqueue(send, reply) => step!(reply, enqueue(&mut conn, &send)),
+                Write::FinishSend(id, outcome, now, reply) => {
+                    step!(reply, finish_send(&mut conn, &id, &outcome, now))
+                }
+                Write::Defer(id, at, reply) => step!(reply, defer(&mut conn, &id, at)),
+                Write::Retry(id, now, reply) => step!(reply, retry(&mut conn, &id, now)),
+                Write::Disable(name, reason, now, reply) => {
+                    step!(reply, disable(&mut conn, &name, reason.as_deref(), now))
+                }
+                Write::Prune(before, reply) => step!(reply, prune(&mut conn, before)),
+            }
+        }
+
+        match sqlx::query("COMMIT").execute(&mut conn).await {
+            Ok(_) => answers.into_iter().for_each(|a| a(None)),
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "commit failed; the batch is rolled back");
+                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                answers.into_iter().for_each(|a| a(Some(&msg)));
+            }
+        }
+    }
+    let _ = conn.close().await;
+}
+
+fn fail(op: Write, msg: &str) {
+    fn err<T>(msg: &str) -> Result<T> {
+        Err(StoreError::Commit(msg.to_string()))
+    }
+    let _ = match op {
+        Write::Append(_, _, r) => r.send(err(msg)).is_ok(),
+        Write::Finish(_, r) => r.send(err(msg)).is_ok(),
+        Write::Enqueue(_, r) => r.send(err(msg)).is_ok(),
+        Write::FinishSend(.., r) => r.send(err(msg)).is_ok(),
+        Write::Defer(.., r) => r.send(err(msg)).is_ok(),
+        Write::Retry(_, _, r) => r.send(err(msg)).is_ok(),
+        Write::Disable(.., r) => r.send(err(msg)).is_ok(),
+        Write::Prune(_, r) => r.send(err(msg)).is_ok(),
+    };
+}
+
+async fn append(conn: &mut SqliteConnection, e: &NewEvent, hooks: &[String]) -> Result<Appended> {
+    let inserted = sqlx::query(
+        "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (dedup_key) DO NOTHING
+         RETURNING seq",
+    )
+    .bind(&e.id)
+    .bind(e.event_type)
+    .bind(&e.dedup_key)
+    .bind(&e.conversation)
+    .bind(e.created_at)
+    .bind(&e.bot_json)
+    .bind(&e.data_json)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = inserted else {
+        let row = sqlx::query("SELECT id, seq FROM events WHERE dedup_key = ?")
+            .bind(&e.dedup_key)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Ok(Appended {
+            id: row.try_get(0)?,
+            seq: row.try_get(1)?,
+            duplicate: true,
+        });
+    };
+    let seq: i64 = row.try_get(0)?;
+    for hook in hooks {
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, updated_at)
+             VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
+        )
+        .bind(format!("dlv_{}", ulid::Ulid::new()))
+        .bind(seq)
+        .bind(hook)
+        .bind(e.created_at)
+        .bind(&e.conversation)
+        .bind(e.created_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Appended {
+        id: e.id.clone(),
+        seq,
+        duplicate: false,
+    })
+}
+
+async fn finish(
+    conn: &mut SqliteConnection,
+    d: &DueDelivery,
+    a: &AttemptRecord,
+    outcome: Outcome,
+    replies: &[NewSend],
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&d.id)
+    .bind(a.at)
+    .bind(a.status_code.map(i64::from))
+    .bind(&a.error)
+    .bind(a.duration_ms)
+    .bind(&a.response)
+    .execute(&mut *conn)
+    .await?;
+
+    let now = a.at + a.duration_ms;
+    let (status, next): (&str, Option<Millis>) = match outcome {
+        Outcome::Delivered => ("delivered", None),
+        Outcome::Retry { at } => ("pending", Some(at)),
+        Outcome::Dead => ("dead", None),
+        Outcome::Disabled { .. } => ("pending", Some(now)),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ?
+         WHERE id = ?",
+    )
+    .bind(status)
+    .bind(next)
+    .bind(now)
+    .bind(&d.id)
+    .execute(&mut *conn)
+    .await?;
+
+    if outcome == Outcome::Delivered {
+        sqlx::query(
+            "INSERT INTO webhook_state (name, last_success_at) VALUES (?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_success_at = excluded.last_success_at",
+        )
+        .bind(&d.webhook)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    } else {
+        let error = a
+            .error
+            .clone()
+            .or_else(|| a.status_code.map(|c| format!("HTTP {c}")))
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO webhook_state (name, last_error, last_error_at) VALUES (?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+                                              last_error_at = excluded.last_error_at",
+        )
+        .bind(&d.webhook)
+        .bind(&error)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Outcome::Disabled { reason } = outcome {
+        disable(conn, &d.webhook, Some(reason), now).await?;
+    }
+    for send in replies {
+        match enqueue(conn, send).await {
+            Ok(_) | Err(StoreError::IdempotencyConflict) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn enqueue(conn: &mut SqliteConnection, s: &NewSend) -> Result<Enqueued> {
+    if let Some(key) = &s.idempotency_key {
+        let existing = sqlx::query(
+            "SELECT id, status, error, message_id, request_hash FROM sends WHERE idempotency_key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = existing {
+            let hash: String = row.try_get(4)?;
+            if hash != s.request_hash {
+                return Err(StoreError::IdempotencyConflict);
+            }
+            return Ok(Enqueued {
+                send: send_view(&row)?,
+                replayed: true,
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO sends (id, idempotency_key, request_hash, request, conversation, status, attempts, next_attempt_at, created_at)
+         VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+    )
+    .bind(&s.id)
+    .bind(&s.idempotency_key)
+    .bind(&s.request_hash)
+    .bind(&s.request_json)
+    .bind(&s.conversation)
+    .bind(s.created_at)
+    .bind(s.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Enqueued {
+        send: SendView {
+            id: s.id.clone(),
+            status: SendStatus::Queued,
+            error: None,
+            message_id: None,
+        },
+        replayed: false,
+    })
+}
+
+fn send_view(row: &SqliteRow) -> Result<SendView> {
+    let status: String = row.try_get(1)?;
+    Ok(SendView {
+        id: row.try_get(0)?,
+        status: match status.as_str() {
+            "sent" => SendStatus::Sent,
+            "failed" => SendStatus::Failed,
+            _ => SendStatus::Queued,
+        },
+        error: row.try_get(2)?,
+        message_id: row.try_get(3)?,
+    })
+}
+
+async fn finish_send(
+    conn: &mut SqliteConnection,
+    id: &str,
+    outcome: &SendOutcome,
+    now: Millis,
+) -> Result<()> {
+    let (status, next, error, message_id, finished) = match outcome {
+        SendOutcome::Sent { message_id } => ("sent", now, None, Some(message_id), Some(now)),
+        SendOutcome::Retry { at, error } => ("queued", *at, Some(error), None, None),
+        SendOutcome::Failed { error } => ("failed", now, Some(error), None, Some(now)),
+    };
+    sqlx::query(
+        "UPDATE sends SET status = ?, attempts = attempts + 1, next_attempt_at = ?, error = ?,
+                message_id = ?, finished_at = ?
+         WHERE id = ?",
+    )
+    .bind(status)
+    .bind(next)
+    .bind(error)
+    .bind(message_id)
+    .bind(finished)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn defer(conn: &mut SqliteConnection, id: &str, at: Millis) -> Result<()> {
+    sqlx::query("UPDATE sends SET next_attempt_at = ? WHERE id = ?")
+        .bind(at)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn retry(conn: &mut SqliteConnection, id: &str, now: Millis) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ?
+         WHERE id = ? RETURNING webhook",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    })
+}
+
+async fn disable(
+    conn: &mut SqliteConnection,
+    name: &str,
+    reason: Option<&str>,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_state (name, disabled_at, disabled_reason) VALUES (?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET disabled_at = excluded.disabled_at,
+                                          disabled_reason = excluded.disabled_reason",
+    )
+    .bind(name)
+    .bind(reason.map(|_| now))
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn prune(conn: &mut SqliteConnection, before: Millis) -> Result<u64> {
+    // An event goes once every delivery of it succeeded; dead ones are kept for
+    // inspection and manual retry.
+    sqlx::query(
+        "DELETE FROM attempts WHERE delivery_id IN (
+            SELECT d.id FROM deliveries d WHERE d.event_seq IN (
+                SELECT e.seq FROM events e WHERE e.created_at < ?1
+                AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = e.seq AND x.status != 'delivered')))",
+    )
+    .bind(before)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM deliveries WHERE event_seq IN (
+            SELECT e.seq FROM events e WHERE e.created_at < ?1
+            AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = e.seq AND x.status != 'delivered'))",
+    )
+    .bind(before)
+    .execute(&mut *conn)
+    .await?;
+    let events = sqlx::query(
+        "DELETE FROM events WHERE created_at < ?1
+         AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = events.seq)",
+    )
+    .bind(before)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM sends WHERE status != 'queued' AND finished_at < ?")
+        .bind(before)
+        .execute(&mut *conn)
+        .await?;
+    Ok(events)
+}
+
+fn stored_event(row: &SqliteRow, at: usize) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: row.try_get(at)?,
+        event_type: row.try_get(at + 1)?,
+        seq: row.try_get(at + 2)?,
+        created_at: row.try_get(at + 3)?,
+        bot_json: row.try_get(at + 4)?,
+        data_json: row.try_get(at + 5)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append_event(&self, event: NewEvent, webhooks: Vec<String>) -> Result<Appended> {
+        self.write(|r| Write::Append(event, webhooks, r)).await
+    }
+
+    async fn claim_due(
+        &self,
+        webhook: &str,
+        ordering: Ordering,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Claim<DueDelivery>> {
+        let _gate = self.claim_gate.lock().await;
+        let skip = self.in_flight().len();
+        let sql = match ordering {
+            Ordering::None => {
+                "SELECT d.id, d.webhook, d.attempts, d.next_attempt_at,
+                        e.id, e.type, e.seq, e.created_at, e.bot, e.data
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.webhook = ? AND d.status = 'pending'
+                 ORDER BY d.next_attempt_at, d.event_seq LIMIT ?"
+            }
+            // Only the oldest pending delivery of each conversation may go; events
+            // without a conversation (login, scan…) are not ordered.
+            Ordering::Conversation => {
+                "SELECT d.id, d.webhook, d.attempts, d.next_attempt_at,
+                        e.id, e.type, e.seq, e.created_at, e.bot, e.data
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.webhook = ?1 AND d.status = 'pending'
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p
+                                   WHERE p.webhook = ?1 AND p.conversation = d.conversation
+                                     AND p.status = 'pending' AND p.event_seq < d.event_seq)
+                 ORDER BY d.next_attempt_at, d.event_seq LIMIT ?2"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(webhook)
+            .bind((limit + skip + 1) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut in_flight = self.in_flight();
+        let mut claim = Claim {
+            items: Vec::new(),
+            next_due: None,
+        };
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if in_flight.contains(&id) {
+                continue;
+            }
+            let due_at: Millis = row.try_get::<Option<i64>, _>(3)?.unwrap_or(now);
+            if due_at > now || claim.items.len() == limit {
+                claim.next_due = Some(due_at);
+                break;
+            }
+            in_flight.insert(id.clone());
+            claim.items.push(DueDelivery {
+                id,
+                webhook: row.try_get(1)?,
+                attempts: row.try_get::<i64, _>(2)? as u32,
+                event: stored_event(&row, 4)?,
+            });
+        }
+        Ok(claim)
+    }
+
+    async fn finish_attempt(
+        &self,
+        delivery: &DueDelivery,
+        attempt: AttemptRecord,
+        outcome: Outcome,
+        replies: Vec<NewSend>,
+    ) -> Result<()> {
+        let finish = Box::new((delivery.clone(), attempt, outcome, replies));
+        let result = self.write(|r| Write::Finish(finish, r)).await;
+        self.unclaim(&delivery.id).await;
+        result
+    }
+
+    async fn release(&self, delivery_id: &str) {
+        self.unclaim(delivery_id).await;
+    }
+
+    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>> {
+        let id = id.to_string();
+        self.write(|r| Write::Retry(id, now, r)).await
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.webhook, e.id, e.type, d.status, d.next_attempt_at,
+                    a.at, a.status_code, a.error, a.duration_ms
+             FROM (SELECT * FROM deliveries
+                   WHERE (?1 IS NULL OR webhook = ?1) AND (?2 IS NULL OR status = ?2)
+                   ORDER BY event_seq DESC, id LIMIT ?3) d
+             JOIN events e ON e.seq = d.event_seq
+             LEFT JOIN attempts a ON a.delivery_id = d.id
+             ORDER BY d.event_seq DESC, d.id, a.id",
+        )
+        .bind(&filter.webhook)
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<DeliveryView> = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if out.last().is_none_or(|d| d.id != id) {
+                let status: String = row.try_get(4)?;
+                let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+                out.push(DeliveryView {
+                    id,
+                    webhook: row.try_get(1)?,
+                    event_id: row.try_get(2)?,
+                    event_type: row.try_get(3)?,
+                    status,
+                    attempts: Vec::new(),
+                    next_attempt_at: if status == DeliveryStatus::Pending {
+                        row.try_get(5)?
+                    } else {
+                        None
+                    },
+                });
+            }
+            if let Some(at) = row.try_get::<Option<i64>, _>(6)?
+                && let Some(view) = out.last_mut()
+            {
+                view.attempts.push(AttemptRecord {
+                    at,
+                    status_code: row.try_get::<Option<i64>, _>(7)?.map(|c| c as u16),
+                    error: row.try_get(8)?,
+                    duration_ms: row.try_get(9)?,
+                    response: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>> {
+        let mut stats: HashMap<String, WebhookStats> = HashMap::new();
+        let rows = sqlx::query(
+            "SELECT webhook, SUM(status = 'pending'), SUM(status = 'dead') FROM deliveries
+             WHERE status != 'delivered' GROUP BY webhook",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let s = stats.entry(row.try_get(0)?).or_default();
+            s.pending = row.try_get(1)?;
+            s.dead = row.try_get(2)?;
+        }
+        let rows = sqlx::query(
+            "SELECT name, last_success_at, last_error, last_error_at, disabled_reason FROM webhook_state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let s = stats.entry(row.try_get(0)?).or_default();
+            s.last_success_at = row.try_get(1)?;
+            s.last_error = row.try_get(2)?;
+            s.last_error_at = row.try_get(3)?;
+            s.disabled_reason = row.try_get(4)?;
+        }
+        Ok(stats)
+    }
+
+    async fn set_webhook_disabled(
+        &self,
+        name: &str,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<()> {
+        let name = name.to_string();
+        self.write(|r| Write::Disable(name, reason, now, r)).await
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, type, seq, created_at, bot, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| stored_event(r, 0)).collect()
+    }
+
+    async fn enqueue_send(&self, send: NewSend) -> Result<Enqueued> {
+        self.write(|r| Write::Enqueue(send, r)).await
+    }
+
+    async fn claim_sends(&self, limit: usize, now: Millis) -> Result<Claim<QueuedSend>> {
+        let _gate = self.claim_gate.lock().await;
+        let skip = self.in_flight().len();
+        let rows = sqlx::query(
+            "SELECT s.id, s.request, s.conversation, s.attempts, s.next_attempt_at FROM sends s
+             WHERE s.status = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM sends p WHERE p.status = 'queued'
+                               AND p.conversation = s.conversation AND p.seq < s.seq)
+             ORDER BY s.next_attempt_at, s.seq LIMIT ?",
+        )
+        .bind((limit + skip + 1) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut in_flight = self.in_flight();
+        let mut claim = Claim {
+            items: Vec::new(),
+            next_due: None,
+        };
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if in_flight.contains(&id) {
+                continue;
+            }
+            let due_at: Millis = row.try_get(4)?;
+            if due_at > now || claim.items.len() == limit {
+                claim.next_due = Some(due_at);
+                break;
+            }
+            in_flight.insert(id.clone());
+            claim.items.push(QueuedSend {
+                id,
+                request_json: row.try_get(1)?,
+                conversation: row.try_get(2)?,
+                attempts: row.try_get::<i64, _>(3)? as u32,
+            });
+        }
+        Ok(claim)
+    }
+
+    async fn finish_send(&self, send: &QueuedSend, outcome: SendOutcome, now: Millis) -> Result<()> {
+        let id = send.id.clone();
+        let result = self.write(|r| Write::FinishSend(id, outcome, now, r)).await;
+        self.unclaim(&send.id).await;
+        result
+    }
+
+    async fn defer_send(&self, send: &QueuedSend, at: Millis) -> Result<()> {
+        let id = send.id.clone();
+        let result = self.write(|r| Write::Defer(id, at, r)).await;
+        self.unclaim(&send.id).await;
+        result
+    }
+
+    async fn get_send(&self, id: &str) -> Result<Option<SendView>> {
+        let row = sqlx::query("SELECT id, status, error, message_id FROM sends WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(send_view).transpose()
+    }
+
+    async fn prune(&self, before: Millis) -> Result<u64> {
+        self.write(|r| Write::Prune(before, r)).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
