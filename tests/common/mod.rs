@@ -1,0 +1,294 @@
+//! Shared test fixtures: the real app on 127.0.0.1:0 and real HTTP receivers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use waas::app::Application;
+use waas::config::Settings;
+
+pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("waas=debug,info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    response: Mutex<String>,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A real HTTP webhook receiver whose answer can be switched mid-test.
+#[derive(Clone)]
+pub struct TestReceiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    state.received.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let status = StatusCode::from_u16(state.status.load(Ordering::Relaxed)).unwrap();
+    let response = state.response.lock().unwrap().clone();
+    (status, response)
+}
+
+impl TestReceiver {
+    pub async fn start() -> TestReceiver {
+        let state = Arc::new(ReceiverState::default());
+        state.status.store(200, Ordering::Relaxed);
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TestReceiver {
+            url: format!("http://{addr}/hook"),
+            state,
+        }
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::Relaxed);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_response(&self, body: &str) {
+        *self.state.response.lock().unwrap() = body.to_string();
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Received requests whose body has `type == t`.
+    pub fn of_type(&self, t: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.json()["type"] == t)
+            .collect()
+    }
+
+    /// Waits until `pred` holds over what was received, or panics after `secs`.
+    pub async fn wait_for(&self, secs: u64, what: &str, pred: impl Fn(&[Received]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if pred(&self.received()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; received {} requests",
+                self.received().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A webhook config block pointing at `receiver`, with a short retry schedule.
+pub fn webhook(name: &str, receiver: &TestReceiver, extra: &str) -> String {
+    let retry = if extra.contains("retry =") {
+        ""
+    } else {
+        "retry = [\"50ms\", \"100ms\", \"150ms\"]\n"
+    };
+    format!(
+        "[[webhooks]]\nname = \"{name}\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n{retry}timeout = \"2s\"\n{extra}\n",
+        receiver.url
+    )
+}
+
+/// The real app, serving on a free loopback port, with its own SQLite file.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub token: Option<String>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+pub async fn spawn_app(toml: &str) -> TestApp {
+    spawn_app_in(Arc::new(tempfile::tempdir().unwrap()), toml).await
+}
+
+/// Spawns the app on the database in `dir` (to restart on the same store).
+pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
+    init_logs();
+    let db = dir.path().join("waas.db");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[send]\nmin_interval = \"0s\"\n{toml}",
+        db.display()
+    );
+    let settings = Settings::from_toml(&config).expect("test config is valid");
+    let token = settings.auth.tokens.first().map(|t| t.expose().to_string());
+    let app = Application::build(settings).await.expect("app builds");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        app.run(stop).await.expect("app runs");
+    });
+    let test_app = TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        token,
+        shutdown,
+        task,
+        dir,
+    };
+    test_app.wait_logged_in().await;
+    test_app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.auth(self.client.get(self.url(path))).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .auth(self.client.post(self.url(path)))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Injects a message through the mock puppet; returns (status, body).
+    pub async fn inject(&self, from: &str, room: Option<&str>, text: &str) -> (u16, Value) {
+        let mut body = json!({"from": from, "text": text});
+        if let Some(room) = room {
+            body["room"] = json!(room);
+        }
+        self.post("/v1/mock/messages", body).await
+    }
+
+    pub async fn deliveries(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v1/deliveries?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["deliveries"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn sent(&self) -> Vec<Value> {
+        let (_, body) = self.get("/v1/mock/sent").await;
+        body["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn webhook(&self, name: &str) -> Value {
+        let (_, body) = self.get("/v1/webhooks").await;
+        body["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub async fn wait_logged_in(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = self.client.get(self.url("/readyz")).send().await;
+            if matches!(resp, Ok(ref r) if r.status() == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "app never became ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls `check` until it returns Some, or panics after `secs`.
+    pub async fn eventually<T, F, Fut>(&self, secs: u64, what: &str, check: F) -> T
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Graceful shutdown, as SIGTERM does.
+    pub async fn stop(self) -> Arc<tempfile::TempDir> {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        self.dir
+    }
+}
