@@ -204,7 +204,7 @@ async fn gone_disables_the_webhook_and_its_deliveries_wait() {
 #[tokio::test]
 async fn conversation_ordering_keeps_each_chat_in_seq_order() {
     let r = TestReceiver::start().await;
-    r.set_delay(Duration::from_millis(5));
+    r.set_random_delay(Duration::from_millis(20));
     let app = spawn_app(&webhook(
         "ordered",
         &r,

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use waas::config::Settings;
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 pub fn init_logs() {
+    waas::install_crypto_provider();
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("waas=debug,info")
@@ -52,6 +53,8 @@ impl Received {
 struct ReceiverState {
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// Sleep a random time up to `delay_ms` instead of exactly it.
+    jitter: AtomicBool,
     response: Mutex<String>,
     received: Mutex<Vec<Received>>,
 }
@@ -68,7 +71,10 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
-    let delay = state.delay_ms.load(Ordering::Relaxed);
+    let mut delay = state.delay_ms.load(Ordering::Relaxed);
+    if state.jitter.load(Ordering::Relaxed) && delay > 0 {
+        delay = rand::random_range(0..=delay);
+    }
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -84,6 +90,7 @@ async fn receive(
 
 impl TestReceiver {
     pub async fn start() -> TestReceiver {
+        init_logs();
         let state = Arc::new(ReceiverState::default());
         state.status.store(200, Ordering::Relaxed);
         let app = axum::Router::new()
@@ -106,6 +113,12 @@ impl TestReceiver {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Each request waits a random time up to `max`.
+    pub fn set_random_delay(&self, max: Duration) {
+        self.set_delay(max);
+        self.state.jitter.store(true, Ordering::Relaxed);
     }
 
     pub fn set_response(&self, body: &str) {
@@ -170,6 +183,22 @@ pub async fn spawn_app(toml: &str) -> TestApp {
 
 /// Spawns the app on the database in `dir` (to restart on the same store).
 pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
+    let app = start(dir, toml).await;
+    app.wait_logged_in().await;
+    app
+}
+
+/// Spawns the app without waiting for the login.
+pub async fn spawn_app_unready(toml: &str) -> TestApp {
+    let app = start(Arc::new(tempfile::tempdir().unwrap()), toml).await;
+    app.eventually(10, "the API", || async {
+        app.client.get(app.url("/healthz")).send().await.ok().map(|_| ())
+    })
+    .await;
+    app
+}
+
+async fn start(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
     init_logs();
     let db = dir.path().join("waas.db");
     let config = format!(
@@ -185,16 +214,14 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
     let task = tokio::spawn(async move {
         app.run(stop).await.expect("app runs");
     });
-    let test_app = TestApp {
+    TestApp {
         addr,
         client: reqwest::Client::new(),
         token,
         shutdown,
         task,
         dir,
-    };
-    test_app.wait_logged_in().await;
-    test_app
+    }
 }
 
 impl TestApp {

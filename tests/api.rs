@@ -1,0 +1,126 @@
+//! The API's answers to bad input and missing credentials: the contract's JSON errors.
+
+mod common;
+
+use common::spawn_app;
+use serde_json::json;
+
+#[tokio::test]
+async fn bad_input_gets_the_contracts_errors() {
+    let app = spawn_app("").await;
+    let client = reqwest::Client::new();
+
+    let resp = client
+        .post(app.url("/v1/mock/messages"))
+        .header("content-type", "application/json")
+        .body("{\"from\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_json");
+
+    let resp = client
+        .post(app.url("/v1/mock/messages"))
+        .body("from=alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+
+    let (status, body) = app.post("/v1/mock/messages", json!({"from": "alice"})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "invalid_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("text"), "{body}");
+
+    let (status, body) = app.post("/v1/mock/messages", json!({"from": "mallory", "text": "hi"})).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    assert!(body["error"]["message"].as_str().unwrap().contains("mallory"));
+
+    let (status, body) = app
+        .post("/v1/mock/messages", json!({"from": "alice", "room": "No Such Room", "text": "hi"}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = app
+        .post("/v1/mock/messages", json!({"from": "alice", "text": "hi", "mentions": ["bob"]}))
+        .await;
+    assert_eq!(status, 422);
+    assert!(body["error"]["message"].as_str().unwrap().contains("mentions"));
+
+    let (status, body) = app.get("/v1/deliveries?status=lost").await;
+    assert_eq!(status, 422);
+    assert!(body["error"]["message"].as_str().unwrap().contains("status"));
+
+    let (status, body) = app.get("/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let big = "x".repeat(2 << 20);
+    let (status, body) = app.post("/v1/mock/messages", json!({"from": "alice", "text": big})).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+
+    let (status, body) = app.post("/v1/mock/scan", json!({})).await;
+    assert_eq!(status, 409, "already logged in: {body}");
+}
+
+#[tokio::test]
+async fn tokens_guard_v1_but_not_health() {
+    let app = spawn_app("[auth]\ntokens = [\"test-token-0123456789\"]\n").await;
+    let client = reqwest::Client::new();
+    let resp = client.get(app.url("/v1/session")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let resp = client
+        .get(app.url("/v1/session"))
+        .bearer_auth("test-token-0123456780")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let (status, body) = app.get("/v1/session").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["state"], "logged_in");
+    assert_eq!(body["puppet"], "mock");
+    assert_eq!(body["user"]["id"], "bot-user");
+    let resp = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn manual_login_waits_for_the_scan() {
+    let app = common::spawn_app_unready("[puppet.mock]\nauto_login = false\n").await;
+    let (_, session) = app.get("/v1/session").await;
+    assert_eq!(session["state"], "waiting_for_scan");
+    assert!(session["qr"]["payload"].as_str().unwrap().starts_with("https://"));
+    let ready = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_ready");
+    let (status, body) = app.inject("alice", None, "too early").await;
+    assert_eq!(status, 503, "{body}");
+
+    let (status, _) = app.post("/v1/mock/scan", json!({})).await;
+    assert_eq!(status, 200);
+    app.wait_logged_in().await;
+    let (status, _) = app.inject("alice", None, "now").await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn a_public_address_without_auth_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = waas::config::Settings::from_toml(&format!(
+        "[server]\nlisten = \"0.0.0.0:0\"\n[storage]\nurl = \"sqlite://{}/w.db\"\n",
+        dir.path().display()
+    ))
+    .unwrap();
+    let err = waas::app::Application::build(settings).await.err().expect("refused");
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
+}

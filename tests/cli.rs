@@ -1,0 +1,84 @@
+//! The command line: config validation with errors that name the key, secrets, signing.
+
+use std::process::Command;
+
+fn waas(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_waas"))
+        .args(args)
+        .env_remove("WAAS_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[auth]\ntokens = [\"super-secret-token-123\"]\n[[webhooks]]\nname = \"a\"\nurl = \"https://example.com/h\"\nsecret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = waas(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:3010\""), "{out}");
+    assert!(out.contains("[[webhooks]]"));
+    assert!(!out.contains("super-secret-token-123"));
+    assert!(!out.contains("C2FVsBQIhrsc"));
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[[webhooks]]\nname = \"a\"\nurl = \"https://example.com\"\nsecret = \"hunter2\"\n").unwrap();
+    let (code, _, err) = waas(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("webhooks[0].secret[0]"), "{err}");
+    assert!(!err.contains("hunter2"), "secrets are not echoed: {err}");
+
+    std::fs::write(&path, "[server\nlisten = 1").unwrap();
+    let (code, _, err) = waas(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("TOML parse error"), "{err}");
+
+    let (code, _, err) = waas(&["check-config", "--config", "/nonexistent/waas.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not exist"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_waas"))
+        .args(["check-config"])
+        .env("WAAS__SEND__BURST", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("burst"));
+}
+
+#[test]
+fn secret_and_sign_produce_verifiable_headers() {
+    let (code, secret, _) = waas(&["secret"]);
+    assert_eq!(code, 0);
+    let secret = secret.trim();
+    assert!(secret.starts_with("whsec_"));
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, "{\"to\":{\"contact\":\"alice\"},\"text\":\"hi\"}").unwrap();
+    let (code, out, err) = waas(&["sign", "--secret", secret, "--body", body.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let header = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap()
+            .to_string()
+    };
+    let key = waas::relay::signing::SigningKey::parse(secret).unwrap();
+    let ts: i64 = header("webhook-timestamp").parse().unwrap();
+    let expected = key.sign(&header("webhook-id"), ts, &std::fs::read(&body).unwrap());
+    assert_eq!(header("webhook-signature"), expected);
+}
