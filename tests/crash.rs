@@ -48,6 +48,60 @@ async fn wait_ready(base: &str) {
     panic!("waas did not become ready");
 }
 
+/// Concurrent injectors, recording every acknowledged (event id, message id).
+struct Burst {
+    count: Arc<AtomicUsize>,
+    acked: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Burst {
+    fn start(base: &str, total: usize) -> Burst {
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
+        let client = reqwest::Client::new();
+        let workers = (0..16)
+            .map(|_| {
+                let (acked, count, next, client, base) =
+                    (acked.clone(), count.clone(), next.clone(), client.clone(), base.to_string());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= total {
+                            return;
+                        }
+                        let sent = client
+                            .post(format!("{base}/v1/mock/messages"))
+                            .json(&json!({"from": "alice", "text": format!("burst {i}")}))
+                            .send()
+                            .await;
+                        // Refused or cut off by the kill: not acknowledged, stop.
+                        let Ok(resp) = sent else { return };
+                        if resp.status() != 201 {
+                            return;
+                        }
+                        let Ok(body) = resp.json::<serde_json::Value>().await else { return };
+                        acked.lock().unwrap().push((
+                            body["event_id"].as_str().unwrap().to_string(),
+                            body["message_id"].as_str().unwrap().to_string(),
+                        ));
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        Burst { count, acked, workers }
+    }
+
+    async fn finish(self) -> Vec<(String, String)> {
+        for w in self.workers {
+            let _ = w.await;
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_no_acknowledged_message() {
     waas::install_crypto_provider();
@@ -72,50 +126,16 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
     let mut child = start(&config);
     wait_ready(&base).await;
 
-    // Inject from 16 concurrent clients; record every acknowledged event id.
-    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let next = Arc::new(AtomicUsize::new(0));
-    let client = reqwest::Client::new();
-    let mut workers = Vec::new();
-    for _ in 0..16 {
-        let (acked, count, next, client, base) =
-            (acked.clone(), count.clone(), next.clone(), client.clone(), base.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= BURST {
-                    return;
-                }
-                let sent = client
-                    .post(format!("{base}/v1/mock/messages"))
-                    .json(&json!({"from": "alice", "text": format!("burst {i}")}))
-                    .send()
-                    .await;
-                let Ok(resp) = sent else { return };
-                if resp.status() != 201 {
-                    return;
-                }
-                let Ok(body) = resp.json::<serde_json::Value>().await else { return };
-                acked.lock().unwrap().push((
-                    body["event_id"].as_str().unwrap().to_string(),
-                    body["message_id"].as_str().unwrap().to_string(),
-                ));
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
-    }
+    // Inject from 16 concurrent clients; SIGKILL once KILL_AFTER_ACKS are acknowledged.
+    let burst = Burst::start(&base, BURST);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
+    while burst.count.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
         assert!(Instant::now() < deadline, "the burst stalled");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
     child.wait().unwrap();
-    for w in workers {
-        let _ = w.await;
-    }
-    let acked = acked.lock().unwrap().clone();
+    let mut acked = burst.finish().await;
     let delivered_before_kill = receiver.received().len();
     assert!(acked.len() >= KILL_AFTER_ACKS);
     assert!(
@@ -123,8 +143,12 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
         "the kill must leave a backlog for this test to mean anything"
     );
 
+    // Restart on the same database and finish the burst.
     let mut child = start(&config);
     wait_ready(&base).await;
+    let rest = Burst::start(&base, BURST - acked.len()).finish().await;
+    acked.extend(rest);
+    assert_eq!(acked.len(), BURST, "every message of the burst is acknowledged in the end");
     let want: HashSet<String> = acked.iter().map(|(e, _)| e.clone()).collect();
     receiver
         .wait_for(60, "every acknowledged message", |r| {

@@ -20,9 +20,11 @@ CREATE TABLE deliveries (
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER,              -- unix ms, while pending
     conversation    TEXT,
+    -- 1 while a dispatcher owns it; cleared at start-up (one process owns the file)
+    claimed         INTEGER NOT NULL DEFAULT 0,
     updated_at      INTEGER NOT NULL
 );
-CREATE INDEX deliveries_due ON deliveries (webhook, status, next_attempt_at);
+CREATE INDEX deliveries_due ON deliveries (webhook, status, claimed, next_attempt_at);
 CREATE INDEX deliveries_conversation ON deliveries (webhook, conversation, status, event_seq);
 CREATE INDEX deliveries_event ON deliveries (event_seq);
 

@@ -7,7 +7,7 @@
 //! The loops never poll: they sleep until the next due time or until woken (a new
 //! delivery, a finished attempt, a manual retry).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -147,22 +147,25 @@ impl Dispatcher {
     ) {
         let name = target.settings.name.clone();
         let ordering = target.settings.ordering;
+        let max = target.settings.max_in_flight;
+        // Claimed deliveries waiting for a free slot. Claiming up to twice the slots
+        // at once keeps claims (a write each) rare under load.
+        let mut ready: VecDeque<DueDelivery> = VecDeque::new();
+        let mut next_due = None;
         loop {
-            let mut next_due = None;
-            let free = target.slots.available_permits();
-            if free > 0 && !target.is_disabled() {
+            if target.is_disabled() {
+                for d in ready.drain(..) {
+                    if let Err(e) = self.store.release_delivery(&d.id).await {
+                        tracing::error!(webhook = %name, error = %e, "cannot release a delivery");
+                    }
+                }
+                next_due = None;
+            } else if ready.len() <= max / 2 {
                 let now = now_millis();
-                match self.store.claim_due(&name, ordering, free, now).await {
+                match self.store.claim_due(&name, ordering, 2 * max - ready.len(), now).await {
                     Ok(claim) => {
                         next_due = claim.next_due;
-                        for delivery in claim.items {
-                            // Only this loop takes permits, and `free` were free.
-                            let Ok(permit) = target.slots.clone().try_acquire_owned() else {
-                                self.store.release(&delivery.id).await;
-                                continue;
-                            };
-                            tracker.spawn(self.clone().deliver(target.clone(), delivery, permit));
-                        }
+                        ready.extend(claim.items);
                     }
                     Err(e) => {
                         tracing::error!(webhook = %name, error = %e, "cannot claim deliveries; trying again in 1s");
@@ -170,8 +173,18 @@ impl Dispatcher {
                     }
                 }
             }
+            while !ready.is_empty() {
+                let Ok(permit) = target.slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                if let Some(delivery) = ready.pop_front() {
+                    tracker.spawn(self.clone().deliver(target.clone(), delivery, permit));
+                }
+            }
+            // With deliveries waiting for a slot, a finishing one wakes the loop.
+            let wake_at = if ready.is_empty() { next_due } else { None };
             let sleep = async {
-                match next_due {
+                match wake_at {
                     Some(at) => {
                         let ms = (at - now_millis()).max(0) as u64;
                         tokio::time::sleep(Duration::from_millis(ms)).await
@@ -185,6 +198,10 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
             }
         }
+        // Claimed but never started: hand them back for the next start.
+        for d in ready {
+            let _ = self.store.release_delivery(&d.id).await;
+        }
         tracing::debug!(webhook = %name, "dispatcher loop stopped");
     }
 
@@ -192,7 +209,7 @@ impl Dispatcher {
         self: Arc<Self>,
         target: Arc<Target>,
         delivery: DueDelivery,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     ) {
         let hook = &target.settings;
         let body = delivery.event.body();
@@ -228,6 +245,10 @@ impl Dispatcher {
         })
         .await;
         let duration_ms = started.elapsed().as_millis() as i64;
+        // The slot is for the HTTP exchange; recording it waits for a group commit,
+        // and the next request need not wait for that.
+        drop(permit);
+        target.notify.notify_one();
 
         let failures = delivery.attempts + 1;
         let mut attempt = AttemptRecord {

@@ -173,7 +173,7 @@ impl Sender {
             Ok(permit) => {
                 tracker.spawn(self.clone().attempt(send, permit));
             }
-            Err(_) => self.store.release(&send.id).await,
+            Err(_) => self.store.release_send(&send.id).await,
         }
         next_due
     }

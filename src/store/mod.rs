@@ -271,7 +271,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes up to `limit` due deliveries of one webhook for sending. With
     /// `Ordering::Conversation`, only the oldest pending delivery of each conversation
-    /// is eligible. Claimed deliveries are not returned again until finished.
+    /// is eligible. Claimed deliveries are not returned again until finished or
+    /// released. `next_due` is when the next unclaimed one becomes due.
     async fn claim_due(
         &self,
         webhook: &str,
@@ -290,8 +291,11 @@ pub trait Store: Send + Sync + 'static {
         replies: Vec<NewSend>,
     ) -> Result<()>;
 
-    /// Gives up a claim on a delivery or a send without recording anything.
-    async fn release(&self, delivery_id: &str);
+    /// Gives up a claim on a delivery without recording anything.
+    async fn release_delivery(&self, delivery_id: &str) -> Result<()>;
+
+    /// Gives up a claim on a send without recording anything.
+    async fn release_send(&self, send_id: &str);
 
     /// Re-queues one delivery now, whatever its status. False when it does not exist.
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>>;

@@ -6,9 +6,10 @@
 //! alone at once. Each operation runs in its own savepoint so one failing operation does
 //! not undo its neighbours. Callers get their answer only after the commit.
 //!
-//! Reads use a small pool of their own (WAL lets them run beside the writer). Claims
-//! are held in memory: after a crash nothing is claimed, which is exactly right for a
-//! single process.
+//! Reads use a small pool of their own (WAL lets them run beside the writer). A claimed
+//! delivery is marked in its row (claims go through the writer, so two never overlap)
+//! and every mark is cleared at start-up: one process owns the file, so after a crash
+//! nothing is claimed. Sends, a far smaller stream, are claimed in memory.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -33,7 +34,7 @@ const MAX_BATCH: usize = 512;
 pub struct SqliteStore {
     writer: mpsc::Sender<Write>,
     pool: SqlitePool,
-    /// Deliveries and sends claimed by this process and not yet finished.
+    /// Sends claimed by this process and not yet finished.
     in_flight: Mutex<HashSet<String>>,
     /// Held while a claim reads and filters, and while a finish releases its claim, so
     /// that a claim never sees a row as pending after its claim was already released.
@@ -42,8 +43,17 @@ pub struct SqliteStore {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+struct ClaimRequest {
+    webhook: String,
+    ordering: Ordering,
+    limit: usize,
+    now: Millis,
+}
+
 enum Write {
     Append(NewEvent, Vec<String>, Reply<Appended>),
+    Claim(ClaimRequest, Reply<Claim<DueDelivery>>),
+    Release(String, Reply<()>),
     Finish(Box<(DueDelivery, AttemptRecord, Outcome, Vec<NewSend>)>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
     FinishSend(String, SendOutcome, Millis, Reply<()>),
@@ -79,6 +89,15 @@ impl SqliteStore {
 
         let mut conn = options.connect().await?;
         sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        // Claims belong to the process that made them; one process owns this file, so
+        // whatever an earlier (crashed) process had claimed is free again.
+        let released = sqlx::query("UPDATE deliveries SET claimed = 0 WHERE claimed != 0")
+            .execute(&mut conn)
+            .await?
+            .rows_affected();
+        if released > 0 {
+            tracing::info!(deliveries = released, "released deliveries claimed before the last stop");
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -119,29 +138,290 @@ impl SqliteStore {
 async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        if let Some(ops) = fast_batch(&mut conn, ops).await {
+            slow_batch(&mut conn, ops).await;
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Appends and plain attempt results: the hot path, which the fast path can write in
+/// a few multi-row statements.
+fn is_bulk(op: &Write) -> bool {
+    match op {
+        Write::Append(..) | Write::Claim(..) => true,
+        Write::Finish(f, _) => f.3.is_empty() && !matches!(f.2, Outcome::Disabled { .. }),
+        _ => false,
+    }
+}
+
+/// The fast path: a batch of appends and attempt results written with multi-row
+/// statements in one transaction. Returns the operations untouched when it cannot
+/// (another kind of operation in the batch, or any error), for the careful path.
+async fn fast_batch(conn: &mut SqliteConnection, ops: Vec<Write>) -> Option<Vec<Write>> {
+    if ops.len() < 2 || !ops.iter().all(is_bulk) {
+        return Some(ops);
+    }
+    let mut events = Vec::new();
+    let mut finishes = Vec::new();
+    let mut claims = Vec::new();
+    for op in &ops {
+        match op {
+            Write::Append(e, hooks, _) => events.push((e, hooks.as_slice())),
+            Write::Finish(f, _) => finishes.push((&f.0, &f.1, f.2)),
+            Write::Claim(c, _) => claims.push(c),
+            _ => {}
+        }
+    }
+    if sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.is_err() {
+        return Some(ops);
+    }
+    let written = async {
+        let appended = append_many(conn, &events).await?;
+        finish_many(conn, &finishes).await?;
+        // Claims last, so they see what this batch appended and finished.
+        let mut claimed = Vec::with_capacity(claims.len());
+        for c in &claims {
+            claimed.push(claim(conn, c).await?);
+        }
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        Ok::<_, StoreError>((appended, claimed))
+    }
+    .await;
+    let (appended, claimed) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "batched write failed; writing each operation alone");
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Some(ops);
+        }
+    };
+    let mut appended = appended.into_iter();
+    let mut claimed = claimed.into_iter();
+    for op in ops {
+        match op {
+            Write::Claim(_, reply) => {
+                if let Some(c) = claimed.next() {
+                    let _ = reply.send(Ok(c));
+                }
+            }
+            Write::Append(_, _, reply) => {
+                if let Some(a) = appended.next() {
+                    let _ = reply.send(Ok(a));
+                }
+            }
+            Write::Finish(_, reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            other => fail(other, "not a bulk operation"),
+        }
+    }
+    None
+}
+
+/// `INSERT … VALUES (…), (…), …` with `rows` groups of `width` placeholders.
+fn multi_row(head: &str, width: usize, rows: usize, tail: &str) -> String {
+    let group = format!("({})", vec!["?"; width].join(", "));
+    format!("{head} {} {tail}", vec![group; rows].join(", "))
+}
+
+/// Rows per multi-row statement, well under SQLite's limit on bound parameters.
+const ROWS_PER_STATEMENT: usize = 400;
+
+async fn append_many(
+    conn: &mut SqliteConnection,
+    events: &[(&NewEvent, &[String])],
+) -> Result<Vec<Appended>> {
+    let mut seqs: HashMap<String, i64> = HashMap::with_capacity(events.len());
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row(
+            "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data) VALUES",
+            7,
+            chunk.len(),
+            "ON CONFLICT (dedup_key) DO NOTHING RETURNING id, seq",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (e, _) in chunk {
+            q = q
+                .bind(&e.id)
+                .bind(e.event_type)
+                .bind(&e.dedup_key)
+                .bind(&e.conversation)
+                .bind(e.created_at)
+                .bind(&e.bot_json)
+                .bind(&e.data_json);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            seqs.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+    }
+    let mut out = Vec::with_capacity(events.len());
+    let mut deliveries = Vec::new();
+    for (e, hooks) in events {
+        match seqs.get(&e.id) {
+            Some(&seq) => {
+                out.push(Appended {
+                    id: e.id.clone(),
+                    seq,
+                    duplicate: false,
+                });
+                deliveries.extend(hooks.iter().map(|h| (seq, h, *e)));
+            }
+            None => {
+                // Stored before (or earlier in this batch) under the same dedup key.
+                let row = sqlx::query("SELECT id, seq FROM events WHERE dedup_key = ?")
+                    .bind(&e.dedup_key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                out.push(Appended {
+                    id: row.try_get(0)?,
+                    seq: row.try_get(1)?,
+                    duplicate: true,
+                });
+            }
+        }
+    }
+    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row(
+            "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, updated_at) VALUES",
+            6,
+            chunk.len(),
+            "",
+        )
+        .replace("(?, ?, ?, ?, ?, ?)", "(?, ?, ?, 'pending', 0, ?, ?, ?)");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (seq, hook, e) in chunk {
+            q = q
+                .bind(format!("dlv_{}", ulid::Ulid::new()))
+                .bind(*seq)
+                .bind(*hook)
+                .bind(e.created_at)
+                .bind(&e.conversation)
+                .bind(e.created_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(out)
+}
+
+async fn finish_many(
+    conn: &mut SqliteConnection,
+    finishes: &[(&DueDelivery, &AttemptRecord, Outcome)],
+) -> Result<()> {
+    for chunk in finishes.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row(
+            "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response) VALUES",
+            6,
+            chunk.len(),
+            "",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (d, a, _) in chunk {
+            q = q
+                .bind(&d.id)
+                .bind(a.at)
+                .bind(a.status_code.map(i64::from))
+                .bind(&a.error)
+                .bind(a.duration_ms)
+                .bind(&a.response);
+        }
+        q.execute(&mut *conn).await?;
+
+        let sql = multi_row(
+            "UPDATE deliveries SET status = v.column2, attempts = attempts + 1, claimed = 0,
+                    next_attempt_at = v.column3, updated_at = v.column4
+             FROM (VALUES",
+            4,
+            chunk.len(),
+            ") AS v WHERE deliveries.id = v.column1",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (d, a, outcome) in chunk {
+            let (status, next) = match outcome {
+                Outcome::Delivered => ("delivered", None),
+                Outcome::Retry { at } => ("pending", Some(*at)),
+                Outcome::Dead => ("dead", None),
+                Outcome::Disabled { .. } => ("pending", Some(a.at + a.duration_ms)),
+            };
+            q = q.bind(&d.id).bind(status).bind(next).bind(a.at + a.duration_ms);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    // One health update per webhook for the whole batch: the newest success, the newest
+    // error.
+    let mut health: HashMap<&str, (Option<Millis>, Option<(Millis, String)>)> = HashMap::new();
+    for (d, a, outcome) in finishes {
+        let at = a.at + a.duration_ms;
+        let entry = health.entry(d.webhook.as_str()).or_default();
+        if *outcome == Outcome::Delivered {
+            entry.0 = entry.0.max(Some(at));
+        } else if entry.1.as_ref().is_none_or(|(t, _)| *t <= at) {
+            entry.1 = Some((at, attempt_error(a)));
+        }
+    }
+    for (webhook, (success, error)) in health {
+        if let Some(at) = success {
+            sqlx::query(
+                "INSERT INTO webhook_state (name, last_success_at) VALUES (?, ?)
+                 ON CONFLICT (name) DO UPDATE SET last_success_at = MAX(COALESCE(last_success_at, 0), excluded.last_success_at)",
+            )
+            .bind(webhook)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if let Some((at, error)) = error {
+            sqlx::query(
+                "INSERT INTO webhook_state (name, last_error, last_error_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+                                                  last_error_at = excluded.last_error_at",
+            )
+            .bind(webhook)
+            .bind(error)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What `last_error` says about a failed attempt.
+fn attempt_error(a: &AttemptRecord) -> String {
+    a.error
+        .clone()
+        .or_else(|| a.status_code.map(|c| format!("HTTP {c}")))
+        .unwrap_or_default()
+}
+
+/// The careful path: every operation in its own savepoint, so one that fails does not
+/// undo the others; all committed together.
+async fn slow_batch(conn: &mut SqliteConnection, mut batch: Vec<Write>) {
+    {
         let mut answers: Vec<Box<dyn FnOnce(Option<&str>) + Send>> =
             Vec::with_capacity(batch.len());
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
             let msg = e.to_string();
             tracing::error!(error = %msg, "cannot begin a write transaction");
             for op in batch.drain(..) {
                 fail(op, &msg);
             }
-            continue;
+            return;
         }
 
         macro_rules! step {
             ($reply:expr, $work:expr) => {{
-                let _ = sqlx::query("SAVEPOINT op").execute(&mut conn).await;
+                let _ = sqlx::query("SAVEPOINT op").execute(&mut *conn).await;
                 let result = $work.await;
                 let end = if result.is_ok() {
                     "RELEASE op"
                 } else {
                     "ROLLBACK TO op"
                 };
-                let _ = sqlx::query(end).execute(&mut conn).await;
+                let _ = sqlx::query(end).execute(&mut *conn).await;
                 if result.is_err() {
-                    let _ = sqlx::query("RELEASE op").execute(&mut conn).await;
+                    let _ = sqlx::query("RELEASE op").execute(&mut *conn).await;
                 }
                 let reply = $reply;
                 answers.push(Box::new(move |failed: Option<&str>| {
@@ -156,39 +436,40 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
         for op in batch.drain(..) {
             match op {
                 Write::Append(event, hooks, reply) => {
-                    step!(reply, append(&mut conn, &event, &hooks))
+                    step!(reply, append(&mut *conn, &event, &hooks))
                 }
+                Write::Claim(request, reply) => step!(reply, claim(&mut *conn, &request)),
+                Write::Release(id, reply) => step!(reply, release(&mut *conn, &id)),
                 Write::Finish(op, reply) => {
                     let (delivery, attempt, outcome, replies) = *op;
                     step!(
                         reply,
-                        finish(&mut conn, &delivery, &attempt, outcome, &replies)
+                        finish(&mut *conn, &delivery, &attempt, outcome, &replies)
                     )
                 }
-                Write::Enqueue(send, reply) => step!(reply, enqueue(&mut conn, &send)),
+                Write::Enqueue(send, reply) => step!(reply, enqueue(&mut *conn, &send)),
                 Write::FinishSend(id, outcome, now, reply) => {
-                    step!(reply, finish_send(&mut conn, &id, &outcome, now))
+                    step!(reply, finish_send(&mut *conn, &id, &outcome, now))
                 }
-                Write::Defer(id, at, reply) => step!(reply, defer(&mut conn, &id, at)),
-                Write::Retry(id, now, reply) => step!(reply, retry(&mut conn, &id, now)),
+                Write::Defer(id, at, reply) => step!(reply, defer(&mut *conn, &id, at)),
+                Write::Retry(id, now, reply) => step!(reply, retry(&mut *conn, &id, now)),
                 Write::Disable(name, reason, now, reply) => {
-                    step!(reply, disable(&mut conn, &name, reason.as_deref(), now))
+                    step!(reply, disable(&mut *conn, &name, reason.as_deref(), now))
                 }
-                Write::Prune(before, reply) => step!(reply, prune(&mut conn, before)),
+                Write::Prune(before, reply) => step!(reply, prune(&mut *conn, before)),
             }
         }
 
-        match sqlx::query("COMMIT").execute(&mut conn).await {
+        match sqlx::query("COMMIT").execute(&mut *conn).await {
             Ok(_) => answers.into_iter().for_each(|a| a(None)),
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "commit failed; the batch is rolled back");
-                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 answers.into_iter().for_each(|a| a(Some(&msg)));
             }
         }
     }
-    let _ = conn.close().await;
 }
 
 fn fail(op: Write, msg: &str) {
@@ -197,6 +478,8 @@ fn fail(op: Write, msg: &str) {
     }
     let _ = match op {
         Write::Append(_, _, r) => r.send(err(msg)).is_ok(),
+        Write::Claim(_, r) => r.send(err(msg)).is_ok(),
+        Write::Release(_, r) => r.send(err(msg)).is_ok(),
         Write::Finish(_, r) => r.send(err(msg)).is_ok(),
         Write::Enqueue(_, r) => r.send(err(msg)).is_ok(),
         Write::FinishSend(.., r) => r.send(err(msg)).is_ok(),
@@ -284,7 +567,8 @@ async fn finish(
         Outcome::Disabled { .. } => ("pending", Some(now)),
     };
     sqlx::query(
-        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ?
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, claimed = 0,
+                next_attempt_at = ?, updated_at = ?
          WHERE id = ?",
     )
     .bind(status)
@@ -304,11 +588,7 @@ async fn finish(
         .execute(&mut *conn)
         .await?;
     } else {
-        let error = a
-            .error
-            .clone()
-            .or_else(|| a.status_code.map(|c| format!("HTTP {c}")))
-            .unwrap_or_default();
+        let error = attempt_error(a);
         sqlx::query(
             "INSERT INTO webhook_state (name, last_error, last_error_at) VALUES (?, ?, ?)
              ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
@@ -329,6 +609,103 @@ async fn finish(
             Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+async fn claim(conn: &mut SqliteConnection, c: &ClaimRequest) -> Result<Claim<DueDelivery>> {
+    let rows = sqlx::query(match c.ordering {
+        Ordering::None => {
+            "UPDATE deliveries SET claimed = 1 WHERE id IN (
+                 SELECT id FROM deliveries
+                 WHERE webhook = ?1 AND status = 'pending' AND claimed = 0 AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at, event_seq LIMIT ?3)
+             RETURNING id, attempts, event_seq"
+        }
+        // Only the oldest pending delivery of each conversation may go (a claimed one
+        // still counts, so its followers wait); events without a conversation (login,
+        // scan…) are not ordered.
+        Ordering::Conversation => {
+            "UPDATE deliveries SET claimed = 1 WHERE id IN (
+                 SELECT d.id FROM deliveries d
+                 WHERE d.webhook = ?1 AND d.status = 'pending' AND d.claimed = 0
+                   AND d.next_attempt_at <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p
+                                   WHERE p.webhook = ?1 AND p.conversation = d.conversation
+                                     AND p.status = 'pending' AND p.event_seq < d.event_seq)
+                 ORDER BY d.next_attempt_at, d.event_seq LIMIT ?3)
+             RETURNING id, attempts, event_seq"
+        }
+    })
+    .bind(&c.webhook)
+    .bind(c.now)
+    .bind(c.limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get(0)?;
+        let attempts: i64 = row.try_get(1)?;
+        let seq: i64 = row.try_get(2)?;
+        claimed.push((id, attempts as u32, seq));
+    }
+    claimed.sort_by_key(|(_, _, seq)| *seq);
+    let mut events: HashMap<i64, StoredEvent> = HashMap::with_capacity(claimed.len());
+    for chunk in claimed.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT id, type, seq, created_at, bot, data FROM events WHERE seq IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (_, _, seq) in chunk {
+            q = q.bind(*seq);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let event = stored_event(&row, 0)?;
+            events.insert(event.seq, event);
+        }
+    }
+    let items: Vec<DueDelivery> = claimed
+        .into_iter()
+        .filter_map(|(id, attempts, seq)| {
+            Some(DueDelivery {
+                id,
+                webhook: c.webhook.clone(),
+                attempts,
+                event: events.remove(&seq)?,
+            })
+        })
+        .collect();
+
+    let next_due = if items.len() == c.limit {
+        Some(c.now)
+    } else {
+        let row = sqlx::query(match c.ordering {
+            Ordering::None => {
+                "SELECT MIN(next_attempt_at) FROM deliveries
+                 WHERE webhook = ?1 AND status = 'pending' AND claimed = 0"
+            }
+            Ordering::Conversation => {
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d
+                 WHERE d.webhook = ?1 AND d.status = 'pending' AND d.claimed = 0
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p
+                                   WHERE p.webhook = ?1 AND p.conversation = d.conversation
+                                     AND p.status = 'pending' AND p.event_seq < d.event_seq)"
+            }
+        })
+        .bind(&c.webhook)
+        .fetch_one(&mut *conn)
+        .await?;
+        row.try_get::<Option<i64>, _>(0)?
+    };
+    Ok(Claim { items, next_due })
+}
+
+async fn release(conn: &mut SqliteConnection, id: &str) -> Result<()> {
+    sqlx::query("UPDATE deliveries SET claimed = 0 WHERE id = ?")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -519,58 +896,13 @@ impl Store for SqliteStore {
         limit: usize,
         now: Millis,
     ) -> Result<Claim<DueDelivery>> {
-        let _gate = self.claim_gate.lock().await;
-        let skip = self.in_flight().len();
-        let sql = match ordering {
-            Ordering::None => {
-                "SELECT d.id, d.webhook, d.attempts, d.next_attempt_at,
-                        e.id, e.type, e.seq, e.created_at, e.bot, e.data
-                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                 WHERE d.webhook = ? AND d.status = 'pending'
-                 ORDER BY d.next_attempt_at, d.event_seq LIMIT ?"
-            }
-            // Only the oldest pending delivery of each conversation may go; events
-            // without a conversation (login, scan…) are not ordered.
-            Ordering::Conversation => {
-                "SELECT d.id, d.webhook, d.attempts, d.next_attempt_at,
-                        e.id, e.type, e.seq, e.created_at, e.bot, e.data
-                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                 WHERE d.webhook = ?1 AND d.status = 'pending'
-                   AND NOT EXISTS (SELECT 1 FROM deliveries p
-                                   WHERE p.webhook = ?1 AND p.conversation = d.conversation
-                                     AND p.status = 'pending' AND p.event_seq < d.event_seq)
-                 ORDER BY d.next_attempt_at, d.event_seq LIMIT ?2"
-            }
+        let request = ClaimRequest {
+            webhook: webhook.to_string(),
+            ordering,
+            limit,
+            now,
         };
-        let rows = sqlx::query(sql)
-            .bind(webhook)
-            .bind((limit + skip + 1) as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut in_flight = self.in_flight();
-        let mut claim = Claim {
-            items: Vec::new(),
-            next_due: None,
-        };
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if in_flight.contains(&id) {
-                continue;
-            }
-            let due_at: Millis = row.try_get::<Option<i64>, _>(3)?.unwrap_or(now);
-            if due_at > now || claim.items.len() == limit {
-                claim.next_due = Some(due_at);
-                break;
-            }
-            in_flight.insert(id.clone());
-            claim.items.push(DueDelivery {
-                id,
-                webhook: row.try_get(1)?,
-                attempts: row.try_get::<i64, _>(2)? as u32,
-                event: stored_event(&row, 4)?,
-            });
-        }
-        Ok(claim)
+        self.write(|r| Write::Claim(request, r)).await
     }
 
     async fn finish_attempt(
@@ -581,13 +913,16 @@ impl Store for SqliteStore {
         replies: Vec<NewSend>,
     ) -> Result<()> {
         let finish = Box::new((delivery.clone(), attempt, outcome, replies));
-        let result = self.write(|r| Write::Finish(finish, r)).await;
-        self.unclaim(&delivery.id).await;
-        result
+        self.write(|r| Write::Finish(finish, r)).await
     }
 
-    async fn release(&self, delivery_id: &str) {
-        self.unclaim(delivery_id).await;
+    async fn release_delivery(&self, delivery_id: &str) -> Result<()> {
+        let id = delivery_id.to_string();
+        self.write(|r| Write::Release(id, r)).await
+    }
+
+    async fn release_send(&self, send_id: &str) {
+        self.unclaim(send_id).await;
     }
 
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>> {
