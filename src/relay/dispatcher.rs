@@ -26,6 +26,8 @@ use crate::store::{AttemptRecord, DueDelivery, NewSend, Outcome, Store};
 
 /// How much of a response is kept in the attempt record.
 const RESPONSE_PREFIX: usize = 1024;
+/// Fewest deliveries a webhook loop claims ahead.
+const PREFETCH_MIN: usize = 256;
 /// How much of a response is read at all (a reply may carry a small file).
 const RESPONSE_CAP: usize = 1 << 20;
 
@@ -147,9 +149,10 @@ impl Dispatcher {
     ) {
         let name = target.settings.name.clone();
         let ordering = target.settings.ordering;
-        let max = target.settings.max_in_flight;
-        // Claimed deliveries waiting for a free slot. Claiming up to twice the slots
-        // at once keeps claims (a write each) rare under load.
+        // Claimed deliveries waiting for a free slot. A claim is a write and waits for a
+        // group commit, so under load the loop claims well ahead of the free slots and
+        // refills at half, keeping the slots busy while the next claim commits.
+        let prefetch = (4 * target.settings.max_in_flight).max(PREFETCH_MIN);
         let mut ready: VecDeque<DueDelivery> = VecDeque::new();
         let mut next_due = None;
         loop {
@@ -160,9 +163,9 @@ impl Dispatcher {
                     }
                 }
                 next_due = None;
-            } else if ready.len() <= max / 2 {
+            } else if ready.len() <= prefetch / 2 {
                 let now = now_millis();
-                match self.store.claim_due(&name, ordering, 2 * max - ready.len(), now).await {
+                match self.store.claim_due(&name, ordering, prefetch - ready.len(), now).await {
                     Ok(claim) => {
                         next_due = claim.next_due;
                         ready.extend(claim.items);

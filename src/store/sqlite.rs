@@ -43,6 +43,9 @@ pub struct SqliteStore {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// A claimed delivery before its event is read: (id, attempts, event seq).
+type ClaimedRow = (String, u32, i64);
+
 struct ClaimRequest {
     webhook: String,
     ordering: Ordering,
@@ -52,7 +55,7 @@ struct ClaimRequest {
 
 enum Write {
     Append(NewEvent, Vec<String>, Reply<Appended>),
-    Claim(ClaimRequest, Reply<Claim<DueDelivery>>),
+    Claim(ClaimRequest, Reply<Claim<ClaimedRow>>),
     Release(String, Reply<()>),
     Finish(Box<(DueDelivery, AttemptRecord, Outcome, Vec<NewSend>)>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
@@ -612,13 +615,17 @@ async fn finish(
     Ok(())
 }
 
-async fn claim(conn: &mut SqliteConnection, c: &ClaimRequest) -> Result<Claim<DueDelivery>> {
+/// Marks up to `limit` due deliveries claimed, oldest due first. The order is the
+/// `deliveries_due` index's alone, so SQLite walks the index and stops at the limit
+/// instead of sorting every due row (ties fall in insertion order). Their events are read afterwards, from
+/// the read pool, to keep the writer's work short.
+async fn claim(conn: &mut SqliteConnection, c: &ClaimRequest) -> Result<Claim<ClaimedRow>> {
     let rows = sqlx::query(match c.ordering {
         Ordering::None => {
             "UPDATE deliveries SET claimed = 1 WHERE id IN (
                  SELECT id FROM deliveries
                  WHERE webhook = ?1 AND status = 'pending' AND claimed = 0 AND next_attempt_at <= ?2
-                 ORDER BY next_attempt_at, event_seq LIMIT ?3)
+                 ORDER BY next_attempt_at LIMIT ?3)
              RETURNING id, attempts, event_seq"
         }
         // Only the oldest pending delivery of each conversation may go (a claimed one
@@ -632,7 +639,7 @@ async fn claim(conn: &mut SqliteConnection, c: &ClaimRequest) -> Result<Claim<Du
                    AND NOT EXISTS (SELECT 1 FROM deliveries p
                                    WHERE p.webhook = ?1 AND p.conversation = d.conversation
                                      AND p.status = 'pending' AND p.event_seq < d.event_seq)
-                 ORDER BY d.next_attempt_at, d.event_seq LIMIT ?3)
+                 ORDER BY d.next_attempt_at LIMIT ?3)
              RETURNING id, attempts, event_seq"
         }
     })
@@ -642,41 +649,12 @@ async fn claim(conn: &mut SqliteConnection, c: &ClaimRequest) -> Result<Claim<Du
     .fetch_all(&mut *conn)
     .await?;
 
-    let mut claimed = Vec::with_capacity(rows.len());
+    let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: String = row.try_get(0)?;
         let attempts: i64 = row.try_get(1)?;
-        let seq: i64 = row.try_get(2)?;
-        claimed.push((id, attempts as u32, seq));
+        items.push((row.try_get(0)?, attempts as u32, row.try_get(2)?));
     }
-    claimed.sort_by_key(|(_, _, seq)| *seq);
-    let mut events: HashMap<i64, StoredEvent> = HashMap::with_capacity(claimed.len());
-    for chunk in claimed.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT id, type, seq, created_at, bot, data FROM events WHERE seq IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (_, _, seq) in chunk {
-            q = q.bind(*seq);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            let event = stored_event(&row, 0)?;
-            events.insert(event.seq, event);
-        }
-    }
-    let items: Vec<DueDelivery> = claimed
-        .into_iter()
-        .filter_map(|(id, attempts, seq)| {
-            Some(DueDelivery {
-                id,
-                webhook: c.webhook.clone(),
-                attempts,
-                event: events.remove(&seq)?,
-            })
-        })
-        .collect();
-
+    items.sort_by_key(|(_, _, seq): &ClaimedRow| *seq);
     let next_due = if items.len() == c.limit {
         Some(c.now)
     } else {
@@ -902,7 +880,38 @@ impl Store for SqliteStore {
             limit,
             now,
         };
-        self.write(|r| Write::Claim(request, r)).await
+        let claim = self.write(|r| Write::Claim(request, r)).await?;
+        let mut events: HashMap<i64, StoredEvent> = HashMap::with_capacity(claim.items.len());
+        for chunk in claim.items.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id, type, seq, created_at, bot, data FROM events WHERE seq IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (_, _, seq) in chunk {
+                q = q.bind(*seq);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let event = stored_event(&row, 0)?;
+                events.insert(event.seq, event);
+            }
+        }
+        let items = claim
+            .items
+            .into_iter()
+            .filter_map(|(id, attempts, seq)| {
+                Some(DueDelivery {
+                    id,
+                    webhook: webhook.to_string(),
+                    attempts,
+                    event: events.remove(&seq)?,
+                })
+            })
+            .collect();
+        Ok(Claim {
+            items,
+            next_due: claim.next_due,
+        })
     }
 
     async fn finish_attempt(
