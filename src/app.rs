@@ -61,12 +61,15 @@ impl Application {
                 .with_context(|| format!("cannot open the store at {}", settings.storage.url))?,
         );
         let session = SessionHandle::new(settings.puppet.kind);
-        let (puppet, mock): (Arc<dyn Puppet>, Option<Arc<MockPuppet>>) = match settings.puppet.kind {
+        let (puppet, mock): (Arc<dyn Puppet>, Option<Arc<MockPuppet>>) = match settings.puppet.kind
+        {
             PuppetKind::Mock => {
                 let mock = Arc::new(MockPuppet::new(&settings.puppet.mock, session.clone()));
                 (mock.clone(), Some(mock))
             }
-            PuppetKind::Service => anyhow::bail!("puppet.kind = \"service\" is not available in this build"),
+            PuppetKind::Service => {
+                anyhow::bail!("puppet.kind = \"service\" is not available in this build")
+            }
         };
         let wakers = Arc::new(Wakers::default());
         let sender_wake = Arc::new(Notify::new());
@@ -148,8 +151,13 @@ impl Application {
 
         work.cancel();
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-            tracing::warn!("in-flight work did not finish in time; it stays queued for the next start");
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight work did not finish in time; it stays queued for the next start"
+            );
         }
         tracing::info!("waas stopped");
         Ok(())

@@ -69,7 +69,9 @@ impl Receiver {
                 "only {} of {n} events arrived within {limit:?}",
                 self.count.load(Ordering::SeqCst)
             );
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), self.notify.notified()).await;
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(50)), self.notify.notified())
+                    .await;
         }
         Ok(())
     }
@@ -79,7 +81,11 @@ impl Receiver {
 fn bench_number(body: &[u8]) -> Option<usize> {
     const NEEDLE: &[u8] = b"\"id\":\"bench-";
     let at = body.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
-    let digits: Vec<u8> = body[at..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
+    let digits: Vec<u8> = body[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
@@ -120,7 +126,9 @@ fn peak_rss_mib() -> f64 {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for real figures");
+        eprintln!(
+            "warning: this is a debug build; run `cargo run --release -- bench` for real figures"
+        );
     }
     let receiver = Arc::new(Receiver {
         count: AtomicUsize::new(0),
@@ -146,9 +154,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // 1. Raw baseline.
     receiver.reset(0);
     let raw = raw_baseline(&hook_url, &sample_body, args.events, args.concurrency).await?;
-    receiver.wait_for(args.events, Duration::from_secs(60)).await?;
+    receiver
+        .wait_for(args.events, Duration::from_secs(60))
+        .await?;
     let raw_rate = args.events as f64 / raw.as_secs_f64();
-    println!("raw baseline      {raw_rate:>10.0} events/s  ({:.2}s)", raw.as_secs_f64());
+    println!(
+        "raw baseline      {raw_rate:>10.0} events/s  ({:.2}s)",
+        raw.as_secs_f64()
+    );
 
     // 2. Relay throughput.
     let dir = tempfile_dir()?;
@@ -164,7 +177,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .context("bench config")?;
     let app = Application::build(settings).await?;
     let handle = app.app();
-    let mock = handle.mock.clone().context("the bench uses the mock puppet")?;
+    let mock = handle
+        .mock
+        .clone()
+        .context("the bench uses the mock puppet")?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run(shutdown.clone()));
     while handle.session.state() != crate::puppet::SessionState::LoggedIn {
@@ -191,7 +207,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         i.await??;
     }
     let stored = started.elapsed();
-    receiver.wait_for(args.events, Duration::from_secs(120)).await?;
+    receiver
+        .wait_for(args.events, Duration::from_secs(120))
+        .await?;
     let relay = started.elapsed();
     let relay_rate = args.events as f64 / relay.as_secs_f64();
     let lost = receiver
@@ -206,7 +224,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         relay.as_secs_f64(),
         stored.as_secs_f64()
     );
-    println!("relay / raw       {:>10.1} %", relay_rate / raw_rate * 100.0);
+    println!(
+        "relay / raw       {:>10.1} %",
+        relay_rate / raw_rate * 100.0
+    );
     println!("lost              {lost:>10}");
 
     // 3. Latency at a steady rate, on the same relay (offset ids to stay apart).
@@ -231,7 +252,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let achieved = total as f64 / begin.elapsed().as_secs_f64();
     receiver.wait_for(total, Duration::from_secs(60)).await?;
-    let arrived = receiver.arrived.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let arrived = receiver
+        .arrived
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let mut latencies: Vec<Duration> = sent_at
         .iter()
         .enumerate()
@@ -248,7 +273,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ms(latencies.last().copied().unwrap_or_default()),
         total
     );
-    println!("peak RSS          {:>10.1} MiB (whole process: relay + receiver + load)", peak_rss_mib());
+    println!(
+        "peak RSS          {:>10.1} MiB (whole process: relay + receiver + load)",
+        peak_rss_mib()
+    );
 
     shutdown.cancel();
     let _ = server.await;
@@ -260,7 +288,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 fn injection(i: usize) -> Injection {
     Injection {
         from: "alice".into(),
-        room: (i % 2 == 0).then(|| "room1@chatroom".to_string()),
+        room: i.is_multiple_of(2).then(|| "room1@chatroom".to_string()),
         text: format!("bench message {i}"),
         mentions: Vec::new(),
         id: Some(format!("bench-{i}")),
@@ -275,13 +303,23 @@ fn sample_event_body() -> String {
     )
 }
 
-async fn raw_baseline(url: &str, body: &str, n: usize, concurrency: usize) -> anyhow::Result<Duration> {
+async fn raw_baseline(
+    url: &str,
+    body: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, next, url, body) = (client.clone(), next.clone(), url.to_string(), body.to_string());
+        let (client, next, url, body) = (
+            client.clone(),
+            next.clone(),
+            url.to_string(),
+            body.to_string(),
+        );
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let resp = client
@@ -290,7 +328,11 @@ async fn raw_baseline(url: &str, body: &str, n: usize, concurrency: usize) -> an
                     .body(body.clone())
                     .send()
                     .await?;
-                anyhow::ensure!(resp.status().is_success(), "receiver said {}", resp.status());
+                anyhow::ensure!(
+                    resp.status().is_success(),
+                    "receiver said {}",
+                    resp.status()
+                );
                 resp.bytes().await?;
             }
             Ok(())

@@ -328,8 +328,7 @@ impl SecretValue {
 
     fn resolve(&mut self) -> Result<(), String> {
         let value = if let Some(name) = self.source.strip_prefix("env:") {
-            std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
         } else if let Some(path) = self.source.strip_prefix("file:") {
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {path}: {e}"))?
@@ -377,9 +376,7 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (digits, unit) = s.split_at(split);
         let n: u64 = digits
             .parse()
@@ -392,7 +389,11 @@ impl FromStr for ByteSize {
             "mib" | "m" => 1 << 20,
             "gb" => 1_000_000_000,
             "gib" | "g" => 1 << 30,
-            other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, KB, MB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` (use B, KiB, MiB, KB, MB)"
+                ));
+            }
         };
         n.checked_mul(factor)
             .map(ByteSize)
@@ -472,8 +473,7 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         use config::{Config, Environment, File, FileFormat};
 
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Load(format!(
@@ -668,7 +668,10 @@ fn render_toml(value: &serde_json::Value) -> String {
             Value::Null => "\"\"".into(),
             Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
             Value::Array(items) => {
-                format!("[{}]", items.iter().map(scalar).collect::<Vec<_>>().join(", "))
+                format!(
+                    "[{}]",
+                    items.iter().map(scalar).collect::<Vec<_>>().join(", ")
+                )
             }
             Value::Object(map) => format!(
                 "{{ {} }}",
@@ -696,7 +699,11 @@ fn render_toml(value: &serde_json::Value) -> String {
             }
         }
         for (k, m) in nested {
-            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
             table(out, &p, m, false);
         }
     }
@@ -736,7 +743,10 @@ mod tests {
     #[test]
     fn env_overrides_file_and_defaults() {
         let env = vec![
-            ("WAAS__SERVER__LISTEN".to_string(), "127.0.0.1:4000".to_string()),
+            (
+                "WAAS__SERVER__LISTEN".to_string(),
+                "127.0.0.1:4000".to_string(),
+            ),
             ("WAAS__SEND__BURST".to_string(), "9".to_string()),
         ];
         let s = Settings::load_with_env(None, env).unwrap();
@@ -750,13 +760,19 @@ mod tests {
             "[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
         )
         .unwrap_err();
-        assert_eq!(err.to_string(), "webhooks[0].url: must be an http:// or https:// URL");
+        assert_eq!(
+            err.to_string(),
+            "webhooks[0].url: must be an http:// or https:// URL"
+        );
 
         let err = Settings::from_toml(
             "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"nope\"\n",
         )
         .unwrap_err();
-        assert!(err.to_string().starts_with("webhooks[0].secret[0]:"), "{err}");
+        assert!(
+            err.to_string().starts_with("webhooks[0].secret[0]:"),
+            "{err}"
+        );
 
         let err = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");

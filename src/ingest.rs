@@ -54,10 +54,9 @@ impl WebhookRoute {
         }
         if !self.contacts.is_empty()
             && let Some(contact) = data.contact()
-            && !self
-                .contacts
-                .iter()
-                .any(|c| *c == contact.id || *c == contact.name || Some(c) == contact.alias.as_ref())
+            && !self.contacts.iter().any(|c| {
+                *c == contact.id || *c == contact.name || Some(c) == contact.alias.as_ref()
+            })
         {
             return false;
         }
@@ -126,7 +125,11 @@ impl Ingest {
                 return Ok(Recorded::Skipped("older than puppet.skip_older_than"));
             }
         }
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let hooks: Vec<String> = routes
             .iter()
             .filter(|r| r.accepts(&data))
@@ -136,7 +139,11 @@ impl Ingest {
     }
 
     /// Stores an event for exactly these webhooks, bypassing filters (`webhook.test`).
-    pub async fn append(&self, data: EventData, hooks: Vec<String>) -> Result<Appended, StoreError> {
+    pub async fn append(
+        &self,
+        data: EventData,
+        hooks: Vec<String>,
+    ) -> Result<Appended, StoreError> {
         let bot_json = {
             let bot = self.bot.read().unwrap_or_else(|e| e.into_inner());
             serde_json::to_string(&*bot).unwrap_or_else(|_| "{}".into())

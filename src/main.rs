@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 use waas::config::Settings;
 
 #[derive(Parser)]
-#[command(name = "waas", version, about = "WeChat-as-a-service: signed, durable webhooks for a WeChat bot session")]
+#[command(
+    name = "waas",
+    version,
+    about = "WeChat-as-a-service: signed, durable webhooks for a WeChat bot session"
+)]
 struct Cli {
     /// TOML config file, layered over the built-in defaults.
     #[arg(long, global = true, env = "WAAS_CONFIG")]

@@ -139,7 +139,7 @@ pub fn parse_replies(body: &[u8]) -> Result<Vec<Content>, InvalidSend> {
     #[serde(untagged)]
     enum One {
         Text(String),
-        Body(ContentBody),
+        Body(Box<ContentBody>),
     }
     #[derive(Deserialize)]
     struct Envelope {
@@ -194,13 +194,14 @@ mod tests {
                 mentions: vec![]
             }]
         );
-        let two = parse_replies(
-            br#"{"replies":["a",{"link":{"url":"https://x.y","title":"T"}}]}"#,
-        )
-        .unwrap();
+        let two = parse_replies(br#"{"replies":["a",{"link":{"url":"https://x.y","title":"T"}}]}"#)
+            .unwrap();
         assert_eq!(two.len(), 2);
         assert!(matches!(two[1], Content::Link(_)));
-        assert!(parse_replies(br#"{"reply":{"text":"a","link":{"url":"https://x","title":"t"}}}"#).is_err());
+        assert!(
+            parse_replies(br#"{"reply":{"text":"a","link":{"url":"https://x","title":"t"}}}"#)
+                .is_err()
+        );
         assert!(parse_replies(br#"{"reply":42}"#).is_err());
     }
 

@@ -31,37 +31,70 @@ async fn bad_input_gets_the_contracts_errors() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unsupported_media_type");
 
-    let (status, body) = app.post("/v1/mock/messages", json!({"from": "alice"})).await;
+    let (status, body) = app
+        .post("/v1/mock/messages", json!({"from": "alice"}))
+        .await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["code"], "invalid_request");
-    assert!(body["error"]["message"].as_str().unwrap().contains("text"), "{body}");
-
-    let (status, body) = app.post("/v1/mock/messages", json!({"from": "mallory", "text": "hi"})).await;
-    assert_eq!(status, 404);
-    assert_eq!(body["error"]["code"], "not_found");
-    assert!(body["error"]["message"].as_str().unwrap().contains("mallory"));
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("text"),
+        "{body}"
+    );
 
     let (status, body) = app
-        .post("/v1/mock/messages", json!({"from": "alice", "room": "No Such Room", "text": "hi"}))
+        .post(
+            "/v1/mock/messages",
+            json!({"from": "mallory", "text": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mallory")
+    );
+
+    let (status, body) = app
+        .post(
+            "/v1/mock/messages",
+            json!({"from": "alice", "room": "No Such Room", "text": "hi"}),
+        )
         .await;
     assert_eq!(status, 404, "{body}");
 
     let (status, body) = app
-        .post("/v1/mock/messages", json!({"from": "alice", "text": "hi", "mentions": ["bob"]}))
+        .post(
+            "/v1/mock/messages",
+            json!({"from": "alice", "text": "hi", "mentions": ["bob"]}),
+        )
         .await;
     assert_eq!(status, 422);
-    assert!(body["error"]["message"].as_str().unwrap().contains("mentions"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mentions")
+    );
 
     let (status, body) = app.get("/v1/deliveries?status=lost").await;
     assert_eq!(status, 422);
-    assert!(body["error"]["message"].as_str().unwrap().contains("status"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("status")
+    );
 
     let (status, body) = app.get("/v1/nothing-here").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
 
     let big = "x".repeat(2 << 20);
-    let (status, body) = app.post("/v1/mock/messages", json!({"from": "alice", "text": big})).await;
+    let (status, body) = app
+        .post("/v1/mock/messages", json!({"from": "alice", "text": big}))
+        .await;
     assert_eq!(status, 413);
     assert_eq!(body["error"]["code"], "payload_too_large");
 
@@ -98,7 +131,12 @@ async fn manual_login_waits_for_the_scan() {
     let app = common::spawn_app_unready("[puppet.mock]\nauto_login = false\n").await;
     let (_, session) = app.get("/v1/session").await;
     assert_eq!(session["state"], "waiting_for_scan");
-    assert!(session["qr"]["payload"].as_str().unwrap().starts_with("https://"));
+    assert!(
+        session["qr"]["payload"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://")
+    );
     let ready = reqwest::get(app.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
@@ -121,6 +159,9 @@ async fn a_public_address_without_auth_is_refused() {
         dir.path().display()
     ))
     .unwrap();
-    let err = waas::app::Application::build(settings).await.err().expect("refused");
+    let err = waas::app::Application::build(settings)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("not a loopback address"), "{err}");
 }

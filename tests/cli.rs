@@ -36,7 +36,11 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 fn check_config_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, "[[webhooks]]\nname = \"a\"\nurl = \"https://example.com\"\nsecret = \"hunter2\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[[webhooks]]\nname = \"a\"\nurl = \"https://example.com\"\nsecret = \"hunter2\"\n",
+    )
+    .unwrap();
     let (code, _, err) = waas(&["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("webhooks[0].secret[0]"), "{err}");
@@ -81,4 +85,10 @@ fn secret_and_sign_produce_verifiable_headers() {
     let ts: i64 = header("webhook-timestamp").parse().unwrap();
     let expected = key.sign(&header("webhook-id"), ts, &std::fs::read(&body).unwrap());
     assert_eq!(header("webhook-signature"), expected);
+}
+
+#[test]
+fn the_documented_example_config_is_valid() {
+    let (code, _, err) = waas(&["check-config", "--config", "config/example.toml"]);
+    assert_eq!(code, 0, "config/example.toml must stay valid: {err}");
 }

@@ -63,8 +63,13 @@ impl Burst {
         let client = reqwest::Client::new();
         let workers = (0..16)
             .map(|_| {
-                let (acked, count, next, client, base) =
-                    (acked.clone(), count.clone(), next.clone(), client.clone(), base.to_string());
+                let (acked, count, next, client, base) = (
+                    acked.clone(),
+                    count.clone(),
+                    next.clone(),
+                    client.clone(),
+                    base.to_string(),
+                );
                 tokio::spawn(async move {
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);
@@ -81,7 +86,9 @@ impl Burst {
                         if resp.status() != 201 {
                             return;
                         }
-                        let Ok(body) = resp.json::<serde_json::Value>().await else { return };
+                        let Ok(body) = resp.json::<serde_json::Value>().await else {
+                            return;
+                        };
                         acked.lock().unwrap().push((
                             body["event_id"].as_str().unwrap().to_string(),
                             body["message_id"].as_str().unwrap().to_string(),
@@ -91,7 +98,11 @@ impl Burst {
                 })
             })
             .collect();
-        Burst { count, acked, workers }
+        Burst {
+            count,
+            acked,
+            workers,
+        }
     }
 
     async fn finish(self) -> Vec<(String, String)> {
@@ -148,7 +159,11 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
     wait_ready(&base).await;
     let rest = Burst::start(&base, BURST - acked.len()).finish().await;
     acked.extend(rest);
-    assert_eq!(acked.len(), BURST, "every message of the burst is acknowledged in the end");
+    assert_eq!(
+        acked.len(),
+        BURST,
+        "every message of the burst is acknowledged in the end"
+    );
     let want: HashSet<String> = acked.iter().map(|(e, _)| e.clone()).collect();
     receiver
         .wait_for(60, "every acknowledged message", |r| {

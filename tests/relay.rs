@@ -36,7 +36,12 @@ async fn messages_reach_two_webhooks_with_the_contract_shape() {
         assert_eq!(messages[0].header("content-type"), "application/json");
         assert!(messages[0].header("user-agent").starts_with("waas/"));
         assert!(messages[0].header("webhook-signature").starts_with("v1,"));
-        assert!(messages[0].header("webhook-timestamp").parse::<i64>().is_ok());
+        assert!(
+            messages[0]
+                .header("webhook-timestamp")
+                .parse::<i64>()
+                .is_ok()
+        );
         assert_eq!(first["bot"], json!({"id": "bot-user", "name": "MockBot"}));
         assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
         let ids: HashSet<String> = messages.iter().map(|m| m.header("webhook-id")).collect();
@@ -57,14 +62,22 @@ async fn messages_reach_two_webhooks_with_the_contract_shape() {
         assert_eq!(direct["data"]["to"]["id"], "bot-user");
         assert_eq!(direct["data"]["room"], serde_json::Value::Null);
         // seq grows by one per stored event.
-        let mut seqs: Vec<i64> = messages.iter().map(|m| m.json()["seq"].as_i64().unwrap()).collect();
+        let mut seqs: Vec<i64> = messages
+            .iter()
+            .map(|m| m.json()["seq"].as_i64().unwrap())
+            .collect();
         seqs.sort();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     }
     // The session events went out too (webhooks take all types by default).
     a.wait_for(5, "login and ready", |r| {
-        let types: HashSet<String> = r.iter().map(|r| r.json()["type"].as_str().unwrap().to_string()).collect();
-        ["scan", "login", "ready"].iter().all(|t| types.contains(*t))
+        let types: HashSet<String> = r
+            .iter()
+            .map(|r| r.json()["type"].as_str().unwrap().to_string())
+            .collect();
+        ["scan", "login", "ready"]
+            .iter()
+            .all(|t| types.contains(*t))
     })
     .await;
     let login = a.of_type("login")[0].json();
@@ -91,7 +104,10 @@ async fn a_failing_receiver_gets_retries_with_the_same_webhook_id() {
         .await;
     let got = r.received();
     assert!(got.len() >= 4);
-    assert!(got.iter().all(|g| g.header("webhook-id") == event_id), "the webhook-id never changes");
+    assert!(
+        got.iter().all(|g| g.header("webhook-id") == event_id),
+        "the webhook-id never changes"
+    );
     // The body is byte-identical on every retry.
     assert!(got.iter().all(|g| g.body == got[0].body));
     let attempts = delivered["attempts"].as_array().unwrap();
@@ -109,17 +125,29 @@ async fn a_failing_receiver_gets_retries_with_the_same_webhook_id() {
 async fn a_hopeless_delivery_dies_is_listed_and_a_manual_retry_delivers_it() {
     let r = TestReceiver::start().await;
     r.set_status(503);
-    let app = spawn_app(&webhook("down", &r, "events = [\"message\"]\nretry = [\"20ms\", \"20ms\"]")).await;
+    let app = spawn_app(&webhook(
+        "down",
+        &r,
+        "events = [\"message\"]\nretry = [\"20ms\", \"20ms\"]",
+    ))
+    .await;
     let (_, body) = app.inject("alice", None, "doomed").await;
     let event_id = body["event_id"].as_str().unwrap().to_string();
 
     let dead = app
         .eventually(10, "a dead delivery", || async {
-            app.deliveries("webhook=down&status=dead").await.into_iter().next()
+            app.deliveries("webhook=down&status=dead")
+                .await
+                .into_iter()
+                .next()
         })
         .await;
     assert_eq!(dead["event_id"], event_id.as_str());
-    assert_eq!(dead["attempts"].as_array().unwrap().len(), 3, "1 try + 2 retries");
+    assert_eq!(
+        dead["attempts"].as_array().unwrap().len(),
+        3,
+        "1 try + 2 retries"
+    );
     assert!(dead.get("next_attempt_at").is_none());
     let hook = app.webhook("down").await;
     assert_eq!(hook["dead"], 1);
@@ -130,12 +158,17 @@ async fn a_hopeless_delivery_dies_is_listed_and_a_manual_retry_delivers_it() {
 
     r.set_status(200);
     let id = dead["id"].as_str().unwrap();
-    let (status, body) = app.post(&format!("/v1/deliveries/{id}/retry"), json!({})).await;
+    let (status, body) = app
+        .post(&format!("/v1/deliveries/{id}/retry"), json!({}))
+        .await;
     assert_eq!(status, 202, "{body}");
     r.wait_for(10, "the manual retry", |r| r.len() == 4).await;
     assert_eq!(r.received()[3].header("webhook-id"), event_id);
     app.eventually(10, "delivered", || async {
-        app.deliveries("webhook=down&status=delivered").await.into_iter().next()
+        app.deliveries("webhook=down&status=delivered")
+            .await
+            .into_iter()
+            .next()
     })
     .await;
     assert_eq!(app.webhook("down").await["dead"], 0);
@@ -175,9 +208,13 @@ async fn a_reply_in_the_response_is_sent_back_once() {
     assert_eq!(sent[2]["mentions"], json!(["bob"]));
 
     // Delivering the same event again (a manual retry) does not send the reply again.
-    let first = app.deliveries("webhook=bot&status=delivered&limit=500").await;
+    let first = app
+        .deliveries("webhook=bot&status=delivered&limit=500")
+        .await;
     let id = first.last().unwrap()["id"].as_str().unwrap().to_string();
-    let (status, _) = app.post(&format!("/v1/deliveries/{id}/retry"), json!({})).await;
+    let (status, _) = app
+        .post(&format!("/v1/deliveries/{id}/retry"), json!({}))
+        .await;
     assert_eq!(status, 202);
     r.wait_for(10, "the redelivery", |r| r.len() == 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -197,7 +234,11 @@ async fn gone_disables_the_webhook_and_its_deliveries_wait() {
     .await;
     app.inject("alice", None, "two").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.received().len(), 1, "a disabled webhook gets nothing more");
+    assert_eq!(
+        r.received().len(),
+        1,
+        "a disabled webhook gets nothing more"
+    );
     assert_eq!(app.webhook("gone").await["pending"], 2);
 }
 
@@ -237,15 +278,21 @@ async fn filters_pick_event_types_rooms_and_contacts() {
     let rooms = TestReceiver::start().await;
     let alice = TestReceiver::start().await;
     let app = spawn_app(
-        &(webhook("rooms", &rooms, "events = [\"message\"]\nrooms = [\"Mock Room\"]")
-            + &webhook("alice", &alice, "contacts = [\"alice\"]")),
+        &(webhook(
+            "rooms",
+            &rooms,
+            "events = [\"message\"]\nrooms = [\"Mock Room\"]",
+        ) + &webhook("alice", &alice, "contacts = [\"alice\"]")),
     )
     .await;
     app.inject("alice", None, "direct from alice").await;
     app.inject("bob", None, "direct from bob").await;
     app.inject("bob", Some("Mock Room"), "room from bob").await;
-    app.inject("alice", Some("room1@chatroom"), "room from alice").await;
-    rooms.wait_for(10, "2 room messages", |r| r.len() == 2).await;
+    app.inject("alice", Some("room1@chatroom"), "room from alice")
+        .await;
+    rooms
+        .wait_for(10, "2 room messages", |r| r.len() == 2)
+        .await;
     alice
         .wait_for(10, "alice's messages", |r| {
             r.iter().filter(|r| r.json()["type"] == "message").count() == 2
@@ -289,14 +336,24 @@ async fn the_same_puppet_message_is_stored_once() {
 async fn pending_deliveries_survive_a_restart() {
     let r = TestReceiver::start().await;
     r.set_status(500);
-    let hooks = webhook("w", &r, "events = [\"message\"]\nretry = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]");
+    let hooks = webhook(
+        "w",
+        &r,
+        "events = [\"message\"]\nretry = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]",
+    );
     let app = spawn_app(&hooks).await;
     let (_, body) = app.inject("alice", None, "keep me").await;
     r.wait_for(10, "a first attempt", |r| !r.is_empty()).await;
     let dir = app.stop().await;
     r.set_status(200);
     let app = spawn_app_in(dir, &hooks).await;
-    r.wait_for(10, "delivery after restart", |r| r.iter().any(|r| r.headers["webhook-id"] == body["event_id"].as_str().unwrap() && r.at.elapsed() < Duration::from_secs(5))).await;
+    r.wait_for(10, "delivery after restart", |r| {
+        r.iter().any(|r| {
+            r.headers["webhook-id"] == body["event_id"].as_str().unwrap()
+                && r.at.elapsed() < Duration::from_secs(5)
+        })
+    })
+    .await;
     app.eventually(10, "delivered", || async {
         app.deliveries("status=delivered").await.into_iter().next()
     })

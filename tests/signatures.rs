@@ -49,7 +49,11 @@ async fn deliveries_verify_with_the_official_library_for_every_secret() {
 
     let mut cases = Vec::new();
     for got in r.received() {
-        assert_eq!(got.header("webhook-signature").split(' ').count(), 2, "one signature per secret");
+        assert_eq!(
+            got.header("webhook-signature").split(' ').count(),
+            2,
+            "one signature per secret"
+        );
         for secret in [SECRET, NEW_SECRET] {
             cases.push(json!({
                 "secret": secret,
@@ -62,12 +66,22 @@ async fn deliveries_verify_with_the_official_library_for_every_secret() {
             }));
         }
     }
-    let ok = verify_with_python(&json!(cases)).expect("standardwebhooks verifies waas's signatures");
+    let ok =
+        verify_with_python(&json!(cases)).expect("standardwebhooks verifies waas's signatures");
     assert!(ok.contains("verified 4 deliveries"), "{ok}");
 
     // The same library refuses a tampered body, so the check above can fail.
     let mut tampered = cases[0].clone();
-    tampered["body"] = json!(tampered["body"].as_str().unwrap().replace("second", "sec0nd").replace("héllo", "hello"));
+    tampered["body"] = json!(
+        tampered["body"]
+            .as_str()
+            .unwrap()
+            .replace("second", "sec0nd")
+            .replace("héllo", "hello")
+    );
     let err = verify_with_python(&json!([tampered])).unwrap_err();
-    assert!(err.contains("WebhookVerificationError") || err.contains("No matching signature"), "{err}");
+    assert!(
+        err.contains("WebhookVerificationError") || err.contains("No matching signature"),
+        "{err}"
+    );
 }

@@ -32,7 +32,9 @@ async fn list(
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid(format!("`status`: `{s}` is not one of pending, delivered, dead"))
+            ApiError::invalid(format!(
+                "`status`: `{s}` is not one of pending, delivered, dead"
+            ))
         })?),
     };
     let limit = q.limit.unwrap_or(50);

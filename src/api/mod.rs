@@ -36,7 +36,9 @@ pub fn router(app: AppState) -> Router {
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(app.settings.server.body_limit.0 as usize))
+        .layer(DefaultBodyLimit::max(
+            app.settings.server.body_limit.0 as usize,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             app.settings.server.request_timeout,
@@ -84,11 +86,9 @@ fn bearer_ok(app: &App, headers: &HeaderMap) -> bool {
         return false;
     };
     // Compare against every token, without stopping early, in constant time each.
-    app.settings
-        .auth
-        .tokens
-        .iter()
-        .fold(false, |ok, t| ok | bool::from(t.expose().as_bytes().ct_eq(given.trim().as_bytes())))
+    app.settings.auth.tokens.iter().fold(false, |ok, t| {
+        ok | bool::from(t.expose().as_bytes().ct_eq(given.trim().as_bytes()))
+    })
 }
 
 /// An error as the contract shapes it.

@@ -169,14 +169,16 @@ impl MockPuppet {
         }
         let from = self
             .contact_by_id_or_name(&msg.from)
-            .ok_or_else(|| MockError::NotFound(format!("no contact `{}` (give an id or a name)", msg.from)))?
+            .ok_or_else(|| {
+                MockError::NotFound(format!("no contact `{}` (give an id or a name)", msg.from))
+            })?
             .clone();
         let room = match &msg.room {
             None => None,
             Some(key) => {
-                let (room, members) = self
-                    .room_by_id_or_topic(key)
-                    .ok_or_else(|| MockError::NotFound(format!("no room `{key}` (give an id or a topic)")))?;
+                let (room, members) = self.room_by_id_or_topic(key).ok_or_else(|| {
+                    MockError::NotFound(format!("no room `{key}` (give an id or a topic)"))
+                })?;
                 if !members.contains(&from.id) {
                     return Err(MockError::Invalid(format!(
                         "`from`: {} is not a member of {}",
@@ -194,7 +196,9 @@ impl MockPuppet {
             let c = self
                 .contact_by_id_or_name(key)
                 .filter(|c| members.contains(&c.id))
-                .ok_or_else(|| MockError::Invalid(format!("`mentions`: `{key}` is not a member of the room")))?;
+                .ok_or_else(|| {
+                    MockError::Invalid(format!("`mentions`: `{key}` is not a member of the room"))
+                })?;
             mentions.push(c.id.clone());
         }
         let id = msg
@@ -336,14 +340,19 @@ impl Puppet for MockPuppet {
             Content::File(file) => sent.file = Some(file.clone()),
             Content::ContactCard(id) => {
                 if !self.contacts.iter().any(|c| c.id == *id) {
-                    return Err(PuppetError::NotFound(format!("no contact `{id}` for the card")));
+                    return Err(PuppetError::NotFound(format!(
+                        "no contact `{id}` for the card"
+                    )));
                 }
                 sent.contact_card = Some(id.clone());
             }
         }
         let id = sent.id.clone();
         tracing::debug!(to = ?to, message = %id, "mock puppet sent a message");
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).push(sent);
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sent);
         Ok(id)
     }
 }

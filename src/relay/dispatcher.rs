@@ -134,10 +134,11 @@ impl Dispatcher {
             if target.is_disabled() {
                 tracing::warn!(webhook = %target.settings.name, "webhook is disabled; its deliveries wait");
             }
-            tracker.spawn(
-                self.clone()
-                    .run_target(target.clone(), tracker.clone(), shutdown.clone()),
-            );
+            tracker.spawn(self.clone().run_target(
+                target.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
         }
     }
 
@@ -165,7 +166,11 @@ impl Dispatcher {
                 next_due = None;
             } else if ready.len() <= prefetch / 2 {
                 let now = now_millis();
-                match self.store.claim_due(&name, ordering, prefetch - ready.len(), now).await {
+                match self
+                    .store
+                    .claim_due(&name, ordering, prefetch - ready.len(), now)
+                    .await
+                {
                     Ok(claim) => {
                         next_due = claim.next_due;
                         ready.extend(claim.items);
@@ -217,7 +222,8 @@ impl Dispatcher {
         let hook = &target.settings;
         let body = delivery.event.body();
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let signature = signature_header(&target.keys, &delivery.event.id, timestamp, body.as_bytes());
+        let signature =
+            signature_header(&target.keys, &delivery.event.id, timestamp, body.as_bytes());
         let at = now_millis();
         let started = Instant::now();
         let request = self
@@ -320,7 +326,12 @@ impl Dispatcher {
         target.notify.notify_one();
     }
 
-    fn schedule(&self, hook: &WebhookSettings, failures: u32, retry_after: Option<Duration>) -> Outcome {
+    fn schedule(
+        &self,
+        hook: &WebhookSettings,
+        failures: u32,
+        retry_after: Option<Duration>,
+    ) -> Outcome {
         match next_delay(&hook.retry, failures, retry_after, &mut rand::rng()) {
             Some(delay) => Outcome::Retry {
                 at: now_millis() + delay.as_millis() as i64,

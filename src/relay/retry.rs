@@ -40,9 +40,15 @@ mod tests {
         let mut rng = rand::rng();
         for _ in 0..200 {
             let d = next_delay(&schedule(), 1, None, &mut rng).unwrap();
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(6), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(6),
+                "{d:?}"
+            );
             let d = next_delay(&schedule(), 2, None, &mut rng).unwrap();
-            assert!(d >= Duration::from_secs(24) && d <= Duration::from_secs(36), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(24) && d <= Duration::from_secs(36),
+                "{d:?}"
+            );
         }
         assert_eq!(next_delay(&schedule(), 3, None, &mut rng), None);
         assert_eq!(next_delay(&[], 1, None, &mut rng), None);
@@ -57,7 +63,10 @@ mod tests {
         assert_eq!(at(1), Some(Duration::from_secs(5)));
         assert_eq!(at(7), Some(Duration::from_secs(7)));
         assert_eq!(at(3600), Some(Duration::from_secs(10)));
-        assert_eq!(next_delay(&s, 3, Some(Duration::from_secs(7)), &mut rng), None);
+        assert_eq!(
+            next_delay(&s, 3, Some(Duration::from_secs(7)), &mut rng),
+            None
+        );
         assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }

@@ -45,7 +45,8 @@ impl Pacer {
         }
         if self.buckets.len() > 10_000 {
             let full_after = self.interval.mul_f64(self.burst);
-            self.buckets.retain(|_, (_, at)| now.duration_since(*at) < full_after);
+            self.buckets
+                .retain(|_, (_, at)| now.duration_since(*at) < full_after);
         }
         let per_sec = 1.0 / self.interval.as_secs_f64();
         let (tokens, last) = self
@@ -184,7 +185,9 @@ impl Sender {
                 Ok(conversation) => self.puppet.send(&conversation, &request.content).await,
                 Err(e) => Err(e),
             },
-            Err(e) => Err(PuppetError::NotFound(format!("unreadable queued request: {e}"))),
+            Err(e) => Err(PuppetError::NotFound(format!(
+                "unreadable queued request: {e}"
+            ))),
         };
         let now = now_millis();
         let attempts = send.attempts + 1;

@@ -24,7 +24,9 @@ impl std::fmt::Debug for SigningKey {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("a secret must start with `whsec_` followed by base64 (generate one with `waas secret`)")]
+    #[error(
+        "a secret must start with `whsec_` followed by base64 (generate one with `waas secret`)"
+    )]
     Prefix,
     #[error("the part after `whsec_` is not valid base64")]
     Base64,
@@ -91,7 +93,10 @@ pub fn verify(
     now_secs: i64,
     tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
-    let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
     if (now_secs - ts).abs() > tolerance_secs {
         return Err(VerifyError::Stale);
     }
@@ -141,21 +146,51 @@ mod tests {
         let other = SigningKey::parse(&generate_secret()).unwrap();
         let header = signature_header(&[other.clone(), key.clone()], ID, TS, BODY.as_bytes());
         assert_eq!(header.split(' ').count(), 2);
-        let ok = verify(&[key.clone()], ID, "1649367553", &header, BODY.as_bytes(), TS + 299, 300);
+        let ok = verify(
+            std::slice::from_ref(&key),
+            ID,
+            "1649367553",
+            &header,
+            BODY.as_bytes(),
+            TS + 299,
+            300,
+        );
         assert_eq!(ok, Ok(()));
-        let stale = verify(&[key.clone()], ID, "1649367553", &header, BODY.as_bytes(), TS + 301, 300);
+        let stale = verify(
+            std::slice::from_ref(&key),
+            ID,
+            "1649367553",
+            &header,
+            BODY.as_bytes(),
+            TS + 301,
+            300,
+        );
         assert_eq!(stale, Err(VerifyError::Stale));
-        let tampered = verify(&[key.clone()], ID, "1649367553", &header, b"{}", TS, 300);
+        let tampered = verify(std::slice::from_ref(&key), ID, "1649367553", &header, b"{}", TS, 300);
         assert_eq!(tampered, Err(VerifyError::NoMatch));
-        let garbage = verify(&[key], ID, "1649367553", "v1,!!! v2,abc", BODY.as_bytes(), TS, 300);
+        let garbage = verify(
+            &[key],
+            ID,
+            "1649367553",
+            "v1,!!! v2,abc",
+            BODY.as_bytes(),
+            TS,
+            300,
+        );
         assert_eq!(garbage, Err(VerifyError::NoMatch));
     }
 
     #[test]
     fn secrets_are_checked() {
         assert_eq!(SigningKey::parse("abc").unwrap_err(), KeyError::Prefix);
-        assert_eq!(SigningKey::parse("whsec_***").unwrap_err(), KeyError::Base64);
-        assert_eq!(SigningKey::parse("whsec_AAAA").unwrap_err(), KeyError::Length(3));
+        assert_eq!(
+            SigningKey::parse("whsec_***").unwrap_err(),
+            KeyError::Base64
+        );
+        assert_eq!(
+            SigningKey::parse("whsec_AAAA").unwrap_err(),
+            KeyError::Length(3)
+        );
         assert!(SigningKey::parse(&generate_secret()).is_ok());
     }
 }

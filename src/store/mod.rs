@@ -137,12 +137,16 @@ fn ser_opt_millis<S: serde::Serializer>(ms: &Option<Millis>, s: S) -> Result<S::
 pub enum Outcome {
     Delivered,
     /// Try again at this time.
-    Retry { at: Millis },
+    Retry {
+        at: Millis,
+    },
     /// Retries exhausted; kept for inspection and manual retry.
     Dead,
     /// The webhook answered 410 Gone and is now disabled; the delivery stays pending
     /// and goes out if the webhook is enabled again.
-    Disabled { reason: &'static str },
+    Disabled {
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -305,8 +309,12 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>>;
 
     /// Marks a webhook disabled (`Some(reason)`) or enabled (`None`).
-    async fn set_webhook_disabled(&self, name: &str, reason: Option<String>, now: Millis)
-    -> Result<()>;
+    async fn set_webhook_disabled(
+        &self,
+        name: &str,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<()>;
 
     /// Events with `seq > after`, oldest first.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;

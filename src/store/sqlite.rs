@@ -57,7 +57,10 @@ enum Write {
     Append(NewEvent, Vec<String>, Reply<Appended>),
     Claim(ClaimRequest, Reply<Claim<ClaimedRow>>),
     Release(String, Reply<()>),
-    Finish(Box<(DueDelivery, AttemptRecord, Outcome, Vec<NewSend>)>, Reply<()>),
+    Finish(
+        Box<(DueDelivery, AttemptRecord, Outcome, Vec<NewSend>)>,
+        Reply<()>,
+    ),
     Enqueue(NewSend, Reply<Enqueued>),
     FinishSend(String, SendOutcome, Millis, Reply<()>),
     Defer(String, Millis, Reply<()>),
@@ -71,7 +74,10 @@ impl SqliteStore {
     /// and starts the writer task.
     pub async fn open(url: &str, synchronous: Synchronous) -> Result<SqliteStore> {
         let path = sqlite_path(url).unwrap_or(url);
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Database(sqlx::Error::Io(std::io::Error::new(
                     e.kind(),
@@ -99,7 +105,10 @@ impl SqliteStore {
             .await?
             .rows_affected();
         if released > 0 {
-            tracing::info!(deliveries = released, "released deliveries claimed before the last stop");
+            tracing::info!(
+                deliveries = released,
+                "released deliveries claimed before the last stop"
+            );
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -177,7 +186,11 @@ async fn fast_batch(conn: &mut SqliteConnection, ops: Vec<Write>) -> Option<Vec<
             _ => {}
         }
     }
-    if sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.is_err() {
+    if sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
         return Some(ops);
     }
     let written = async {
@@ -347,23 +360,32 @@ async fn finish_many(
                 Outcome::Dead => ("dead", None),
                 Outcome::Disabled { .. } => ("pending", Some(a.at + a.duration_ms)),
             };
-            q = q.bind(&d.id).bind(status).bind(next).bind(a.at + a.duration_ms);
+            q = q
+                .bind(&d.id)
+                .bind(status)
+                .bind(next)
+                .bind(a.at + a.duration_ms);
         }
         q.execute(&mut *conn).await?;
     }
     // One health update per webhook for the whole batch: the newest success, the newest
     // error.
-    let mut health: HashMap<&str, (Option<Millis>, Option<(Millis, String)>)> = HashMap::new();
+    #[derive(Default)]
+    struct Health {
+        success: Option<Millis>,
+        error: Option<(Millis, String)>,
+    }
+    let mut health: HashMap<&str, Health> = HashMap::new();
     for (d, a, outcome) in finishes {
         let at = a.at + a.duration_ms;
         let entry = health.entry(d.webhook.as_str()).or_default();
         if *outcome == Outcome::Delivered {
-            entry.0 = entry.0.max(Some(at));
-        } else if entry.1.as_ref().is_none_or(|(t, _)| *t <= at) {
-            entry.1 = Some((at, attempt_error(a)));
+            entry.success = entry.success.max(Some(at));
+        } else if entry.error.as_ref().is_none_or(|(t, _)| *t <= at) {
+            entry.error = Some((at, attempt_error(a)));
         }
     }
-    for (webhook, (success, error)) in health {
+    for (webhook, Health { success, error }) in health {
         if let Some(at) = success {
             sqlx::query(
                 "INSERT INTO webhook_state (name, last_success_at) VALUES (?, ?)
@@ -398,11 +420,14 @@ fn attempt_error(a: &AttemptRecord) -> String {
         .unwrap_or_default()
 }
 
+/// Sends one operation's result once the commit is known (`Some(error)` if it failed).
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
 /// The careful path: every operation in its own savepoint, so one that fails does not
 /// undo the others; all committed together.
 async fn slow_batch(conn: &mut SqliteConnection, mut batch: Vec<Write>) {
     {
-        let mut answers: Vec<Box<dyn FnOnce(Option<&str>) + Send>> =
+        let mut answers: Vec<Answer> =
             Vec::with_capacity(batch.len());
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
             let msg = e.to_string();
@@ -1082,7 +1107,12 @@ impl Store for SqliteStore {
         Ok(claim)
     }
 
-    async fn finish_send(&self, send: &QueuedSend, outcome: SendOutcome, now: Millis) -> Result<()> {
+    async fn finish_send(
+        &self,
+        send: &QueuedSend,
+        outcome: SendOutcome,
+        now: Millis,
+    ) -> Result<()> {
         let id = send.id.clone();
         let result = self.write(|r| Write::FinishSend(id, outcome, now, r)).await;
         self.unclaim(&send.id).await;
@@ -1113,4 +1143,3 @@ impl Store for SqliteStore {
         Ok(())
     }
 }
-

@@ -192,7 +192,12 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
 pub async fn spawn_app_unready(toml: &str) -> TestApp {
     let app = start(Arc::new(tempfile::tempdir().unwrap()), toml).await;
     app.eventually(10, "the API", || async {
-        app.client.get(app.url("/healthz")).send().await.ok().map(|_| ())
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await;
     app
@@ -237,7 +242,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.auth(self.client.get(self.url(path))).send().await.unwrap();
+        let resp = self
+            .auth(self.client.get(self.url(path)))
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
