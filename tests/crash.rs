@@ -192,3 +192,36 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
         total - ids_by_message.len()
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_gracefully() {
+    waas::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("waas.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"sqlite://{}/waas.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = start(&config);
+    wait_ready(&base).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            assert!(exit.success(), "exit status after SIGTERM: {exit}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "waas did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -359,3 +359,25 @@ async fn pending_deliveries_survive_a_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn retry_after_on_429_is_honoured_within_the_step() {
+    let r = TestReceiver::start().await;
+    r.set_status(429);
+    // Asks for 60 s; the step is 300 ms, so waas waits twice the step: 600 ms.
+    r.set_header("retry-after", "60");
+    let app = spawn_app(&webhook(
+        "limited",
+        &r,
+        "events = [\"message\"]\nretry = [\"300ms\", \"300ms\"]",
+    ))
+    .await;
+    app.inject("alice", None, "slow down").await;
+    r.wait_for(10, "two attempts", |r| r.len() == 2).await;
+    let got = r.received();
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(590) && gap < Duration::from_millis(1500),
+        "Retry-After clamped to 2×step: waited {gap:?}"
+    );
+}

@@ -166,7 +166,15 @@ mod tests {
             300,
         );
         assert_eq!(stale, Err(VerifyError::Stale));
-        let tampered = verify(std::slice::from_ref(&key), ID, "1649367553", &header, b"{}", TS, 300);
+        let tampered = verify(
+            std::slice::from_ref(&key),
+            ID,
+            "1649367553",
+            &header,
+            b"{}",
+            TS,
+            300,
+        );
         assert_eq!(tampered, Err(VerifyError::NoMatch));
         let garbage = verify(
             &[key],

@@ -427,8 +427,7 @@ type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 /// undo the others; all committed together.
 async fn slow_batch(conn: &mut SqliteConnection, mut batch: Vec<Write>) {
     {
-        let mut answers: Vec<Answer> =
-            Vec::with_capacity(batch.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
             let msg = e.to_string();
             tracing::error!(error = %msg, "cannot begin a write transaction");
@@ -1141,5 +1140,125 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, created_at: Millis, dedup: Option<&str>) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            event_type: "message",
+            dedup_key: dedup.map(str::to_string),
+            conversation: Some("contact:alice".into()),
+            created_at,
+            bot_json: "{}".into(),
+            data_json: "{}".into(),
+        }
+    }
+
+    fn attempt(at: Millis) -> AttemptRecord {
+        AttemptRecord {
+            at,
+            status_code: Some(200),
+            error: None,
+            duration_ms: 1,
+            response: None,
+        }
+    }
+
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_stored_once_and_claims_are_exclusive() {
+        let (_dir, store) = open().await;
+        let hooks = vec!["a".to_string()];
+        let first = store
+            .append_event(event("evt_1", 1, Some("m1")), hooks.clone())
+            .await
+            .unwrap();
+        let again = store
+            .append_event(event("evt_2", 2, Some("m1")), hooks.clone())
+            .await
+            .unwrap();
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!(again.id, "evt_1");
+
+        let claim = store.claim_due("a", Ordering::None, 10, 100).await.unwrap();
+        assert_eq!(claim.items.len(), 1);
+        assert_eq!(claim.items[0].event.id, "evt_1");
+        let second = store.claim_due("a", Ordering::None, 10, 100).await.unwrap();
+        assert!(
+            second.items.is_empty(),
+            "a claimed delivery is not handed out twice"
+        );
+        assert_eq!(second.next_due, None);
+
+        store.release_delivery(&claim.items[0].id).await.unwrap();
+        let third = store.claim_due("a", Ordering::None, 10, 100).await.unwrap();
+        assert_eq!(
+            third.items.len(),
+            1,
+            "a released delivery can be claimed again"
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_delivered_events_and_keeps_dead_ones() {
+        let (_dir, store) = open().await;
+        let hooks = vec!["a".to_string()];
+        store
+            .append_event(event("evt_old_ok", 10, None), hooks.clone())
+            .await
+            .unwrap();
+        store
+            .append_event(event("evt_old_dead", 11, None), hooks.clone())
+            .await
+            .unwrap();
+        store
+            .append_event(event("evt_new_ok", 5_000, None), hooks.clone())
+            .await
+            .unwrap();
+        let claim = store
+            .claim_due("a", Ordering::None, 10, 10_000)
+            .await
+            .unwrap();
+        for d in &claim.items {
+            let outcome = if d.event.id == "evt_old_dead" {
+                Outcome::Dead
+            } else {
+                Outcome::Delivered
+            };
+            store
+                .finish_attempt(d, attempt(6_000), outcome, vec![])
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.prune(1_000).await.unwrap(), 1);
+        let left: Vec<String> = store
+            .events_after(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, ["evt_old_dead", "evt_new_ok"]);
+        let dead = store
+            .list_deliveries(DeliveryFilter {
+                status: Some(DeliveryStatus::Dead),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts.len(), 1);
     }
 }

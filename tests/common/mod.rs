@@ -56,6 +56,7 @@ struct ReceiverState {
     /// Sleep a random time up to `delay_ms` instead of exactly it.
     jitter: AtomicBool,
     response: Mutex<String>,
+    extra_header: Mutex<Option<(&'static str, String)>>,
     received: Mutex<Vec<Received>>,
 }
 
@@ -85,7 +86,11 @@ async fn receive(
     });
     let status = StatusCode::from_u16(state.status.load(Ordering::Relaxed)).unwrap();
     let response = state.response.lock().unwrap().clone();
-    (status, response)
+    let mut headers = HeaderMap::new();
+    if let Some((name, value)) = state.extra_header.lock().unwrap().clone() {
+        headers.insert(name, value.parse().unwrap());
+    }
+    (status, headers, response)
 }
 
 impl TestReceiver {
@@ -119,6 +124,11 @@ impl TestReceiver {
     pub fn set_random_delay(&self, max: Duration) {
         self.set_delay(max);
         self.state.jitter.store(true, Ordering::Relaxed);
+    }
+
+    /// Adds this header to every answer.
+    pub fn set_header(&self, name: &'static str, value: &str) {
+        *self.state.extra_header.lock().unwrap() = Some((name, value.to_string()));
     }
 
     pub fn set_response(&self, body: &str) {
