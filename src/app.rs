@@ -16,7 +16,7 @@ use crate::event::now_millis;
 use crate::ingest::Ingest;
 use crate::puppet::mock::MockPuppet;
 use crate::puppet::{Puppet, SessionHandle};
-use crate::relay::dispatcher::{Dispatcher, Wakers};
+use crate::relay::dispatcher::{Dispatcher, Lanes};
 use crate::relay::sender::Sender;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -32,7 +32,7 @@ pub struct App {
     pub ingest: Arc<Ingest>,
     pub dispatcher: Arc<Dispatcher>,
     pub sender: Arc<Sender>,
-    pub wakers: Arc<Wakers>,
+    pub lanes: Arc<Lanes>,
 }
 
 /// A built, bound, not yet running waas.
@@ -71,7 +71,7 @@ impl Application {
                 anyhow::bail!("puppet.kind = \"service\" is not available in this build")
             }
         };
-        let wakers = Arc::new(Wakers::default());
+        let lanes = Arc::new(Lanes::default());
         let sender_wake = Arc::new(Notify::new());
         let stats = store.webhook_stats().await?;
         let disabled: Vec<String> = stats
@@ -83,13 +83,13 @@ impl Application {
             store.clone(),
             &settings.webhooks,
             &disabled,
-            &wakers,
+            &lanes,
             sender_wake.clone(),
         ));
         let ingest = Arc::new(Ingest::new(
             store.clone(),
             &settings.webhooks,
-            wakers.clone(),
+            lanes.clone(),
             &settings.puppet,
         ));
         let sender = Arc::new(Sender::new(
@@ -112,7 +112,7 @@ impl Application {
                 ingest,
                 dispatcher,
                 sender,
-                wakers,
+                lanes,
             }),
             listener,
         })

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::config::{PuppetSettings, WebhookSettings};
 use crate::event::{BotRef, EventData, EventType, new_event_id, now_millis};
-use crate::relay::dispatcher::Wakers;
-use crate::store::{Appended, NewEvent, Store, StoreError};
+use crate::relay::dispatcher::Lanes;
+use crate::store::{Appended, DueDelivery, NewDelivery, NewEvent, Store, StoreError, StoredEvent};
 
 /// Which events one webhook receives.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub enum Recorded {
 pub struct Ingest {
     store: Arc<dyn Store>,
     routes: RwLock<Arc<Vec<WebhookRoute>>>,
-    wakers: Arc<Wakers>,
+    lanes: Arc<Lanes>,
     bot: RwLock<BotRef>,
     skip_self: bool,
     skip_older_than: Duration,
@@ -86,13 +86,13 @@ impl Ingest {
     pub fn new(
         store: Arc<dyn Store>,
         webhooks: &[WebhookSettings],
-        wakers: Arc<Wakers>,
+        lanes: Arc<Lanes>,
         puppet: &PuppetSettings,
     ) -> Ingest {
         Ingest {
             store,
             routes: RwLock::new(Arc::new(webhooks.iter().map(WebhookRoute::new).collect())),
-            wakers,
+            lanes,
             bot: RwLock::new(BotRef {
                 id: String::new(),
                 name: String::new(),
@@ -157,11 +157,43 @@ impl Ingest {
             bot_json,
             data_json: serde_json::to_string(&data).unwrap_or_else(|_| "{}".into()),
         };
+        let deliveries: Vec<NewDelivery> = hooks
+            .into_iter()
+            .map(|webhook| NewDelivery {
+                id: format!("dlv_{}", ulid::Ulid::new()),
+                claimed: self.lanes.can_hand_off(&webhook),
+                webhook,
+            })
+            .collect();
+        // What the dispatcher needs to send the deliveries handed over in memory.
+        let handed = deliveries.iter().any(|d| d.claimed).then(|| StoredEvent {
+            id: event.id.clone(),
+            event_type: event.event_type.to_string(),
+            seq: 0,
+            created_at: event.created_at,
+            bot_json: event.bot_json.clone(),
+            data_json: event.data_json.clone(),
+        });
         let event_type = event.event_type;
-        let appended = self.store.append_event(event, hooks.clone()).await?;
+        let appended = self.store.append_event(event, deliveries.clone()).await?;
         if !appended.duplicate {
-            tracing::debug!(event = %appended.id, seq = appended.seq, r#type = event_type, webhooks = hooks.len(), "event stored");
-            self.wakers.wake(&hooks);
+            tracing::debug!(event = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
+            let mut to_wake = Vec::new();
+            for d in deliveries {
+                match &handed {
+                    Some(stored) if d.claimed => self.lanes.hand_off(DueDelivery {
+                        id: d.id,
+                        webhook: d.webhook,
+                        attempts: 0,
+                        event: StoredEvent {
+                            seq: appended.seq,
+                            ..stored.clone()
+                        },
+                    }),
+                    _ => to_wake.push(d.webhook),
+                }
+            }
+            self.lanes.wake(&to_wake);
             self.last_seq.send_if_modified(|s| {
                 let newer = appended.seq > *s;
                 if newer {

@@ -61,7 +61,7 @@ async fn retry(
         return Err(ApiError::not_found(format!("no delivery `{id}`")));
     };
     tracing::info!(delivery = %id, webhook = %webhook, "delivery re-queued by hand");
-    app.wakers.wake(std::slice::from_ref(&webhook));
+    app.lanes.wake(std::slice::from_ref(&webhook));
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": id, "webhook": webhook, "status": "pending"})),

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -19,10 +19,10 @@ use tokio_util::task::TaskTracker;
 
 use super::retry::{next_delay, parse_retry_after};
 use super::signing::{SigningKey, signature_header};
-use crate::config::WebhookSettings;
+use crate::config::{Ordering, WebhookSettings};
 use crate::event::{Conversation, MessageData, now_millis};
 use crate::send::{Recipient, SendRequest, parse_replies};
-use crate::store::{AttemptRecord, DueDelivery, NewSend, Outcome, Store};
+use crate::store::{AttemptRecord, Claim, DueDelivery, NewSend, Outcome, Store};
 
 /// How much of a response is kept in the attempt record.
 const RESPONSE_PREFIX: usize = 1024;
@@ -31,23 +31,74 @@ const PREFETCH_MIN: usize = 256;
 /// How much of a response is read at all (a reply may carry a small file).
 const RESPONSE_CAP: usize = 1 << 20;
 
-/// Wakes the loop of each named webhook.
-#[derive(Default)]
-pub struct Wakers(RwLock<HashMap<String, Arc<Notify>>>);
+/// Most deliveries waiting in one lane before new ones go through the store instead.
+const HANDOFF_CAP: usize = 4096;
 
-impl Wakers {
+/// The path from ingest to one webhook's dispatcher loop. A new delivery is created
+/// already claimed and handed over here in memory, so the hot path never reads back
+/// what it just wrote; retries, recovery after a restart, and webhooks with
+/// conversation ordering go through [`Store::claim_due`] instead.
+pub struct Lane {
+    notify: Notify,
+    queue: Mutex<VecDeque<DueDelivery>>,
+    /// Whether new deliveries may be handed over in memory (not for conversation
+    /// ordering, which needs the store's view of each chat, nor while disabled).
+    direct: AtomicBool,
+}
+
+impl Lane {
+    fn take_all(&self) -> VecDeque<DueDelivery> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Every webhook's [`Lane`], by name.
+#[derive(Default)]
+pub struct Lanes(RwLock<HashMap<String, Arc<Lane>>>);
+
+impl Lanes {
+    /// Wakes the loops of these webhooks (new work in the store).
     pub fn wake(&self, webhooks: &[String]) {
         let map = self.0.read().unwrap_or_else(|e| e.into_inner());
         for name in webhooks {
-            if let Some(n) = map.get(name) {
-                n.notify_one();
+            if let Some(lane) = map.get(name) {
+                lane.notify.notify_one();
             }
         }
     }
 
-    fn register(&self, name: &str) -> Arc<Notify> {
+    /// Whether a new delivery to `webhook` can be handed over in memory now.
+    pub fn can_hand_off(&self, webhook: &str) -> bool {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(webhook).is_some_and(|lane| {
+            lane.direct.load(AtomicOrdering::Relaxed)
+                && lane.queue.lock().unwrap_or_else(|e| e.into_inner()).len() < HANDOFF_CAP
+        })
+    }
+
+    /// Gives a delivery stored as claimed to its webhook's loop.
+    pub fn hand_off(&self, delivery: DueDelivery) {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(lane) = map.get(&delivery.webhook) {
+            lane.queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(delivery);
+            lane.notify.notify_one();
+        }
+    }
+
+    fn register(&self, name: &str, direct: bool) -> Arc<Lane> {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string()).or_default().clone()
+        map.entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Lane {
+                    notify: Notify::new(),
+                    queue: Mutex::new(VecDeque::new()),
+                    direct: AtomicBool::new(direct),
+                })
+            })
+            .clone()
     }
 }
 
@@ -55,7 +106,7 @@ impl Wakers {
 pub struct Target {
     pub settings: WebhookSettings,
     keys: Vec<SigningKey>,
-    notify: Arc<Notify>,
+    lane: Arc<Lane>,
     slots: Arc<Semaphore>,
     disabled: AtomicBool,
 }
@@ -96,7 +147,7 @@ impl Dispatcher {
         store: Arc<dyn Store>,
         webhooks: &[WebhookSettings],
         disabled: &[String],
-        wakers: &Wakers,
+        lanes: &Lanes,
         sender_wake: Arc<Notify>,
     ) -> Dispatcher {
         let targets = webhooks
@@ -109,7 +160,10 @@ impl Dispatcher {
                         .iter()
                         .filter_map(|s| SigningKey::parse(s.expose()).ok())
                         .collect(),
-                    notify: wakers.register(&w.name),
+                    lane: lanes.register(
+                        &w.name,
+                        w.ordering == Ordering::None && !disabled.contains(&w.name),
+                    ),
                     slots: Arc::new(Semaphore::new(w.max_in_flight)),
                     disabled: AtomicBool::new(disabled.contains(&w.name)),
                     settings: w.clone(),
@@ -155,8 +209,16 @@ impl Dispatcher {
         // refills at half, keeping the slots busy while the next claim commits.
         let prefetch = (4 * target.settings.max_in_flight).max(PREFETCH_MIN);
         let mut ready: VecDeque<DueDelivery> = VecDeque::new();
-        let mut next_due = None;
+        // The claim under way, if any: the loop keeps handing out slots while it commits.
+        let mut claiming: Option<
+            tokio::task::JoinHandle<crate::store::Result<Claim<DueDelivery>>>,
+        > = None;
+        // Something may have become due since the last claim (new work, a finished
+        // attempt, a due time passed, or the last claim was full).
+        let mut dirty = true;
+        let mut next_due: Option<i64> = None;
         loop {
+            ready.extend(target.lane.take_all());
             if target.is_disabled() {
                 for d in ready.drain(..) {
                     if let Err(e) = self.store.release_delivery(&d.id).await {
@@ -164,22 +226,13 @@ impl Dispatcher {
                     }
                 }
                 next_due = None;
-            } else if ready.len() <= prefetch / 2 {
-                let now = now_millis();
-                match self
-                    .store
-                    .claim_due(&name, ordering, prefetch - ready.len(), now)
-                    .await
-                {
-                    Ok(claim) => {
-                        next_due = claim.next_due;
-                        ready.extend(claim.items);
-                    }
-                    Err(e) => {
-                        tracing::error!(webhook = %name, error = %e, "cannot claim deliveries; trying again in 1s");
-                        next_due = Some(now + 1000);
-                    }
-                }
+            } else if claiming.is_none() && dirty && ready.len() <= prefetch / 2 {
+                dirty = false;
+                let (store, name, limit) =
+                    (self.store.clone(), name.clone(), prefetch - ready.len());
+                claiming = Some(tokio::spawn(async move {
+                    store.claim_due(&name, ordering, limit, now_millis()).await
+                }));
             }
             while !ready.is_empty() {
                 let Ok(permit) = target.slots.clone().try_acquire_owned() else {
@@ -189,8 +242,7 @@ impl Dispatcher {
                     tracker.spawn(self.clone().deliver(target.clone(), delivery, permit));
                 }
             }
-            // With deliveries waiting for a slot, a finishing one wakes the loop.
-            let wake_at = if ready.is_empty() { next_due } else { None };
+            let wake_at = if claiming.is_none() { next_due } else { None };
             let sleep = async {
                 match wake_at {
                     Some(at) => {
@@ -201,12 +253,39 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
-                _ = target.notify.notified() => {}
-                _ = sleep => {}
+                claimed = async { claiming.as_mut().expect("guarded by the branch condition").await },
+                    if claiming.is_some() =>
+                {
+                    claiming = None;
+                    match claimed {
+                        Ok(Ok(claim)) => {
+                            let asked = prefetch.saturating_sub(ready.len());
+                            dirty |= claim.items.len() >= asked;
+                            next_due = claim.next_due;
+                            ready.extend(claim.items);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(webhook = %name, error = %e, "cannot claim deliveries; trying again in 1s");
+                            next_due = Some(now_millis() + 1000);
+                        }
+                        Err(e) => {
+                            tracing::error!(webhook = %name, error = %e, "the claim task failed; trying again in 1s");
+                            next_due = Some(now_millis() + 1000);
+                        }
+                    }
+                }
+                _ = target.lane.notify.notified() => dirty = true,
+                _ = sleep => dirty = true,
                 _ = shutdown.cancelled() => break,
             }
         }
+        if let Some(claim) = claiming
+            && let Ok(Ok(claim)) = claim.await
+        {
+            ready.extend(claim.items);
+        }
         // Claimed but never started: hand them back for the next start.
+        ready.extend(target.lane.take_all());
         for d in ready {
             let _ = self.store.release_delivery(&d.id).await;
         }
@@ -257,7 +336,7 @@ impl Dispatcher {
         // The slot is for the HTTP exchange; recording it waits for a group commit,
         // and the next request need not wait for that.
         drop(permit);
-        target.notify.notify_one();
+        target.lane.notify.notify_one();
 
         let failures = delivery.attempts + 1;
         let mut attempt = AttemptRecord {
@@ -309,6 +388,7 @@ impl Dispatcher {
         };
         self.log_outcome(hook, &delivery, &attempt, outcome, failures);
         if let Outcome::Disabled { .. } = outcome {
+            target.lane.direct.store(false, AtomicOrdering::Relaxed);
             target.disabled.store(true, AtomicOrdering::Relaxed);
         }
         let queued_replies = !replies.is_empty();
@@ -323,7 +403,7 @@ impl Dispatcher {
         if queued_replies {
             self.sender_wake.notify_one();
         }
-        target.notify.notify_one();
+        target.lane.notify.notify_one();
     }
 
     fn schedule(

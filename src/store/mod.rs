@@ -52,6 +52,15 @@ pub struct NewEvent {
     pub data_json: String,
 }
 
+/// A delivery to create with an event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub webhook: String,
+    /// Created already claimed: the caller hands it to the dispatcher in memory.
+    pub claimed: bool,
+}
+
 /// The result of [`Store::append_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -269,9 +278,10 @@ pub enum SendOutcome {
 /// What the rest of waas needs from durable storage.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Commits an event and one pending delivery per named webhook, atomically. A
-    /// duplicate dedup key stores nothing and returns the first event's id.
-    async fn append_event(&self, event: NewEvent, webhooks: Vec<String>) -> Result<Appended>;
+    /// Commits an event and its pending deliveries, atomically. A duplicate dedup key
+    /// stores nothing and returns the first event's id.
+    async fn append_event(&self, event: NewEvent, deliveries: Vec<NewDelivery>)
+    -> Result<Appended>;
 
     /// Takes up to `limit` due deliveries of one webhook for sending. With
     /// `Ordering::Conversation`, only the oldest pending delivery of each conversation

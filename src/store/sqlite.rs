@@ -54,7 +54,7 @@ struct ClaimRequest {
 }
 
 enum Write {
-    Append(NewEvent, Vec<String>, Reply<Appended>),
+    Append(NewEvent, Vec<NewDelivery>, Reply<Appended>),
     Claim(ClaimRequest, Reply<Claim<ClaimedRow>>),
     Release(String, Reply<()>),
     Finish(
@@ -151,9 +151,20 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        if let Some(ops) = fast_batch(&mut conn, ops).await {
-            slow_batch(&mut conn, ops).await;
-        }
+        let (size, started) = (ops.len(), std::time::Instant::now());
+        let careful = match fast_batch(&mut conn, ops).await {
+            Some(ops) => {
+                slow_batch(&mut conn, ops).await;
+                true
+            }
+            None => false,
+        };
+        tracing::trace!(
+            ops = size,
+            careful,
+            us = started.elapsed().as_micros() as u64,
+            "write batch committed"
+        );
     }
     let _ = conn.close().await;
 }
@@ -180,7 +191,7 @@ async fn fast_batch(conn: &mut SqliteConnection, ops: Vec<Write>) -> Option<Vec<
     let mut claims = Vec::new();
     for op in &ops {
         match op {
-            Write::Append(e, hooks, _) => events.push((e, hooks.as_slice())),
+            Write::Append(e, deliveries, _) => events.push((e, deliveries.as_slice())),
             Write::Finish(f, _) => finishes.push((&f.0, &f.1, f.2)),
             Write::Claim(c, _) => claims.push(c),
             _ => {}
@@ -247,7 +258,7 @@ const ROWS_PER_STATEMENT: usize = 400;
 
 async fn append_many(
     conn: &mut SqliteConnection,
-    events: &[(&NewEvent, &[String])],
+    events: &[(&NewEvent, &[NewDelivery])],
 ) -> Result<Vec<Appended>> {
     let mut seqs: HashMap<String, i64> = HashMap::with_capacity(events.len());
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
@@ -274,7 +285,7 @@ async fn append_many(
     }
     let mut out = Vec::with_capacity(events.len());
     let mut deliveries = Vec::new();
-    for (e, hooks) in events {
+    for (e, new) in events {
         match seqs.get(&e.id) {
             Some(&seq) => {
                 out.push(Appended {
@@ -282,7 +293,7 @@ async fn append_many(
                     seq,
                     duplicate: false,
                 });
-                deliveries.extend(hooks.iter().map(|h| (seq, h, *e)));
+                deliveries.extend(new.iter().map(|d| (seq, d, *e)));
             }
             None => {
                 // Stored before (or earlier in this batch) under the same dedup key.
@@ -300,20 +311,21 @@ async fn append_many(
     }
     for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row(
-            "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, updated_at) VALUES",
-            6,
+            "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, claimed, updated_at) VALUES",
+            7,
             chunk.len(),
             "",
         )
-        .replace("(?, ?, ?, ?, ?, ?)", "(?, ?, ?, 'pending', 0, ?, ?, ?)");
+        .replace("(?, ?, ?, ?, ?, ?, ?)", "(?, ?, ?, 'pending', 0, ?, ?, ?, ?)");
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (seq, hook, e) in chunk {
+        for (seq, d, e) in chunk {
             q = q
-                .bind(format!("dlv_{}", ulid::Ulid::new()))
+                .bind(&d.id)
                 .bind(*seq)
-                .bind(*hook)
+                .bind(&d.webhook)
                 .bind(e.created_at)
                 .bind(&e.conversation)
+                .bind(i64::from(d.claimed))
                 .bind(e.created_at);
         }
         q.execute(&mut *conn).await?;
@@ -462,8 +474,8 @@ async fn slow_batch(conn: &mut SqliteConnection, mut batch: Vec<Write>) {
 
         for op in batch.drain(..) {
             match op {
-                Write::Append(event, hooks, reply) => {
-                    step!(reply, append(&mut *conn, &event, &hooks))
+                Write::Append(event, deliveries, reply) => {
+                    step!(reply, append(&mut *conn, &event, &deliveries))
                 }
                 Write::Claim(request, reply) => step!(reply, claim(&mut *conn, &request)),
                 Write::Release(id, reply) => step!(reply, release(&mut *conn, &id)),
@@ -517,7 +529,11 @@ fn fail(op: Write, msg: &str) {
     };
 }
 
-async fn append(conn: &mut SqliteConnection, e: &NewEvent, hooks: &[String]) -> Result<Appended> {
+async fn append(
+    conn: &mut SqliteConnection,
+    e: &NewEvent,
+    deliveries: &[NewDelivery],
+) -> Result<Appended> {
     let inserted = sqlx::query(
         "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data)
          VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -545,16 +561,17 @@ async fn append(conn: &mut SqliteConnection, e: &NewEvent, hooks: &[String]) -> 
         });
     };
     let seq: i64 = row.try_get(0)?;
-    for hook in hooks {
+    for d in deliveries {
         sqlx::query(
-            "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, updated_at)
-             VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
+            "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, claimed, updated_at)
+             VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
         )
-        .bind(format!("dlv_{}", ulid::Ulid::new()))
+        .bind(&d.id)
         .bind(seq)
-        .bind(hook)
+        .bind(&d.webhook)
         .bind(e.created_at)
         .bind(&e.conversation)
+        .bind(i64::from(d.claimed))
         .bind(e.created_at)
         .execute(&mut *conn)
         .await?;
@@ -887,8 +904,12 @@ fn stored_event(row: &SqliteRow, at: usize) -> Result<StoredEvent> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append_event(&self, event: NewEvent, webhooks: Vec<String>) -> Result<Appended> {
-        self.write(|r| Write::Append(event, webhooks, r)).await
+    async fn append_event(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Appended> {
+        self.write(|r| Write::Append(event, deliveries, r)).await
     }
 
     async fn claim_due(
@@ -1179,13 +1200,19 @@ mod tests {
     #[tokio::test]
     async fn duplicates_are_stored_once_and_claims_are_exclusive() {
         let (_dir, store) = open().await;
-        let hooks = vec!["a".to_string()];
+        let hooks = || {
+            vec![NewDelivery {
+                id: format!("dlv_{}", ulid::Ulid::new()),
+                webhook: "a".into(),
+                claimed: false,
+            }]
+        };
         let first = store
-            .append_event(event("evt_1", 1, Some("m1")), hooks.clone())
+            .append_event(event("evt_1", 1, Some("m1")), hooks())
             .await
             .unwrap();
         let again = store
-            .append_event(event("evt_2", 2, Some("m1")), hooks.clone())
+            .append_event(event("evt_2", 2, Some("m1")), hooks())
             .await
             .unwrap();
         assert!(!first.duplicate && again.duplicate);
@@ -1213,17 +1240,23 @@ mod tests {
     #[tokio::test]
     async fn retention_prunes_delivered_events_and_keeps_dead_ones() {
         let (_dir, store) = open().await;
-        let hooks = vec!["a".to_string()];
+        let hooks = || {
+            vec![NewDelivery {
+                id: format!("dlv_{}", ulid::Ulid::new()),
+                webhook: "a".into(),
+                claimed: false,
+            }]
+        };
         store
-            .append_event(event("evt_old_ok", 10, None), hooks.clone())
+            .append_event(event("evt_old_ok", 10, None), hooks())
             .await
             .unwrap();
         store
-            .append_event(event("evt_old_dead", 11, None), hooks.clone())
+            .append_event(event("evt_old_dead", 11, None), hooks())
             .await
             .unwrap();
         store
-            .append_event(event("evt_new_ok", 5_000, None), hooks.clone())
+            .append_event(event("evt_new_ok", 5_000, None), hooks())
             .await
             .unwrap();
         let claim = store
