@@ -33,8 +33,9 @@ pub struct BenchArgs {
     /// Concurrent requests (the webhook's max_in_flight, and the baseline's).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
-    /// Concurrent injectors feeding the relay in the throughput run.
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent injectors feeding the relay in the throughput run (like that many
+    /// clients of `POST /v1/mock/messages`, each waiting for its commit).
+    #[arg(long, default_value_t = 256)]
     pub injectors: usize,
     /// Events per second in the latency run.
     #[arg(long, default_value_t = 1000)]

@@ -24,9 +24,14 @@ CREATE TABLE deliveries (
     claimed         INTEGER NOT NULL DEFAULT 0,
     updated_at      INTEGER NOT NULL
 );
-CREATE INDEX deliveries_due ON deliveries (webhook, status, claimed, next_attempt_at);
-CREATE INDEX deliveries_conversation ON deliveries (webhook, conversation, status, event_seq);
-CREATE INDEX deliveries_event ON deliveries (event_seq);
+-- Partial indexes keep the hot path cheap: a delivery created claimed and then
+-- delivered never enters deliveries_due, and leaves the others when it succeeds.
+CREATE INDEX deliveries_due ON deliveries (webhook, next_attempt_at)
+    WHERE status = 'pending' AND claimed = 0;
+CREATE INDEX deliveries_pending ON deliveries (webhook, conversation, event_seq)
+    WHERE status = 'pending';
+CREATE INDEX deliveries_dead ON deliveries (webhook) WHERE status = 'dead';
+CREATE INDEX deliveries_unfinished ON deliveries (event_seq) WHERE status != 'delivered';
 
 CREATE TABLE attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -253,15 +253,31 @@ fn multi_row(head: &str, width: usize, rows: usize, tail: &str) -> String {
     format!("{head} {} {tail}", vec![group; rows].join(", "))
 }
 
-/// Rows per multi-row statement, well under SQLite's limit on bound parameters.
-const ROWS_PER_STATEMENT: usize = 400;
+/// Splits `items` into chunks whose lengths are powers of two (at most
+/// [`ROWS_PER_STATEMENT`]), so multi-row statements come in a handful of shapes that
+/// stay in the prepared-statement cache instead of being parsed anew every batch.
+fn shaped_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let n = ROWS_PER_STATEMENT.min(1 << items.len().ilog2());
+        let (chunk, rest) = items.split_at(n);
+        items = rest;
+        Some(chunk)
+    })
+}
+
+/// Rows per multi-row statement (a power of two), well under SQLite's limit on bound
+/// parameters.
+const ROWS_PER_STATEMENT: usize = 256;
 
 async fn append_many(
     conn: &mut SqliteConnection,
     events: &[(&NewEvent, &[NewDelivery])],
 ) -> Result<Vec<Appended>> {
     let mut seqs: HashMap<String, i64> = HashMap::with_capacity(events.len());
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shaped_chunks(&events) {
         let sql = multi_row(
             "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data) VALUES",
             7,
@@ -309,7 +325,7 @@ async fn append_many(
             }
         }
     }
-    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shaped_chunks(&deliveries) {
         let sql = multi_row(
             "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, claimed, updated_at) VALUES",
             7,
@@ -337,7 +353,7 @@ async fn finish_many(
     conn: &mut SqliteConnection,
     finishes: &[(&DueDelivery, &AttemptRecord, Outcome)],
 ) -> Result<()> {
-    for chunk in finishes.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shaped_chunks(&finishes) {
         let sql = multi_row(
             "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response) VALUES",
             6,
@@ -858,32 +874,41 @@ async fn disable(
 
 async fn prune(conn: &mut SqliteConnection, before: Millis) -> Result<u64> {
     // An event goes once every delivery of it succeeded; dead ones are kept for
-    // inspection and manual retry.
-    sqlx::query(
-        "DELETE FROM attempts WHERE delivery_id IN (
-            SELECT d.id FROM deliveries d WHERE d.event_seq IN (
-                SELECT e.seq FROM events e WHERE e.created_at < ?1
-                AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = e.seq AND x.status != 'delivered')))",
-    )
-    .bind(before)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "DELETE FROM deliveries WHERE event_seq IN (
-            SELECT e.seq FROM events e WHERE e.created_at < ?1
-            AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = e.seq AND x.status != 'delivered'))",
-    )
-    .bind(before)
-    .execute(&mut *conn)
-    .await?;
+    // inspection and manual retry. Each statement scans a table at most once.
+    sqlx::query("CREATE TEMP TABLE IF NOT EXISTS prune_seq (seq INTEGER PRIMARY KEY)")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM prune_seq")
+        .execute(&mut *conn)
+        .await?;
     let events = sqlx::query(
-        "DELETE FROM events WHERE created_at < ?1
-         AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = events.seq)",
+        "INSERT INTO prune_seq SELECT e.seq FROM events e WHERE e.created_at < ?1
+         AND NOT EXISTS (SELECT 1 FROM deliveries x
+                         WHERE x.event_seq = e.seq AND x.status != 'delivered')",
     )
     .bind(before)
     .execute(&mut *conn)
     .await?
     .rows_affected();
+    if events == 0 {
+        sqlx::query("DELETE FROM sends WHERE status != 'queued' AND finished_at < ?")
+            .bind(before)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(0);
+    }
+    sqlx::query(
+        "DELETE FROM attempts WHERE delivery_id IN (
+             SELECT d.id FROM deliveries d JOIN prune_seq p ON d.event_seq = p.seq)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM deliveries WHERE event_seq IN (SELECT seq FROM prune_seq)")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM events WHERE seq IN (SELECT seq FROM prune_seq)")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM sends WHERE status != 'queued' AND finished_at < ?")
         .bind(before)
         .execute(&mut *conn)
@@ -927,7 +952,7 @@ impl Store for SqliteStore {
         };
         let claim = self.write(|r| Write::Claim(request, r)).await?;
         let mut events: HashMap<i64, StoredEvent> = HashMap::with_capacity(claim.items.len());
-        for chunk in claim.items.chunks(ROWS_PER_STATEMENT) {
+        for chunk in shaped_chunks(&claim.items) {
             let sql = format!(
                 "SELECT id, type, seq, created_at, bot, data FROM events WHERE seq IN ({})",
                 vec!["?"; chunk.len()].join(", ")
@@ -990,7 +1015,7 @@ impl Store for SqliteStore {
                     a.at, a.status_code, a.error, a.duration_ms
              FROM (SELECT * FROM deliveries
                    WHERE (?1 IS NULL OR webhook = ?1) AND (?2 IS NULL OR status = ?2)
-                   ORDER BY event_seq DESC, id LIMIT ?3) d
+                   ORDER BY rowid DESC LIMIT ?3) d
              JOIN events e ON e.seq = d.event_seq
              LEFT JOIN attempts a ON a.delivery_id = d.id
              ORDER BY d.event_seq DESC, d.id, a.id",
@@ -1037,16 +1062,22 @@ impl Store for SqliteStore {
 
     async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>> {
         let mut stats: HashMap<String, WebhookStats> = HashMap::new();
+        // Two queries, each answered from its partial index.
         let rows = sqlx::query(
-            "SELECT webhook, SUM(status = 'pending'), SUM(status = 'dead') FROM deliveries
-             WHERE status != 'delivered' GROUP BY webhook",
+            "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY webhook",
         )
         .fetch_all(&self.pool)
         .await?;
         for row in rows {
-            let s = stats.entry(row.try_get(0)?).or_default();
-            s.pending = row.try_get(1)?;
-            s.dead = row.try_get(2)?;
+            stats.entry(row.try_get(0)?).or_default().pending = row.try_get(1)?;
+        }
+        let rows = sqlx::query(
+            "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY webhook",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            stats.entry(row.try_get(0)?).or_default().dead = row.try_get(1)?;
         }
         let rows = sqlx::query(
             "SELECT name, last_success_at, last_error, last_error_at, disabled_reason FROM webhook_state",
