@@ -277,7 +277,7 @@ async fn append_many(
     events: &[(&NewEvent, &[NewDelivery])],
 ) -> Result<Vec<Appended>> {
     let mut seqs: HashMap<String, i64> = HashMap::with_capacity(events.len());
-    for chunk in shaped_chunks(&events) {
+    for chunk in shaped_chunks(events) {
         let sql = multi_row(
             "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data) VALUES",
             7,
@@ -353,7 +353,7 @@ async fn finish_many(
     conn: &mut SqliteConnection,
     finishes: &[(&DueDelivery, &AttemptRecord, Outcome)],
 ) -> Result<()> {
-    for chunk in shaped_chunks(&finishes) {
+    for chunk in shaped_chunks(finishes) {
         let sql = multi_row(
             "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response) VALUES",
             6,
