@@ -494,22 +494,23 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        settings.validate()?;
-        Ok(settings)
+        Self::from_layers(builder)
     }
 
     /// Parses a TOML document layered over the defaults (no file, no environment).
     pub fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
         use config::{Config, File, FileFormat};
-        let raw = Config::builder()
-            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
-            .add_source(File::from_str(toml, FileFormat::Toml))
+        Self::from_layers(
+            Config::builder()
+                .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+                .add_source(File::from_str(toml, FileFormat::Toml)),
+        )
+    }
+
+    fn from_layers(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Settings, ConfigError> {
+        let raw = builder
             .build()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         let mut settings: Settings = raw

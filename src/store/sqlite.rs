@@ -1062,22 +1062,26 @@ impl Store for SqliteStore {
 
     async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>> {
         let mut stats: HashMap<String, WebhookStats> = HashMap::new();
-        // Two queries, each answered from its partial index.
-        let rows = sqlx::query(
-            "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY webhook",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for row in rows {
-            stats.entry(row.try_get(0)?).or_default().pending = row.try_get(1)?;
-        }
-        let rows = sqlx::query(
-            "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY webhook",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for row in rows {
-            stats.entry(row.try_get(0)?).or_default().dead = row.try_get(1)?;
+        // One query per status, each answered from its partial index.
+        for (sql, dead) in [
+            (
+                "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY webhook",
+                false,
+            ),
+            (
+                "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY webhook",
+                true,
+            ),
+        ] {
+            for row in sqlx::query(sql).fetch_all(&self.pool).await? {
+                let entry = stats.entry(row.try_get(0)?).or_default();
+                let count: i64 = row.try_get(1)?;
+                if dead {
+                    entry.dead = count;
+                } else {
+                    entry.pending = count;
+                }
+            }
         }
         let rows = sqlx::query(
             "SELECT name, last_success_at, last_error, last_error_at, disabled_reason FROM webhook_state",
