@@ -18,6 +18,7 @@ use crate::puppet::mock::MockPuppet;
 use crate::puppet::{Puppet, SessionHandle};
 use crate::relay::dispatcher::{Dispatcher, Lanes};
 use crate::relay::sender::Sender;
+use crate::relay::signing::SigningKey;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -33,6 +34,8 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub sender: Arc<Sender>,
     pub lanes: Arc<Lanes>,
+    /// `auth.signing_secrets`, decoded.
+    pub signing_keys: Vec<SigningKey>,
 }
 
 /// A built, bound, not yet running waas.
@@ -104,6 +107,12 @@ impl Application {
             .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
         Ok(Application {
             app: Arc::new(App {
+                signing_keys: settings
+                    .auth
+                    .signing_secrets
+                    .iter()
+                    .filter_map(|s| SigningKey::parse(s.expose()).ok())
+                    .collect(),
                 settings,
                 store,
                 session,

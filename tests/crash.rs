@@ -225,3 +225,85 @@ async fn sigterm_stops_gracefully() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+async fn wait_alive(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("waas did not start");
+}
+
+/// Kill -9 after the 202 and before the send: after the restart it is sent once.
+#[tokio::test]
+async fn a_queued_send_survives_sigkill_and_goes_out_once() {
+    waas::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("waas.toml");
+    // Not logged in until /v1/mock/scan, so the send stays queued.
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"sqlite://{}/waas.db\"\n\
+             [puppet.mock]\nauto_login = false\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut child = start(&config);
+    wait_alive(&base).await;
+    let resp = client
+        .post(format!("{base}/v1/messages"))
+        .json(&json!({"to": {"contact": "alice"}, "text": "survive"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let queued: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(queued["status"], "queued");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = start(&config);
+    wait_alive(&base).await;
+    let resp = client
+        .post(format!("{base}/v1/mock/scan"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = queued["id"].as_str().unwrap();
+    let outcome: serde_json::Value = client
+        .get(format!("{base}/v1/messages/{id}?wait=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(outcome["status"], "sent", "{outcome}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent: serde_json::Value = client
+        .get(format!("{base}/v1/mock/sent"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["survive"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,177 @@
+//! Sending: `POST /v1/messages` queues a message durably (202 once committed) and the
+//! sender delivers it through the puppet; `GET /v1/messages/{id}` tells the outcome.
+
+use std::time::Duration;
+
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, SignedMessageId};
+use crate::event::{Conversation, now_millis};
+use crate::puppet::PuppetError;
+use crate::relay::dispatcher::new_send;
+use crate::send::{Content, ContentBody, FileRef, Link, Recipient, SendRequest};
+use crate::store::{SendStatus, SendView};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/messages", post(send))
+        .route("/v1/messages/{id}", get(status))
+}
+
+/// The body of `POST /v1/messages`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    to: Recipient,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    mentions: Option<Vec<String>>,
+    #[serde(default)]
+    link: Option<Link>,
+    #[serde(default)]
+    file: Option<FileRef>,
+    #[serde(default)]
+    contact_card: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// Longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `10` (seconds) or a duration such as `10s`, `500ms`.
+pub fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let wait = match raw.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(ApiError::invalid("`wait` must not be negative")),
+        Err(_) => humantime::parse_duration(raw).map_err(|_| {
+            ApiError::invalid(format!(
+                "`wait`: `{raw}` is not seconds (10) or a duration (10s)"
+            ))
+        })?,
+    };
+    Ok(Some(wait.min(MAX_WAIT)))
+}
+
+async fn send(
+    State(app): State<AppState>,
+    signed: Option<Extension<SignedMessageId>>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<WaitQuery>,
+    ApiJson(body): ApiJson<SendBody>,
+) -> Result<(StatusCode, Json<SendView>), ApiError> {
+    let wait = parse_wait(query.wait.as_deref())?;
+    let content = ContentBody {
+        text: body.text,
+        mentions: body.mentions,
+        link: body.link,
+        file: body.file,
+        contact_card: body.contact_card,
+    }
+    .into_content()
+    .map_err(|e| ApiError::invalid(e.0))?;
+    let conversation = match app.puppet.resolve(&body.to).await {
+        Ok(c) => c,
+        Err(PuppetError::NotFound(_)) => {
+            return Err(ApiError::not_found(format!(
+                "`to`: no such recipient {}",
+                describe(&body.to)
+            )));
+        }
+        // Offline: accepted all the same, resolved when the session is back.
+        Err(_) => Conversation::Contact(format!("unresolved:{}", describe(&body.to))),
+    };
+    if let Content::Text { mentions, .. } = &content
+        && !mentions.is_empty()
+        && !matches!(conversation, Conversation::Room(_))
+    {
+        return Err(ApiError::invalid("`mentions` works in rooms only"));
+    }
+    // Idempotency-Key, else the (verified) webhook-id of a signed request.
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let key = header("idempotency-key")
+        .or(signed.map(|Extension(SignedMessageId(id))| id))
+        .or_else(|| header("webhook-id"));
+    let request = SendRequest {
+        to: body.to,
+        content,
+    };
+    let enqueued = app
+        .store
+        .enqueue_send(new_send(request, &conversation, key, now_millis()))
+        .await?;
+    if !enqueued.replayed {
+        tracing::info!(send = %enqueued.send.id, conversation = %conversation.key(), "message queued");
+        app.sender.wake();
+    }
+    let mut view = enqueued.send;
+    if let Some(wait) = wait
+        && view.status == SendStatus::Queued
+    {
+        view = wait_for_outcome(&app, &view.id, wait)
+            .await?
+            .unwrap_or(view);
+    }
+    let status = if view.status == SendStatus::Queued {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+fn describe(to: &Recipient) -> String {
+    serde_json::to_string(to).unwrap_or_default()
+}
+
+/// Waits until the send is no longer queued, or `wait` passes.
+async fn wait_for_outcome(
+    app: &AppState,
+    id: &str,
+    wait: Duration,
+) -> Result<Option<SendView>, ApiError> {
+    let mut finished = app.sender.finished();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let view = app.store.get_send(id).await?;
+        if view.as_ref().is_none_or(|v| v.status != SendStatus::Queued) {
+            return Ok(view);
+        }
+        match tokio::time::timeout_at(deadline, finished.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return Ok(view),
+        }
+    }
+}
+
+async fn status(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let wait = parse_wait(query.wait.as_deref())?;
+    let view = match wait {
+        Some(wait) => wait_for_outcome(&app, &id, wait).await?,
+        None => app.store.get_send(&id).await?,
+    };
+    let view = view.ok_or_else(|| ApiError::not_found(format!("no message `{id}`")))?;
+    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+}

@@ -1,0 +1,220 @@
+//! Sending back out: `POST /v1/messages`, signed or with a token, idempotent, durable.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{SECRET, spawn_app};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn auth_config() -> String {
+    format!("[auth]\ntokens = [\"{TOKEN}\"]\nsigning_secrets = [\"{SECRET}\"]\n")
+}
+
+/// Headers for `body` signed by the official Python library.
+fn python_signed(id: &str, body: &str) -> Value {
+    let mut child = Command::new("python3")
+        .arg("tests/interop/sign_standardwebhooks.py")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with standardwebhooks (see .ci/run)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            json!({"secret": SECRET, "id": id, "body": body})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the signing script failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn post_signed(
+    app: &common::TestApp,
+    id: &str,
+    ts: &str,
+    sig: &str,
+    body: &str,
+) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(app.url("/v1/messages?wait=5s"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts)
+        .header("webhook-signature", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn signed_requests_from_the_official_library_are_accepted_once() {
+    let app = spawn_app(&auth_config()).await;
+    let body = json!({"to": {"contact_name": "Bob"}, "text": "signed hello"}).to_string();
+    let headers = python_signed("msg_reply_1", &body);
+    let (ts, sig) = (
+        headers["webhook-timestamp"].as_str().unwrap(),
+        headers["webhook-signature"].as_str().unwrap(),
+    );
+    let (status, first) = post_signed(&app, "msg_reply_1", ts, sig, &body).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "sent");
+    assert!(first["id"].as_str().unwrap().starts_with("out_"));
+
+    // A replay (same webhook-id) answers the first response and sends nothing more.
+    let (status, again) = post_signed(&app, "msg_reply_1", ts, sig, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["id"], first["id"]);
+    let sent = app.sent().await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["to"], json!({"contact": "bob"}));
+    assert_eq!(sent[0]["text"], "signed hello");
+
+    // Tampered, stale, unsigned.
+    let tampered = body.replace("hello", "hellO");
+    let (status, err) = post_signed(&app, "msg_reply_1", ts, sig, &tampered).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("invalid_signature"))
+    );
+    let stale_ts = (time::OffsetDateTime::now_utc().unix_timestamp() - 600).to_string();
+    let key = waas::relay::signing::SigningKey::parse(SECRET).unwrap();
+    let stale_sig = key.sign("msg_old", stale_ts.parse().unwrap(), body.as_bytes());
+    let (status, err) = post_signed(&app, "msg_old", &stale_ts, &stale_sig, &body).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("stale_timestamp"))
+    );
+    let resp = reqwest::Client::new()
+        .post(app.url("/v1/messages"))
+        .json(&json!({"to": {"contact": "bob"}, "text": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "unauthorized");
+    assert_eq!(app.sent().await.len(), 1, "nothing refused was sent");
+}
+
+#[tokio::test]
+async fn every_kind_of_content_reaches_the_puppet() {
+    let app = spawn_app(&auth_config()).await;
+    let cases = [
+        json!({"to": {"room_topic": "Mock Room"}, "text": "hi @Alice", "mentions": ["alice"]}),
+        json!({"to": {"room": "room1@chatroom"}, "link": {"url": "https://example.com", "title": "Example"}}),
+        json!({"to": {"contact": "carol"}, "file": {"url": "https://example.com/a.pdf", "name": "a.pdf"}}),
+        json!({"to": {"contact": "carol"}, "contact_card": "alice"}),
+    ];
+    for body in &cases {
+        let (status, view) = app.post("/v1/messages?wait=5", body.clone()).await;
+        assert_eq!(status, 200, "{body} → {view}");
+        assert_eq!(view["status"], "sent");
+        assert!(view["message_id"].is_string());
+        let (status, again) = app
+            .get(&format!("/v1/messages/{}", view["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(again["status"], "sent");
+    }
+    let sent = app.sent().await;
+    assert_eq!(sent[0]["to"], json!({"room": "room1@chatroom"}));
+    assert_eq!(sent[0]["mentions"], json!(["alice"]));
+    assert_eq!(sent[1]["link"]["title"], "Example");
+    assert_eq!(sent[2]["file"]["name"], "a.pdf");
+    assert_eq!(sent[3]["contact_card"], "alice");
+}
+
+#[tokio::test]
+async fn bad_sends_get_clear_errors() {
+    let app = spawn_app(&auth_config()).await;
+    let (status, err) = app
+        .post(
+            "/v1/messages",
+            json!({"to": {"contact": "mallory"}, "text": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, err) = app
+        .post("/v1/messages", json!({"to": {"contact": "bob"}}))
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+    assert!(err["error"]["message"].as_str().unwrap().contains("text"));
+    let (status, err) = app
+        .post(
+            "/v1/messages",
+            json!({"to": {"contact": "bob"}, "text": "x", "mentions": ["alice"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let (status, _) = app
+        .post(
+            "/v1/messages",
+            json!({"to": {"planet": "mars"}, "text": "x"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, err) = app.get("/v1/messages/out_nothing").await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, _) = app.get("/v1/messages/out_nothing?wait=forever").await;
+    assert_eq!(status, 422);
+
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(app.url("/v1/messages"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"to\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let big = json!({"to": {"contact": "bob"}, "text": "x".repeat(8 << 20)});
+    let resp = client
+        .post(app.url("/v1/messages"))
+        .bearer_auth(TOKEN)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "payload_too_large");
+
+    // The same Idempotency-Key with another body is a conflict.
+    for (text, expected) in [("first", 202), ("first", 202), ("second", 409)] {
+        let resp = client
+            .post(app.url("/v1/messages"))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", "k-1")
+            .json(&json!({"to": {"contact": "bob"}, "text": text}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(
+            status == expected || (expected == 202 && status == 200),
+            "{text}: {status}"
+        );
+    }
+}
