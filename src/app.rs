@@ -36,6 +36,9 @@ pub struct App {
     pub lanes: Arc<Lanes>,
     /// `auth.signing_secrets`, decoded.
     pub signing_keys: Vec<SigningKey>,
+    /// Cancelled when shutdown begins, so long polls and streams end and the server
+    /// can drain.
+    pub stopping: CancellationToken,
 }
 
 /// A built, bound, not yet running waas.
@@ -107,6 +110,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
         Ok(Application {
             app: Arc::new(App {
+                stopping: CancellationToken::new(),
                 signing_keys: settings
                     .auth
                     .signing_secrets
@@ -153,8 +157,12 @@ impl Application {
         tracing::info!(%addr, puppet = app.settings.puppet.kind.as_str(), webhooks = app.settings.webhooks.len(), "waas listening");
         let router = crate::api::router(app.clone());
         let stop = shutdown.clone();
+        let stopping = app.stopping.clone();
         axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                stopping.cancel();
+            })
             .await
             .context("the HTTP server failed")?;
 

@@ -46,8 +46,8 @@ struct WaitQuery {
     wait: Option<String>,
 }
 
-/// Longest `?wait=` honoured.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Longest `?wait=` honoured: under the default `server.request_timeout` (30 s).
+const MAX_WAIT: Duration = Duration::from_secs(25);
 
 /// `10` (seconds) or a duration such as `10s`, `500ms`.
 pub fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
@@ -83,23 +83,6 @@ async fn send(
     }
     .into_content()
     .map_err(|e| ApiError::invalid(e.0))?;
-    let conversation = match app.puppet.resolve(&body.to).await {
-        Ok(c) => c,
-        Err(PuppetError::NotFound(_)) => {
-            return Err(ApiError::not_found(format!(
-                "`to`: no such recipient {}",
-                describe(&body.to)
-            )));
-        }
-        // Offline: accepted all the same, resolved when the session is back.
-        Err(_) => Conversation::Contact(format!("unresolved:{}", describe(&body.to))),
-    };
-    if let Content::Text { mentions, .. } = &content
-        && !mentions.is_empty()
-        && !matches!(conversation, Conversation::Room(_))
-    {
-        return Err(ApiError::invalid("`mentions` works in rooms only"));
-    }
     // Idempotency-Key, else the (verified) webhook-id of a signed request.
     let header = |name| {
         headers
@@ -110,19 +93,7 @@ async fn send(
     let key = header("idempotency-key")
         .or(signed.map(|Extension(SignedMessageId(id))| id))
         .or_else(|| header("webhook-id"));
-    let request = SendRequest {
-        to: body.to,
-        content,
-    };
-    let enqueued = app
-        .store
-        .enqueue_send(new_send(request, &conversation, key, now_millis()))
-        .await?;
-    if !enqueued.replayed {
-        tracing::info!(send = %enqueued.send.id, conversation = %conversation.key(), "message queued");
-        app.sender.wake();
-    }
-    let mut view = enqueued.send;
+    let mut view = queue_send(&app, body.to, content, key).await?;
     if let Some(wait) = wait
         && view.status == SendStatus::Queued
     {
@@ -136,6 +107,44 @@ async fn send(
         StatusCode::OK
     };
     Ok((status, Json(view)))
+}
+
+/// Resolves the recipient (404 when unknown), checks what needs the recipient's kind,
+/// and commits the send to the queue. A replayed idempotency key returns the first
+/// send.
+pub(super) async fn queue_send(
+    app: &AppState,
+    to: Recipient,
+    content: Content,
+    key: Option<String>,
+) -> Result<SendView, ApiError> {
+    let conversation = match app.puppet.resolve(&to).await {
+        Ok(c) => c,
+        Err(PuppetError::NotFound(_)) => {
+            return Err(ApiError::not_found(format!(
+                "`to`: no such recipient {}",
+                describe(&to)
+            )));
+        }
+        // Offline: accepted all the same, resolved when the session is back.
+        Err(_) => Conversation::Contact(format!("unresolved:{}", describe(&to))),
+    };
+    if let Content::Text { mentions, .. } = &content
+        && !mentions.is_empty()
+        && !matches!(conversation, Conversation::Room(_))
+    {
+        return Err(ApiError::invalid("`mentions` works in rooms only"));
+    }
+    let request = SendRequest { to, content };
+    let enqueued = app
+        .store
+        .enqueue_send(new_send(request, &conversation, key, now_millis()))
+        .await?;
+    if !enqueued.replayed {
+        tracing::info!(send = %enqueued.send.id, conversation = %conversation.key(), "message queued");
+        app.sender.wake();
+    }
+    Ok(enqueued.send)
 }
 
 fn describe(to: &Recipient) -> String {

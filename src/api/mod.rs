@@ -2,7 +2,10 @@
 //! contract's `{"error":{"code","message"}}` shape, axum's own rejections included.
 
 mod deliveries;
+mod directory;
+mod events;
 mod health;
+mod legacy;
 mod messages;
 mod mock;
 mod session;
@@ -33,9 +36,12 @@ pub fn router(app: AppState) -> Router {
         .merge(webhooks::router())
         .merge(deliveries::router())
         .merge(messages::router())
+        .merge(events::router())
+        .merge(directory::router())
         .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
     Router::new()
         .merge(health::router())
+        .merge(legacy::router())
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -201,6 +207,16 @@ impl ApiError {
             "internal_error",
             "an internal error occurred; the details are in the server log",
         )
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 

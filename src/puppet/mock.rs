@@ -303,6 +303,31 @@ impl Puppet for MockPuppet {
         found.ok_or_else(|| PuppetError::NotFound(format!("no such recipient: {to:?}")))
     }
 
+    async fn contacts(&self) -> Result<Vec<Contact>, PuppetError> {
+        Ok(self.contacts.clone())
+    }
+
+    async fn rooms(&self) -> Result<Vec<Room>, PuppetError> {
+        Ok(self.rooms.iter().map(|(r, _)| r.clone()).collect())
+    }
+
+    async fn room_members(&self, room_id: &str) -> Result<Vec<Contact>, PuppetError> {
+        let (_, members) = self
+            .rooms
+            .iter()
+            .find(|(r, _)| r.id == room_id)
+            .ok_or_else(|| PuppetError::NotFound(format!("no room `{room_id}`")))?;
+        Ok(members
+            .iter()
+            .filter_map(|id| {
+                std::iter::once(&self.bot)
+                    .chain(&self.contacts)
+                    .find(|c| c.id == *id)
+                    .cloned()
+            })
+            .collect())
+    }
+
     async fn send(&self, to: &Conversation, content: &Content) -> Result<String, PuppetError> {
         if self.session.state() != SessionState::LoggedIn {
             return Err(PuppetError::Offline);

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PuppetKind;
-use crate::event::{Contact, Conversation, Millis, ScanStatus, format_millis, now_millis};
+use crate::event::{Contact, Conversation, Millis, Room, ScanStatus, format_millis, now_millis};
 use crate::ingest::Ingest;
 use crate::send::{Content, Recipient};
 
@@ -99,6 +99,12 @@ impl SessionHandle {
         user: Option<Contact>,
         reason: Option<String>,
     ) {
+        if state == SessionState::WaitingForScan
+            && let Some(qr) = &qr
+            && self.0.borrow().qr.as_ref() != Some(qr)
+        {
+            announce_qr(&qr.payload);
+        }
         self.0.send_modify(|s| {
             if s.state != state {
                 s.since = now_millis();
@@ -110,6 +116,35 @@ impl SessionHandle {
             s.reason = reason;
         });
     }
+}
+
+/// Tells the person at the terminal to scan: the QR code itself when stderr is a
+/// terminal, and always a log line pointing at `/v1/session/qr.svg`.
+fn announce_qr(payload: &str) {
+    use std::io::IsTerminal;
+    tracing::info!(
+        "scan the QR code with the WeChat app to log in (GET /v1/session/qr.svg shows it)"
+    );
+    if std::io::stderr().is_terminal()
+        && let Ok(code) = qrcode::QrCode::new(payload.as_bytes())
+    {
+        let art = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build();
+        eprintln!("{art}");
+    }
+}
+
+/// The login QR code as an SVG image, rendered locally.
+pub fn qr_svg(payload: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(payload.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color>()
+            .min_dimensions(256, 256)
+            .quiet_zone(true)
+            .build(),
+    )
 }
 
 /// Why the puppet could not do something.
@@ -137,6 +172,15 @@ pub trait Puppet: Send + Sync + 'static {
 
     /// Finds the conversation a recipient names.
     async fn resolve(&self, to: &Recipient) -> Result<Conversation, PuppetError>;
+
+    /// The bot's contacts.
+    async fn contacts(&self) -> Result<Vec<Contact>, PuppetError>;
+
+    /// The rooms the bot is in.
+    async fn rooms(&self) -> Result<Vec<Room>, PuppetError>;
+
+    /// The members of one room.
+    async fn room_members(&self, room_id: &str) -> Result<Vec<Contact>, PuppetError>;
 
     /// Sends one message; returns the puppet's id of the sent message.
     async fn send(&self, to: &Conversation, content: &Content) -> Result<String, PuppetError>;

@@ -329,6 +329,14 @@ pub trait Store: Send + Sync + 'static {
     /// Events with `seq > after`, oldest first.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
 
+    /// Events of one type created at or after `since`, oldest first, at most `limit`.
+    async fn recent_events(
+        &self,
+        event_type: &str,
+        since: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>>;
+
     /// Commits an outbound message. An idempotency key seen before with the same
     /// request returns the first send; with another request it is a conflict.
     async fn enqueue_send(&self, send: NewSend) -> Result<Enqueued>;

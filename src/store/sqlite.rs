@@ -1119,6 +1119,24 @@ impl Store for SqliteStore {
         rows.iter().map(|r| stored_event(r, 0)).collect()
     }
 
+    async fn recent_events(
+        &self,
+        event_type: &str,
+        since: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, type, seq, created_at, bot, data FROM events
+             WHERE created_at >= ? AND type = ? ORDER BY seq LIMIT ?",
+        )
+        .bind(since)
+        .bind(event_type)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| stored_event(r, 0)).collect()
+    }
+
     async fn enqueue_send(&self, send: NewSend) -> Result<Enqueued> {
         self.write(|r| Write::Enqueue(send, r)).await
     }

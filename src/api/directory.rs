@@ -1,0 +1,102 @@
+//! The bot's address book: contacts, rooms and room members, with `?q=` to search by
+//! name, alias or topic.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiPath, ApiQuery, AppState};
+use crate::event::{Contact, Room};
+use crate::puppet::PuppetError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/contacts", get(contacts))
+        .route("/v1/contacts/{id}", get(contact))
+        .route("/v1/rooms", get(rooms))
+        .route("/v1/rooms/{id}", get(room))
+        .route("/v1/rooms/{id}/members", get(members))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    q: Option<String>,
+}
+
+fn puppet_error(e: PuppetError) -> ApiError {
+    match e {
+        PuppetError::NotFound(m) => ApiError::not_found(m),
+        PuppetError::Offline => ApiError::not_ready("the session is not logged in"),
+        PuppetError::Failed(m) => ApiError::internal(m),
+    }
+}
+
+/// Case-insensitive substring match on name and alias.
+fn contact_matches(c: &Contact, q: &str) -> bool {
+    let q = q.to_lowercase();
+    c.name.to_lowercase().contains(&q)
+        || c.alias
+            .as_deref()
+            .is_some_and(|a| a.to_lowercase().contains(&q))
+        || c.id == q
+}
+
+async fn contacts(
+    State(app): State<AppState>,
+    ApiQuery(s): ApiQuery<Search>,
+) -> Result<Json<Value>, ApiError> {
+    let mut all = app.puppet.contacts().await.map_err(puppet_error)?;
+    if let Some(q) = s.q.filter(|q| !q.is_empty()) {
+        all.retain(|c| contact_matches(c, &q));
+    }
+    Ok(Json(json!({"contacts": all})))
+}
+
+async fn contact(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Contact>, ApiError> {
+    let all = app.puppet.contacts().await.map_err(puppet_error)?;
+    all.into_iter()
+        .find(|c| c.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no contact `{id}`")))
+}
+
+async fn rooms(
+    State(app): State<AppState>,
+    ApiQuery(s): ApiQuery<Search>,
+) -> Result<Json<Value>, ApiError> {
+    let mut all = app.puppet.rooms().await.map_err(puppet_error)?;
+    if let Some(q) = s.q.filter(|q| !q.is_empty()) {
+        let q = q.to_lowercase();
+        all.retain(|r| r.topic.to_lowercase().contains(&q) || r.id == q);
+    }
+    Ok(Json(json!({"rooms": all})))
+}
+
+async fn room(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Room>, ApiError> {
+    let all = app.puppet.rooms().await.map_err(puppet_error)?;
+    all.into_iter()
+        .find(|r| r.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no room `{id}`")))
+}
+
+async fn members(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(s): ApiQuery<Search>,
+) -> Result<Json<Value>, ApiError> {
+    let mut all = app.puppet.room_members(&id).await.map_err(puppet_error)?;
+    if let Some(q) = s.q.filter(|q| !q.is_empty()) {
+        all.retain(|c| contact_matches(c, &q));
+    }
+    Ok(Json(json!({"members": all})))
+}
