@@ -30,6 +30,7 @@ pub mod puppet;
 pub mod relay;
 pub mod send;
 pub mod store;
+pub mod tail;
 pub mod telemetry;
 
 /// rustls needs one process-wide crypto provider; waas uses ring. Safe to call often.

@@ -39,6 +39,8 @@ enum Command {
         #[arg(long)]
         body: PathBuf,
     },
+    /// Print live events from a running instance.
+    Tail(waas::tail::TailArgs),
     /// Measure the relay against a raw HTTP baseline (run with --release).
     Bench(waas::bench::BenchArgs),
 }
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             waas::telemetry::init(&settings.log);
             runtime(|| serve(settings))
         }
+        Command::Tail(args) => runtime(|| waas::tail::run(args)),
         Command::Bench(args) => {
             waas::telemetry::init(&waas::config::LogSettings {
                 format: waas::config::LogFormat::Pretty,

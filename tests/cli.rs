@@ -92,3 +92,76 @@ fn the_documented_example_config_is_valid() {
     let (code, _, err) = waas(&["check-config", "--config", "config/example.toml"]);
     assert_eq!(code, 0, "config/example.toml must stay valid: {err}");
 }
+
+#[tokio::test]
+async fn tail_prints_live_events_readably() {
+    use std::io::{BufRead, BufReader};
+    waas::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = waas::config::Settings::from_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}/t.db\"\n[auth]\ntokens = [\"tail-token-0123456789\"]\n",
+        dir.path().display()
+    ))
+    .unwrap();
+    let app = waas::app::Application::build(settings).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let handle = app.app();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(app.run(shutdown.clone()));
+    let mock = handle.mock.clone().unwrap();
+    while handle.session.state() != waas::puppet::SessionState::LoggedIn {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let inject = |text: &str, room: Option<&str>| waas::puppet::mock::Injection {
+        from: "alice".into(),
+        room: room.map(str::to_string),
+        text: text.into(),
+        ..Default::default()
+    };
+    mock.inject(inject("before tail", None)).await.unwrap();
+
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_waas"))
+            .args(["tail", "--url", &base, "--types", "message"])
+            .env("WAAS_API_TOKEN", "tail-token-0123456789")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Keep talking until tail (which starts after the newest stored event) prints.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let line = loop {
+        mock.inject(inject("hello tail", Some("Mock Room")))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if let Ok(line) = rx.try_recv() {
+            break line;
+        }
+        assert!(std::time::Instant::now() < deadline, "tail printed nothing");
+    };
+    drop(child);
+    shutdown.cancel();
+    assert!(
+        line.contains("message") && line.contains("Alice @ Mock Room: hello tail"),
+        "{line}"
+    );
+    assert!(!line.contains("before tail"), "only new events by default");
+}
+
+/// Ends the child process however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,169 @@
+//! `waas tail`: live events from a running instance, one readable line each, from the
+//! SSE stream; reconnects and resumes from the last event seen.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+#[derive(clap::Args, Debug)]
+pub struct TailArgs {
+    /// Base URL of the running waas.
+    #[arg(long, default_value = "http://127.0.0.1:3010")]
+    pub url: String,
+    /// Bearer token (one of auth.tokens).
+    #[arg(long, env = "WAAS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Start after this seq (0: everything still stored). Default: only new events.
+    #[arg(long)]
+    pub after: Option<i64>,
+    /// Only these event types, comma-separated (e.g. message,login).
+    #[arg(long)]
+    pub types: Option<String>,
+    /// Print each event's full JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One line for a person: `#seq time type  summary`.
+pub fn summarize(event: &Value) -> String {
+    let data = &event["data"];
+    let name = |c: &Value| c["name"].as_str().unwrap_or("?").to_string();
+    let summary = match event["type"].as_str().unwrap_or("") {
+        "message" => {
+            let from = name(&data["from"]);
+            let place = match data["room"]["topic"].as_str() {
+                Some(topic) => format!("{from} @ {topic}"),
+                None => from,
+            };
+            let kind = data["kind"].as_str().unwrap_or("text");
+            let text = data["text"].as_str().unwrap_or("");
+            if kind == "text" {
+                format!("{place}: {text}")
+            } else {
+                format!("{place}: [{kind}] {text}")
+            }
+        }
+        "login" | "logout" => format!(
+            "{} ({})",
+            name(&data["user"]),
+            data["user"]["id"].as_str().unwrap_or("?")
+        ),
+        "scan" => format!(
+            "QR code {}: {}",
+            data["status"].as_str().unwrap_or("?"),
+            data["payload"].as_str().unwrap_or("")
+        ),
+        _ => data.to_string(),
+    };
+    format!(
+        "#{} {} {:<11} {summary}",
+        event["seq"],
+        event["timestamp"].as_str().unwrap_or(""),
+        event["type"].as_str().unwrap_or("?")
+    )
+}
+
+pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    crate::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let base = args.url.trim_end_matches('/').to_string();
+    let mut last: Option<i64> = args.after;
+    if last.is_none() {
+        last = Some(newest_seq(&client, &base, &args).await?);
+    }
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut url = format!("{base}/v1/events/stream");
+        if let Some(types) = &args.types {
+            url.push_str(&format!("?types={types}"));
+        }
+        let mut request = authed(client.get(&url), &args);
+        if let Some(seq) = last {
+            request = request.header("last-event-id", seq.to_string());
+        }
+        match request.send().await {
+            Ok(resp) if resp.status() == 401 => {
+                anyhow::bail!("{base} refused the token (401): pass --token or set WAAS_API_TOKEN")
+            }
+            Ok(resp) if !resp.status().is_success() => {
+                anyhow::bail!(
+                    "{base} answered {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                )
+            }
+            Ok(mut resp) => {
+                backoff = Duration::from_millis(500);
+                let mut buf = String::new();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = buf.find("\n\n") {
+                        let block: String = buf.drain(..end + 2).collect();
+                        let data: String = block
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("data:"))
+                            .map(str::trim_start)
+                            .collect();
+                        let Ok(event) = serde_json::from_str::<Value>(&data) else {
+                            continue;
+                        };
+                        last = event["seq"].as_i64().or(last);
+                        if args.json {
+                            println!("{event}");
+                        } else {
+                            println!("{}", summarize(&event));
+                        }
+                    }
+                }
+                eprintln!("stream closed; reconnecting from #{}", last.unwrap_or(0));
+            }
+            Err(e) => eprintln!("cannot reach {base} ({e}); retrying in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The newest stored seq, by bisection over `GET /v1/events?after=N&limit=1` (a few
+/// dozen small requests, whatever the store holds).
+async fn newest_seq(client: &reqwest::Client, base: &str, args: &TailArgs) -> anyhow::Result<i64> {
+    // The newest seq lies in [lo, hi]; `lo` is 0 or a stored seq.
+    let (mut lo, mut hi) = (0i64, 1i64 << 53);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let page: Value = authed(
+            client.get(format!("{base}/v1/events?after={mid}&limit=1")),
+            args,
+        )
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}: is waas running?"))?
+        .error_for_status()
+        .map_err(|e| refused(e, base))?
+        .json()
+        .await?;
+        match page["events"][0]["seq"].as_i64() {
+            Some(seq) => lo = seq,
+            None => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+fn authed(request: reqwest::RequestBuilder, args: &TailArgs) -> reqwest::RequestBuilder {
+    match &args.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+fn refused(e: reqwest::Error, base: &str) -> anyhow::Error {
+    if e.status().is_some_and(|s| s == 401) {
+        anyhow::anyhow!("{base} refused the token (401): pass --token or set WAAS_API_TOKEN")
+    } else {
+        anyhow::anyhow!("{base}: {e}")
+    }
+}
