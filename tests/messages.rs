@@ -218,3 +218,54 @@ async fn bad_sends_get_clear_errors() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_python_example_sends_a_signed_message() {
+    let app = spawn_app(&auth_config()).await;
+    let url = app.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["examples/send.py", "--url", &url, "--to-topic", "Mock Room", "from python"])
+            .env("WAAS_SIGNING_SECRET", SECRET)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("200 "), "{stdout}");
+    let sent = app.sent().await;
+    assert_eq!(sent[0]["to"], json!({"room": "room1@chatroom"}));
+    assert_eq!(sent[0]["text"], "from python");
+}
+
+#[tokio::test]
+async fn sends_into_one_chat_are_paced_not_dropped() {
+    let app = spawn_app(&format!(
+        "{}[send]\nmin_interval = \"200ms\"\nburst = 2\n",
+        auth_config().replace("[send]", "")
+    ))
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, view) = app
+            .post("/v1/messages", json!({"to": {"contact": "alice"}, "text": format!("p{i}")}))
+            .await;
+        assert_eq!(status, 202);
+        ids.push(view["id"].as_str().unwrap().to_string());
+    }
+    // Another chat is not held up by alice's pacing.
+    let (status, _) = app.post("/v1/messages?wait=5", json!({"to": {"contact": "bob"}, "text": "quick"})).await;
+    assert_eq!(status, 200);
+    let (_, last) = app.get(&format!("/v1/messages/{}?wait=10", ids[4])).await;
+    assert_eq!(last["status"], "sent");
+    let sent = app.sent().await;
+    let alice: Vec<&Value> = sent.iter().filter(|m| m["to"] == json!({"contact": "alice"})).collect();
+    let texts: Vec<&str> = alice.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["p0", "p1", "p2", "p3", "p4"], "in order, none dropped");
+    let at = |m: &Value| time::OffsetDateTime::parse(m["sent_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let spread = at(alice[4]) - at(alice[0]);
+    // Two at once, then one per 200 ms: the fifth goes out ≥ 600 ms after the first.
+    assert!(spread >= time::Duration::milliseconds(580), "spread {spread}");
+}

@@ -217,8 +217,10 @@ async fn start(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
     init_logs();
     let db = dir.path().join("waas.db");
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[send]\nmin_interval = \"0s\"\n{toml}",
-        db.display()
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n{}{toml}",
+        db.display(),
+        // No pacing in tests unless a test sets its own.
+        if toml.contains("[send]") { "" } else { "[send]\nmin_interval = \"0s\"\n" }
     );
     let settings = Settings::from_toml(&config).expect("test config is valid");
     let token = settings.auth.tokens.first().map(|t| t.expose().to_string());
