@@ -225,7 +225,14 @@ async fn the_python_example_sends_a_signed_message() {
     let url = app.url("");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
-            .args(["examples/send.py", "--url", &url, "--to-topic", "Mock Room", "from python"])
+            .args([
+                "examples/send.py",
+                "--url",
+                &url,
+                "--to-topic",
+                "Mock Room",
+                "from python",
+            ])
             .env("WAAS_SIGNING_SECRET", SECRET)
             .output()
             .unwrap()
@@ -233,7 +240,11 @@ async fn the_python_example_sends_a_signed_message() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.starts_with("200 "), "{stdout}");
     let sent = app.sent().await;
     assert_eq!(sent[0]["to"], json!({"room": "room1@chatroom"}));
@@ -250,22 +261,46 @@ async fn sends_into_one_chat_are_paced_not_dropped() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let (status, view) = app
-            .post("/v1/messages", json!({"to": {"contact": "alice"}, "text": format!("p{i}")}))
+            .post(
+                "/v1/messages",
+                json!({"to": {"contact": "alice"}, "text": format!("p{i}")}),
+            )
             .await;
         assert_eq!(status, 202);
         ids.push(view["id"].as_str().unwrap().to_string());
     }
     // Another chat is not held up by alice's pacing.
-    let (status, _) = app.post("/v1/messages?wait=5", json!({"to": {"contact": "bob"}, "text": "quick"})).await;
+    let (status, _) = app
+        .post(
+            "/v1/messages?wait=5",
+            json!({"to": {"contact": "bob"}, "text": "quick"}),
+        )
+        .await;
     assert_eq!(status, 200);
     let (_, last) = app.get(&format!("/v1/messages/{}?wait=10", ids[4])).await;
     assert_eq!(last["status"], "sent");
     let sent = app.sent().await;
-    let alice: Vec<&Value> = sent.iter().filter(|m| m["to"] == json!({"contact": "alice"})).collect();
+    let alice: Vec<&Value> = sent
+        .iter()
+        .filter(|m| m["to"] == json!({"contact": "alice"}))
+        .collect();
     let texts: Vec<&str> = alice.iter().map(|m| m["text"].as_str().unwrap()).collect();
-    assert_eq!(texts, ["p0", "p1", "p2", "p3", "p4"], "in order, none dropped");
-    let at = |m: &Value| time::OffsetDateTime::parse(m["sent_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(
+        texts,
+        ["p0", "p1", "p2", "p3", "p4"],
+        "in order, none dropped"
+    );
+    let at = |m: &Value| {
+        time::OffsetDateTime::parse(
+            m["sent_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
     let spread = at(alice[4]) - at(alice[0]);
     // Two at once, then one per 200 ms: the fifth goes out ≥ 600 ms after the first.
-    assert!(spread >= time::Duration::milliseconds(580), "spread {spread}");
+    assert!(
+        spread >= time::Duration::milliseconds(580),
+        "spread {spread}"
+    );
 }

@@ -335,3 +335,17 @@ async fn the_old_polling_client_sees_every_message_of_a_burst_and_every_echo_lan
     assert!(direct["from"].get("alias").is_none());
     assert!(direct["date"].as_str().unwrap().ends_with('Z'));
 }
+
+#[tokio::test]
+async fn a_wait_longer_than_the_request_timeout_answers_before_it() {
+    let app = spawn_app("[server]\nrequest_timeout = \"2s\"\n").await;
+    let started = Instant::now();
+    let (status, body) = app.get("/v1/events?after=1000&wait=60").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"], json!([]));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1900),
+        "{took:?}"
+    );
+}

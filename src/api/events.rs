@@ -63,7 +63,7 @@ async fn pull(
         return Err(ApiError::invalid("`limit` must be between 1 and 1000"));
     }
     let types = parse_types(q.types.as_deref())?;
-    let wait = parse_wait(q.wait.as_deref())?.unwrap_or_default();
+    let wait = parse_wait(&app, q.wait.as_deref())?.unwrap_or_default();
     let deadline = tokio::time::Instant::now() + wait;
     let mut after = q.after.unwrap_or(0).max(0);
     // Subscribe before reading, so an event committed in between still wakes us.

@@ -46,11 +46,12 @@ struct WaitQuery {
     wait: Option<String>,
 }
 
-/// Longest `?wait=` honoured: under the default `server.request_timeout` (30 s).
-const MAX_WAIT: Duration = Duration::from_secs(25);
+/// Longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// `10` (seconds) or a duration such as `10s`, `500ms`.
-pub fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
+/// `10` (seconds) or a duration such as `10s`, `500ms`; clamped to a minute and to a
+/// second under `server.request_timeout`, so a long wait answers instead of timing out.
+pub fn parse_wait(app: &AppState, raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Ok(None);
     };
@@ -63,7 +64,13 @@ pub fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
             ))
         })?,
     };
-    Ok(Some(wait.min(MAX_WAIT)))
+    let ceiling = app
+        .settings
+        .server
+        .request_timeout
+        .saturating_sub(Duration::from_secs(1))
+        .min(MAX_WAIT);
+    Ok(Some(wait.min(ceiling)))
 }
 
 async fn send(
@@ -73,7 +80,7 @@ async fn send(
     ApiQuery(query): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> Result<(StatusCode, Json<SendView>), ApiError> {
-    let wait = parse_wait(query.wait.as_deref())?;
+    let wait = parse_wait(&app, query.wait.as_deref())?;
     let content = ContentBody {
         text: body.text,
         mentions: body.mentions,
@@ -176,7 +183,7 @@ async fn status(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let wait = parse_wait(query.wait.as_deref())?;
+    let wait = parse_wait(&app, query.wait.as_deref())?;
     let view = match wait {
         Some(wait) => wait_for_outcome(&app, &id, wait).await?,
         None => app.store.get_send(&id).await?,

@@ -48,12 +48,27 @@ pub fn router(app: AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             app.settings.server.body_limit.0 as usize,
         ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            app.settings.server.request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(app.clone(), time_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// Answers 503 in the contract's shape when a request takes longer than
+/// `server.request_timeout` (until its response starts: streams may run on).
+async fn time_limit(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = app.settings.server.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than server.request_timeout ({})",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

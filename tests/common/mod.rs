@@ -216,13 +216,13 @@ pub async fn spawn_app_unready(toml: &str) -> TestApp {
 async fn start(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
     init_logs();
     let db = dir.path().join("waas.db");
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n{}{toml}",
-        db.display(),
-        // No pacing in tests unless a test sets its own.
-        if toml.contains("[send]") { "" } else { "[send]\nmin_interval = \"0s\"\n" }
-    );
-    let settings = Settings::from_toml(&config).expect("test config is valid");
+    let mut settings = Settings::from_toml(toml).expect("test config is valid");
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.storage.url = format!("sqlite://{}", db.display());
+    // No pacing in tests unless a test sets its own.
+    if !toml.contains("[send]") {
+        settings.send.min_interval = Duration::ZERO;
+    }
     let token = settings.auth.tokens.first().map(|t| t.expose().to_string());
     let app = Application::build(settings).await.expect("app builds");
     let addr = app.local_addr();
