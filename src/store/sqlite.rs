@@ -117,7 +117,20 @@ impl SqliteStore {
             .await?;
 
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run_writer(conn, rx));
+        // The writer gets an OS thread of its own: it is the one serial stage, and on a
+        // shared runtime it would wait behind HTTP work between its statements.
+        std::thread::Builder::new()
+            .name("waas-store-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run_writer(conn, rx)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the store writer"),
+                }
+            })
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         Ok(SqliteStore {
             writer: tx,
             pool,
