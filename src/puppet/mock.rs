@@ -263,9 +263,8 @@ impl Puppet for MockPuppet {
                 _ = shutdown.cancelled() => return,
             }
         }
-        self.session
-            .set(SessionState::LoggedIn, None, Some(self.bot.clone()), None);
-        tracing::info!(user = %self.bot.id, name = %self.bot.name, "mock puppet logged in");
+        // Store login and ready first, so that whoever sees the session logged in
+        // also finds both events in the store.
         self.emit(
             &ingest,
             EventData::Login {
@@ -274,6 +273,9 @@ impl Puppet for MockPuppet {
         )
         .await;
         self.emit(&ingest, EventData::Ready {}).await;
+        self.session
+            .set(SessionState::LoggedIn, None, Some(self.bot.clone()), None);
+        tracing::info!(user = %self.bot.id, name = %self.bot.name, "mock puppet logged in");
         shutdown.cancelled().await;
     }
 
