@@ -49,6 +49,32 @@ impl Drop for Waas {
     }
 }
 
+/// A config file for the binary: a free loopback port, a fresh database, and `extra`.
+struct Setup {
+    _dir: tempfile::TempDir,
+    base: String,
+    config: std::path::PathBuf,
+}
+
+fn setup(extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("waas.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"sqlite://{}/waas.db\"\n{extra}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    Setup {
+        _dir: dir,
+        base: format!("http://127.0.0.1:{port}"),
+        config,
+    }
+}
+
 fn start(config: &std::path::Path) -> Waas {
     Waas(
         Command::new(env!("CARGO_BIN_EXE_waas"))
@@ -145,21 +171,12 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
     waas::install_crypto_provider();
     let receiver = TestReceiver::start().await;
     receiver.set_delay(Duration::from_millis(15));
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("waas.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"sqlite://{}/waas.db\"\n\
-             [[webhooks]]\nname = \"slow\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"message\"]\n\
-             max_in_flight = 4\nretry = [\"100ms\", \"200ms\", \"400ms\"]\n",
-            dir.path().display(),
-            receiver.url
-        ),
-    )
-    .unwrap();
+    let Setup { base, config, .. } = &setup(&format!(
+        "[[webhooks]]\nname = \"slow\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"message\"]\n\
+         max_in_flight = 4\nretry = [\"100ms\", \"200ms\", \"400ms\"]\n",
+        receiver.url
+    ));
+    let (base, config) = (base.as_str(), config.as_path());
 
     let mut child = start(&config);
     wait_ready(&base).await;
@@ -223,18 +240,8 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
 #[tokio::test]
 async fn sigterm_stops_gracefully() {
     waas::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("waas.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"sqlite://{}/waas.db\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let Setup { base, config, .. } = &setup("");
+    let (base, config) = (base.as_str(), config.as_path());
     let mut child = start(&config);
     wait_ready(&base).await;
     let status = Command::new("kill")
@@ -268,20 +275,9 @@ async fn wait_alive(base: &str) {
 #[tokio::test]
 async fn a_queued_send_survives_sigkill_and_goes_out_once() {
     waas::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("waas.toml");
     // Not logged in until /v1/mock/scan, so the send stays queued.
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"sqlite://{}/waas.db\"\n\
-             [puppet.mock]\nauto_login = false\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let Setup { base, config, .. } = &setup("[puppet.mock]\nauto_login = false\n");
+    let (base, config) = (base.as_str(), config.as_path());
     let client = reqwest::Client::new();
     let mut child = start(&config);
     wait_alive(&base).await;
