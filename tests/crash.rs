@@ -178,11 +178,11 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
     ));
     let (base, config) = (base.as_str(), config.as_path());
 
-    let mut child = start(&config);
-    wait_ready(&base).await;
+    let mut child = start(config);
+    wait_ready(base).await;
 
     // Inject from 16 concurrent clients; SIGKILL once KILL_AFTER_ACKS are acknowledged.
-    let burst = Burst::start(&base, BURST);
+    let burst = Burst::start(base, BURST);
     let deadline = Instant::now() + Duration::from_secs(60);
     while burst.count.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
         assert!(Instant::now() < deadline, "the burst stalled");
@@ -199,9 +199,9 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message() {
     );
 
     // Restart on the same database and finish the burst.
-    let mut child = start(&config);
-    wait_ready(&base).await;
-    let rest = Burst::start(&base, BURST - acked.len()).finish().await;
+    let mut child = start(config);
+    wait_ready(base).await;
+    let rest = Burst::start(base, BURST - acked.len()).finish().await;
     acked.extend(rest);
     assert_eq!(
         acked.len(),
@@ -242,8 +242,8 @@ async fn sigterm_stops_gracefully() {
     waas::install_crypto_provider();
     let Setup { base, config, .. } = &setup("");
     let (base, config) = (base.as_str(), config.as_path());
-    let mut child = start(&config);
-    wait_ready(&base).await;
+    let mut child = start(config);
+    wait_ready(base).await;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -279,8 +279,8 @@ async fn a_queued_send_survives_sigkill_and_goes_out_once() {
     let Setup { base, config, .. } = &setup("[puppet.mock]\nauto_login = false\n");
     let (base, config) = (base.as_str(), config.as_path());
     let client = reqwest::Client::new();
-    let mut child = start(&config);
-    wait_alive(&base).await;
+    let mut child = start(config);
+    wait_alive(base).await;
     let resp = client
         .post(format!("{base}/v1/messages"))
         .json(&json!({"to": {"contact": "alice"}, "text": "survive"}))
@@ -293,8 +293,8 @@ async fn a_queued_send_survives_sigkill_and_goes_out_once() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let mut child = start(&config);
-    wait_alive(&base).await;
+    let mut child = start(config);
+    wait_alive(base).await;
     let resp = client
         .post(format!("{base}/v1/mock/scan"))
         .send()
