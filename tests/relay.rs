@@ -381,3 +381,78 @@ async fn retry_after_on_429_is_honoured_within_the_step() {
         "Retry-After clamped to 2×step: waited {gap:?}"
     );
 }
+
+#[tokio::test]
+async fn admin_test_replay_and_enable() {
+    let a = TestReceiver::start().await;
+    let b = TestReceiver::start().await;
+    let app = spawn_app(
+        &(webhook("a", &a, "events = [\"message\"]") + &webhook("b", &b, "events = [\"message\"]")),
+    )
+    .await;
+
+    // A test event goes to the named webhook only.
+    let (status, test) = app.post("/v1/webhooks/a/test", json!({})).await;
+    assert_eq!(status, 202, "{test}");
+    a.wait_for(10, "the test event", |r| r.len() == 1).await;
+    let got = a.received()[0].json();
+    assert_eq!(got["type"], "webhook.test");
+    assert_eq!(got["data"], json!({"webhook": "a"}));
+    assert_eq!(got["id"], test["event_id"]);
+    let (status, _) = app.post("/v1/webhooks/nope/test", json!({})).await;
+    assert_eq!(status, 404);
+
+    // Replay re-sends delivered events, with their original ids, to that webhook only.
+    let (_, first) = app.inject("alice", None, "one").await;
+    app.inject("bob", None, "two").await;
+    a.wait_for(10, "two messages", |r| r.len() == 3).await;
+    b.wait_for(10, "two messages", |r| r.len() == 2).await;
+    let seq = a.received()[1].json()["seq"].as_i64().unwrap();
+    let (status, replay) = app
+        .post("/v1/webhooks/a/replay", json!({"after_seq": seq - 1}))
+        .await;
+    assert_eq!(status, 202, "{replay}");
+    assert_eq!(replay["requeued"], 2);
+    a.wait_for(10, "the replay", |r| r.len() == 5).await;
+    let ids: Vec<String> = a.received()[3..]
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    assert!(ids.contains(&first["event_id"].as_str().unwrap().to_string()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.received().len(), 2, "other webhooks are not replayed to");
+    let (status, err) = app.post("/v1/webhooks/a/replay", json!({})).await;
+    assert_eq!(status, 422, "{err}");
+    let (status, _) = app
+        .post("/v1/webhooks/a/replay", json!({"since": "yesterday"}))
+        .await;
+    assert_eq!(status, 422);
+    let (_, since) = app
+        .post(
+            "/v1/webhooks/b/replay",
+            json!({"since": "2000-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(since["requeued"], 2);
+
+    // A webhook disabled by 410 is enabled by hand and catches up.
+    a.set_status(410);
+    app.inject("carol", None, "three").await;
+    app.eventually(10, "disabled", || async {
+        (app.webhook("a").await["state"] == "disabled").then_some(())
+    })
+    .await;
+    app.inject("carol", None, "four").await;
+    a.set_status(200);
+    let (status, _) = app.post("/v1/webhooks/a/enable", json!({})).await;
+    assert_eq!(status, 200);
+    a.wait_for(10, "three and four after enabling", |r| {
+        let texts: Vec<String> = r
+            .iter()
+            .filter_map(|r| r.json()["data"]["text"].as_str().map(str::to_string))
+            .collect();
+        texts.iter().filter(|t| *t == "three").count() == 2 && texts.contains(&"four".to_string())
+    })
+    .await;
+    assert_ne!(app.webhook("a").await["state"], "disabled");
+}

@@ -182,6 +182,24 @@ impl Dispatcher {
         &self.targets
     }
 
+    pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
+        self.targets.iter().find(|t| t.settings.name == name)
+    }
+
+    /// Enables a disabled webhook again; its waiting deliveries go out.
+    pub fn enable(&self, name: &str) -> bool {
+        let Some(target) = self.target(name) else {
+            return false;
+        };
+        target.disabled.store(false, AtomicOrdering::Relaxed);
+        target.lane.direct.store(
+            target.settings.ordering == Ordering::None,
+            AtomicOrdering::Relaxed,
+        );
+        target.lane.notify.notify_one();
+        true
+    }
+
     /// Starts one loop per webhook on `tracker`.
     pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) {
         for target in &self.targets {

@@ -314,6 +314,16 @@ pub trait Store: Send + Sync + 'static {
     /// Re-queues one delivery now, whatever its status. False when it does not exist.
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>>;
 
+    /// Re-queues, now, the finished (delivered or dead) deliveries to `webhook` of the
+    /// events after `after_seq` or created at or after `since`. Returns how many.
+    async fn requeue(
+        &self,
+        webhook: &str,
+        after_seq: Option<i64>,
+        since: Option<Millis>,
+        now: Millis,
+    ) -> Result<u64>;
+
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>>;
 
     async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>>;

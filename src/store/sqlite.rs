@@ -46,6 +46,13 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 /// A claimed delivery before its event is read: (id, attempts, event seq).
 type ClaimedRow = (String, u32, i64);
 
+struct RequeueRequest {
+    webhook: String,
+    after_seq: Option<i64>,
+    since: Option<Millis>,
+    now: Millis,
+}
+
 struct ClaimRequest {
     webhook: String,
     ordering: Ordering,
@@ -65,6 +72,7 @@ enum Write {
     FinishSend(String, SendOutcome, Millis, Reply<()>),
     Defer(String, Millis, Reply<()>),
     Retry(String, Millis, Reply<Option<String>>),
+    Requeue(RequeueRequest, Reply<u64>),
     Disable(String, Option<String>, Millis, Reply<()>),
     Prune(Millis, Reply<u64>),
 }
@@ -521,6 +529,7 @@ async fn slow_batch(conn: &mut SqliteConnection, mut batch: Vec<Write>) {
                 }
                 Write::Defer(id, at, reply) => step!(reply, defer(&mut *conn, &id, at)),
                 Write::Retry(id, now, reply) => step!(reply, retry(&mut *conn, &id, now)),
+                Write::Requeue(request, reply) => step!(reply, requeue(&mut *conn, &request)),
                 Write::Disable(name, reason, now, reply) => {
                     step!(reply, disable(&mut *conn, &name, reason.as_deref(), now))
                 }
@@ -553,6 +562,7 @@ fn fail(op: Write, msg: &str) {
         Write::FinishSend(.., r) => r.send(err(msg)).is_ok(),
         Write::Defer(.., r) => r.send(err(msg)).is_ok(),
         Write::Retry(_, _, r) => r.send(err(msg)).is_ok(),
+        Write::Requeue(_, r) => r.send(err(msg)).is_ok(),
         Write::Disable(.., r) => r.send(err(msg)).is_ok(),
         Write::Prune(_, r) => r.send(err(msg)).is_ok(),
     };
@@ -850,6 +860,22 @@ async fn defer(conn: &mut SqliteConnection, id: &str, at: Millis) -> Result<()> 
     Ok(())
 }
 
+async fn requeue(conn: &mut SqliteConnection, r: &RequeueRequest) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', claimed = 0, next_attempt_at = ?1, updated_at = ?1
+         WHERE webhook = ?2 AND status != 'pending'
+           AND event_seq > COALESCE(?3, 0)
+           AND event_seq IN (SELECT seq FROM events WHERE created_at >= COALESCE(?4, 0))",
+    )
+    .bind(r.now)
+    .bind(&r.webhook)
+    .bind(r.after_seq)
+    .bind(r.since)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 async fn retry(conn: &mut SqliteConnection, id: &str, now: Millis) -> Result<Option<String>> {
     let row = sqlx::query(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ?
@@ -1020,6 +1046,22 @@ impl Store for SqliteStore {
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>> {
         let id = id.to_string();
         self.write(|r| Write::Retry(id, now, r)).await
+    }
+
+    async fn requeue(
+        &self,
+        webhook: &str,
+        after_seq: Option<i64>,
+        since: Option<Millis>,
+        now: Millis,
+    ) -> Result<u64> {
+        let request = RequeueRequest {
+            webhook: webhook.to_string(),
+            after_seq,
+            since,
+            now,
+        };
+        self.write(|r| Write::Requeue(request, r)).await
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>> {
