@@ -61,6 +61,7 @@ impl Application {
                  your bot. Configure auth (see `waas secret`) or listen on 127.0.0.1."
             );
         }
+        crate::metrics::install();
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&settings.storage.url, settings.storage.synchronous)
                 .await

@@ -177,6 +177,7 @@ impl Ingest {
         let event_type = event.event_type;
         let appended = self.store.append_event(event, deliveries.clone()).await?;
         if !appended.duplicate {
+            metrics::counter!("waas_events_stored_total", "type" => event_type).increment(1);
             tracing::debug!(event = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
             let mut to_wake = Vec::new();
             for d in deliveries {

@@ -26,6 +26,7 @@ pub mod bench;
 pub mod config;
 pub mod event;
 pub mod ingest;
+pub mod metrics;
 pub mod puppet;
 pub mod relay;
 pub mod send;

@@ -165,3 +165,24 @@ async fn a_public_address_without_auth_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("not a loopback address"), "{err}");
 }
+
+#[tokio::test]
+async fn metrics_describe_events_deliveries_backlog_and_session() {
+    let r = common::TestReceiver::start().await;
+    let app = spawn_app(&common::webhook("metrics-hook", &r, "events = [\"message\"]")).await;
+    app.inject("alice", None, "count me").await;
+    r.wait_for(10, "a delivery", |r| r.len() == 1).await;
+    let body = app
+        .eventually(10, "the delivery counted", || async {
+            let text = reqwest::get(app.url("/metrics")).await.ok()?.text().await.ok()?;
+            text.contains("waas_deliveries_total{webhook=\"metrics-hook\",outcome=\"delivered\"}")
+                .then_some(text)
+        })
+        .await;
+    assert!(body.contains("waas_events_stored_total{type=\"message\"}"), "{body}");
+    assert!(body.contains("waas_delivery_attempt_seconds_bucket{webhook=\"metrics-hook\""));
+    assert!(body.contains("waas_webhook_pending{webhook=\"metrics-hook\"} 0"));
+    assert!(body.contains("waas_webhook_dead{webhook=\"metrics-hook\"} 0"));
+    assert!(body.contains("waas_session_state{state=\"logged_in\"} 1"));
+    assert!(body.contains("waas_process_resident_memory_bytes"));
+}

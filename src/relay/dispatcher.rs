@@ -405,6 +405,16 @@ impl Dispatcher {
             }
         };
         self.log_outcome(hook, &delivery, &attempt, outcome, failures);
+        let outcome_label = match outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dead => "dead",
+            Outcome::Disabled { .. } => "disabled",
+        };
+        metrics::counter!("waas_deliveries_total", "webhook" => hook.name.clone(), "outcome" => outcome_label)
+            .increment(1);
+        metrics::histogram!("waas_delivery_attempt_seconds", "webhook" => hook.name.clone())
+            .record(duration_ms as f64 / 1000.0);
         if let Outcome::Disabled { .. } = outcome {
             target.lane.direct.store(false, AtomicOrdering::Relaxed);
             target.disabled.store(true, AtomicOrdering::Relaxed);

@@ -218,6 +218,12 @@ impl Sender {
                 }
             }
         };
+        let label = match &outcome {
+            SendOutcome::Sent { .. } => "sent",
+            SendOutcome::Retry { .. } => "retry",
+            SendOutcome::Failed { .. } => "failed",
+        };
+        metrics::counter!("waas_sends_total", "outcome" => label).increment(1);
         if let Err(e) = self.store.finish_send(&send, outcome, now).await {
             tracing::error!(send = %send.id, error = %e, "cannot record a send outcome");
         }

@@ -1,0 +1,91 @@
+//! Prometheus metrics. Counters and histograms are recorded where things happen
+//! (ingest, dispatcher, sender); gauges that describe state (backlog, session, process)
+//! are read when `/metrics` is scraped.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `waas_events_stored_total` | `type` | events committed to the store |
+//! | `waas_deliveries_total` | `webhook`, `outcome` | attempts by outcome: delivered, retry, dead, disabled |
+//! | `waas_delivery_attempt_seconds` | `webhook` | HTTP attempt latency (histogram) |
+//! | `waas_webhook_pending`, `waas_webhook_dead` | `webhook` | deliveries waiting, dead |
+//! | `waas_webhook_disabled` | `webhook` | 1 while disabled |
+//! | `waas_sends_total` | `outcome` | outbound messages: sent, retry, failed |
+//! | `waas_session_state` | `state` | 1 for the current login state |
+//! | `waas_process_resident_memory_bytes`, `waas_process_uptime_seconds` | | the process |
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::app::App;
+use crate::puppet::SessionState;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns its handle.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    STARTED.get_or_init(Instant::now);
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The Prometheus text exposition, state gauges refreshed first.
+pub async fn render(app: &App) -> String {
+    if let Ok(stats) = app.store.webhook_stats().await {
+        for target in app.dispatcher.targets() {
+            let name = target.settings.name.clone();
+            let s = stats.get(&name).cloned().unwrap_or_default();
+            metrics::gauge!("waas_webhook_pending", "webhook" => name.clone()).set(s.pending as f64);
+            metrics::gauge!("waas_webhook_dead", "webhook" => name.clone()).set(s.dead as f64);
+            metrics::gauge!("waas_webhook_disabled", "webhook" => name)
+                .set(if target.is_disabled() { 1.0 } else { 0.0 });
+        }
+    }
+    let current = app.session.state();
+    for state in [
+        SessionState::Starting,
+        SessionState::WaitingForScan,
+        SessionState::LoggedIn,
+        SessionState::LoggedOut,
+        SessionState::Disconnected,
+    ] {
+        let label = serde_json::to_value(state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        metrics::gauge!("waas_session_state", "state" => label)
+            .set(if state == current { 1.0 } else { 0.0 });
+    }
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("waas_process_resident_memory_bytes").set(rss as f64);
+    }
+    if let Some(started) = STARTED.get() {
+        metrics::gauge!("waas_process_uptime_seconds").set(started.elapsed().as_secs_f64());
+    }
+    install().map(|h| h.render()).unwrap_or_default()
+}
+
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
