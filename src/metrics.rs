@@ -48,7 +48,8 @@ pub async fn render(app: &App) -> String {
         for target in app.dispatcher.targets() {
             let name = target.settings.name.clone();
             let s = stats.get(&name).cloned().unwrap_or_default();
-            metrics::gauge!("waas_webhook_pending", "webhook" => name.clone()).set(s.pending as f64);
+            metrics::gauge!("waas_webhook_pending", "webhook" => name.clone())
+                .set(s.pending as f64);
             metrics::gauge!("waas_webhook_dead", "webhook" => name.clone()).set(s.dead as f64);
             metrics::gauge!("waas_webhook_disabled", "webhook" => name)
                 .set(if target.is_disabled() { 1.0 } else { 0.0 });
@@ -66,8 +67,11 @@ pub async fn render(app: &App) -> String {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        metrics::gauge!("waas_session_state", "state" => label)
-            .set(if state == current { 1.0 } else { 0.0 });
+        metrics::gauge!("waas_session_state", "state" => label).set(if state == current {
+            1.0
+        } else {
+            0.0
+        });
     }
     if let Some(rss) = resident_bytes() {
         metrics::gauge!("waas_process_resident_memory_bytes").set(rss as f64);

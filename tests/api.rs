@@ -169,20 +169,64 @@ async fn a_public_address_without_auth_is_refused() {
 #[tokio::test]
 async fn metrics_describe_events_deliveries_backlog_and_session() {
     let r = common::TestReceiver::start().await;
-    let app = spawn_app(&common::webhook("metrics-hook", &r, "events = [\"message\"]")).await;
+    let app = spawn_app(&common::webhook(
+        "metrics-hook",
+        &r,
+        "events = [\"message\"]",
+    ))
+    .await;
     app.inject("alice", None, "count me").await;
     r.wait_for(10, "a delivery", |r| r.len() == 1).await;
     let body = app
         .eventually(10, "the delivery counted", || async {
-            let text = reqwest::get(app.url("/metrics")).await.ok()?.text().await.ok()?;
+            let text = reqwest::get(app.url("/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
             text.contains("waas_deliveries_total{webhook=\"metrics-hook\",outcome=\"delivered\"}")
                 .then_some(text)
         })
         .await;
-    assert!(body.contains("waas_events_stored_total{type=\"message\"}"), "{body}");
+    assert!(
+        body.contains("waas_events_stored_total{type=\"message\"}"),
+        "{body}"
+    );
     assert!(body.contains("waas_delivery_attempt_seconds_bucket{webhook=\"metrics-hook\""));
     assert!(body.contains("waas_webhook_pending{webhook=\"metrics-hook\"} 0"));
     assert!(body.contains("waas_webhook_dead{webhook=\"metrics-hook\"} 0"));
     assert!(body.contains("waas_session_state{state=\"logged_in\"} 1"));
     assert!(body.contains("waas_process_resident_memory_bytes"));
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app("").await;
+    let resp = reqwest::get(app.url("/v1/session")).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(id.starts_with("req_"), "{id}");
+    let resp = reqwest::Client::new()
+        .get(app.url("/nowhere"))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["x-request-id"],
+        "trace-42",
+        "a caller's id is kept"
+    );
+    let resp = reqwest::Client::new()
+        .get(app.url("/healthz"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
 }

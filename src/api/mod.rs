@@ -49,7 +49,7 @@ pub fn router(app: AppState) -> Router {
             app.settings.server.body_limit.0 as usize,
         ))
         .layer(middleware::from_fn_with_state(app.clone(), time_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id))
         .with_state(app)
 }
 
@@ -69,6 +69,41 @@ async fn time_limit(State(app): State<AppState>, request: Request, next: Next) -
         )
         .into_response(),
     }
+}
+
+/// Gives every request an id (the caller's `x-request-id` when it is sane, else a new
+/// one), returns it in `x-request-id`, and logs the request inside a span carrying it.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        request.headers_mut().insert("x-request-id", value);
+    }
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request served"
+        )
+    });
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 async fn not_found() -> ApiError {
