@@ -21,6 +21,8 @@ pub struct WebhookRoute {
     events: HashSet<EventType>,
     rooms: Vec<String>,
     contacts: Vec<String>,
+    /// `ordering = "conversation"`: deliveries carry their conversation.
+    ordered: bool,
 }
 
 impl WebhookRoute {
@@ -30,6 +32,7 @@ impl WebhookRoute {
             events: settings.events.iter().copied().collect(),
             rooms: settings.rooms.clone(),
             contacts: settings.contacts.clone(),
+            ordered: settings.ordering == crate::config::Ordering::Conversation,
         }
     }
 
@@ -130,12 +133,12 @@ impl Ingest {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let hooks: Vec<String> = routes
+        let hooks: Vec<(String, bool)> = routes
             .iter()
             .filter(|r| r.accepts(&data))
-            .map(|r| r.name.clone())
+            .map(|r| (r.name.clone(), r.ordered))
             .collect();
-        self.append(data, hooks).await.map(Recorded::Stored)
+        self.append_ordered(data, hooks).await.map(Recorded::Stored)
     }
 
     /// Stores an event for exactly these webhooks, bypassing filters (`webhook.test`).
@@ -143,6 +146,16 @@ impl Ingest {
         &self,
         data: EventData,
         hooks: Vec<String>,
+    ) -> Result<Appended, StoreError> {
+        self.append_ordered(data, hooks.into_iter().map(|h| (h, false)).collect())
+            .await
+    }
+
+    /// Stores an event for these webhooks: (name, keeps conversation order).
+    async fn append_ordered(
+        &self,
+        data: EventData,
+        hooks: Vec<(String, bool)>,
     ) -> Result<Appended, StoreError> {
         let bot_json = {
             let bot = self.bot.read().unwrap_or_else(|e| e.into_inner());
@@ -159,9 +172,14 @@ impl Ingest {
         };
         let deliveries: Vec<NewDelivery> = hooks
             .into_iter()
-            .map(|webhook| NewDelivery {
+            .map(|(webhook, ordered)| NewDelivery {
                 id: format!("dlv_{}", ulid::Ulid::new()),
                 claimed: self.lanes.can_hand_off(&webhook),
+                conversation: if ordered {
+                    event.conversation.clone()
+                } else {
+                    None
+                },
                 webhook,
             })
             .collect();

@@ -19,19 +19,21 @@ CREATE TABLE deliveries (
     status          TEXT    NOT NULL,     -- pending | delivered | dead
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER,              -- unix ms, while pending
-    conversation    TEXT,
+    conversation    TEXT,                 -- only for webhooks with conversation ordering
     -- 1 while a dispatcher owns it; cleared at start-up (one process owns the file)
     claimed         INTEGER NOT NULL DEFAULT 0,
     updated_at      INTEGER NOT NULL
 );
 -- Partial indexes keep the hot path cheap: a delivery created claimed and then
--- delivered never enters deliveries_due, and leaves the others when it succeeds.
+-- delivered never enters deliveries_due nor (without conversation ordering, where
+-- `conversation` is left NULL) deliveries_conversation, and leaves deliveries_open
+-- when it succeeds.
 CREATE INDEX deliveries_due ON deliveries (webhook, next_attempt_at)
     WHERE status = 'pending' AND claimed = 0;
-CREATE INDEX deliveries_pending ON deliveries (webhook, conversation, event_seq)
-    WHERE status = 'pending';
-CREATE INDEX deliveries_dead ON deliveries (webhook) WHERE status = 'dead';
-CREATE INDEX deliveries_unfinished ON deliveries (event_seq) WHERE status != 'delivered';
+CREATE INDEX deliveries_conversation ON deliveries (webhook, conversation, event_seq)
+    WHERE status = 'pending' AND conversation IS NOT NULL;
+CREATE INDEX deliveries_open ON deliveries (webhook, status, event_seq)
+    WHERE status != 'delivered';
 
 CREATE TABLE attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

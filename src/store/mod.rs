@@ -59,6 +59,9 @@ pub struct NewDelivery {
     pub webhook: String,
     /// Created already claimed: the caller hands it to the dispatcher in memory.
     pub claimed: bool,
+    /// The event's conversation, for webhooks that keep conversation order; `None`
+    /// otherwise, which keeps the delivery out of the ordering index.
+    pub conversation: Option<String>,
 }
 
 /// The result of [`Store::append_event`].

@@ -361,7 +361,7 @@ async fn append_many(
                 .bind(*seq)
                 .bind(&d.webhook)
                 .bind(e.created_at)
-                .bind(&e.conversation)
+                .bind(&d.conversation)
                 .bind(i64::from(d.claimed))
                 .bind(e.created_at);
         }
@@ -609,7 +609,7 @@ async fn append(
         .bind(seq)
         .bind(&d.webhook)
         .bind(e.created_at)
-        .bind(&e.conversation)
+        .bind(&d.conversation)
         .bind(i64::from(d.claimed))
         .bind(e.created_at)
         .execute(&mut *conn)
@@ -718,6 +718,7 @@ async fn claim(conn: &mut SqliteConnection, c: &ClaimRequest) -> Result<Claim<Cl
                    AND d.next_attempt_at <= ?2
                    AND NOT EXISTS (SELECT 1 FROM deliveries p
                                    WHERE p.webhook = ?1 AND p.conversation = d.conversation
+                                     AND p.conversation IS NOT NULL
                                      AND p.status = 'pending' AND p.event_seq < d.event_seq)
                  ORDER BY d.next_attempt_at LIMIT ?3)
              RETURNING id, attempts, event_seq"
@@ -748,6 +749,7 @@ async fn claim(conn: &mut SqliteConnection, c: &ClaimRequest) -> Result<Claim<Cl
                  WHERE d.webhook = ?1 AND d.status = 'pending' AND d.claimed = 0
                    AND NOT EXISTS (SELECT 1 FROM deliveries p
                                    WHERE p.webhook = ?1 AND p.conversation = d.conversation
+                                     AND p.conversation IS NOT NULL
                                      AND p.status = 'pending' AND p.event_seq < d.event_seq)"
             }
         })
@@ -920,10 +922,22 @@ async fn prune(conn: &mut SqliteConnection, before: Millis) -> Result<u64> {
     sqlx::query("DELETE FROM prune_seq")
         .execute(&mut *conn)
         .await?;
+    // Events with an unfinished delivery stay; the open deliveries come from their
+    // partial index.
+    sqlx::query("CREATE TEMP TABLE IF NOT EXISTS open_seq (seq INTEGER PRIMARY KEY)")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM open_seq")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT OR IGNORE INTO open_seq SELECT event_seq FROM deliveries WHERE status != 'delivered'",
+    )
+    .execute(&mut *conn)
+    .await?;
     let events = sqlx::query(
-        "INSERT INTO prune_seq SELECT e.seq FROM events e WHERE e.created_at < ?1
-         AND NOT EXISTS (SELECT 1 FROM deliveries x
-                         WHERE x.event_seq = e.seq AND x.status != 'delivered')",
+        "INSERT INTO prune_seq SELECT seq FROM events
+         WHERE created_at < ?1 AND seq NOT IN (SELECT seq FROM open_seq)",
     )
     .bind(before)
     .execute(&mut *conn)
@@ -1117,14 +1131,17 @@ impl Store for SqliteStore {
 
     async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>> {
         let mut stats: HashMap<String, WebhookStats> = HashMap::new();
-        // One query per status, each answered from its partial index.
+        // One query per status, each answered from the `deliveries_open` partial index
+        // (whose condition the queries repeat so that SQLite sees it applies).
         for (sql, dead) in [
             (
-                "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY webhook",
+                "SELECT webhook, COUNT(*) FROM deliveries
+                 WHERE status != 'delivered' AND status = 'pending' GROUP BY webhook",
                 false,
             ),
             (
-                "SELECT webhook, COUNT(*) FROM deliveries WHERE status = 'dead' GROUP BY webhook",
+                "SELECT webhook, COUNT(*) FROM deliveries
+                 WHERE status != 'delivered' AND status = 'dead' GROUP BY webhook",
                 true,
             ),
         ] {
@@ -1313,6 +1330,7 @@ mod tests {
                 id: format!("dlv_{}", ulid::Ulid::new()),
                 webhook: "a".into(),
                 claimed: false,
+                conversation: None,
             }]
         };
         let first = store
@@ -1353,6 +1371,7 @@ mod tests {
                 id: format!("dlv_{}", ulid::Ulid::new()),
                 webhook: "a".into(),
                 claimed: false,
+                conversation: None,
             }]
         };
         store
