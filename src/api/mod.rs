@@ -90,7 +90,8 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         request.headers_mut().insert("x-request-id", value);
     }
-    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let path = redact_path(request.uri().path());
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %path);
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| {
@@ -104,6 +105,30 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The path as logged: the token in `/t/{token}/api/…` is replaced by `***`.
+fn redact_path(path: &str) -> String {
+    match path.strip_prefix("/t/") {
+        Some(rest) => match rest.find('/') {
+            Some(i) => format!("/t/***{}", &rest[i..]),
+            None => "/t/***".to_string(),
+        },
+        None => path.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_in_paths_are_not_logged() {
+        assert_eq!(
+            super::redact_path("/t/s3cret-token/api/message"),
+            "/t/***/api/message"
+        );
+        assert_eq!(super::redact_path("/t/s3cret"), "/t/***");
+        assert_eq!(super::redact_path("/v1/session"), "/v1/session");
+    }
 }
 
 async fn not_found() -> ApiError {
