@@ -81,15 +81,11 @@ impl Application {
         let lanes = Arc::new(Lanes::default());
         let sender_wake = Arc::new(Notify::new());
         let stats = store.webhook_stats().await?;
-        let disabled: Vec<String> = stats
-            .iter()
-            .filter(|(_, s)| s.disabled_reason.is_some())
-            .map(|(name, _)| name.clone())
-            .collect();
+
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             &settings.webhooks,
-            &disabled,
+            &stats,
             &lanes,
             sender_wake.clone(),
         ));

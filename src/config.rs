@@ -233,6 +233,11 @@ pub struct WebhookSettings {
     /// Delays after each failed attempt; after the last one the delivery is dead.
     #[serde(default = "default_retry", with = "duration_list")]
     pub retry: Vec<Duration>,
+    /// Disable the webhook when deliveries keep dying for this long: a delivery dies,
+    /// and another dies this much later with no success in between (as Svix does).
+    /// `0s` never disables automatically.
+    #[serde(default = "default_disable_after", with = "humantime_serde")]
+    pub disable_after: Duration,
     /// Concurrent requests to this URL.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -250,6 +255,10 @@ fn default_retry() -> Vec<Duration> {
         .into_iter()
         .map(Duration::from_secs)
         .collect()
+}
+
+fn default_disable_after() -> Duration {
+    Duration::from_secs(5 * 24 * 3600)
 }
 
 fn default_max_in_flight() -> usize {

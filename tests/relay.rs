@@ -456,3 +456,59 @@ async fn admin_test_replay_and_enable() {
     .await;
     assert_ne!(app.webhook("a").await["state"], "disabled");
 }
+
+#[tokio::test]
+async fn a_webhook_whose_deliveries_keep_dying_is_disabled() {
+    let r = TestReceiver::start().await;
+    r.set_status(500);
+    let app = spawn_app(&webhook(
+        "dying",
+        &r,
+        "events = [\"message\"]\nretry = [\"10ms\"]\ndisable_after = \"400ms\"",
+    ))
+    .await;
+    let dead = |n: usize| {
+        let app = &app;
+        async move {
+            app.eventually(10, "dead deliveries", || async {
+                (app.deliveries("webhook=dying&status=dead").await.len() == n).then_some(())
+            })
+            .await
+        }
+    };
+    app.inject("alice", None, "one").await;
+    dead(1).await;
+    // A success in between clears the record: no disabling.
+    r.set_status(200);
+    app.inject("alice", None, "two").await;
+    r.wait_for(10, "a success", |r| {
+        r.iter().any(|r| r.json()["data"]["text"] == "two")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.set_status(500);
+    app.inject("alice", None, "three").await;
+    dead(2).await;
+    assert_eq!(app.webhook("dying").await["state"], "failing");
+
+    // Dying again more than disable_after after the first death: disabled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.inject("alice", None, "four").await;
+    dead(3).await;
+    let hook = app
+        .eventually(10, "disabled", || async {
+            let hook = app.webhook("dying").await;
+            (hook["state"] == "disabled").then_some(hook)
+        })
+        .await;
+    assert!(
+        hook["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("kept dying"),
+        "{hook}"
+    );
+    let (status, _) = app.post("/v1/webhooks/dying/enable", json!({})).await;
+    assert_eq!(status, 200);
+    assert_ne!(app.webhook("dying").await["state"], "disabled");
+}

@@ -52,7 +52,8 @@ CREATE TABLE webhook_state (
     last_error      TEXT,
     last_error_at   INTEGER,
     disabled_at     INTEGER,
-    disabled_reason TEXT
+    disabled_reason TEXT,
+    failing_since   INTEGER               -- first dead delivery since the last success
 );
 
 -- The send queue: outbound messages, committed before they are attempted.

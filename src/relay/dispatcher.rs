@@ -22,7 +22,7 @@ use super::signing::{SigningKey, signature_header};
 use crate::config::{Ordering, WebhookSettings};
 use crate::event::{Conversation, MessageData, now_millis};
 use crate::send::{Recipient, SendRequest, parse_replies};
-use crate::store::{AttemptRecord, Claim, DueDelivery, NewSend, Outcome, Store};
+use crate::store::{AttemptRecord, Claim, DueDelivery, NewSend, Outcome, Store, WebhookStats};
 
 /// How much of a response is kept in the attempt record.
 const RESPONSE_PREFIX: usize = 1024;
@@ -109,6 +109,8 @@ pub struct Target {
     lane: Arc<Lane>,
     slots: Arc<Semaphore>,
     disabled: AtomicBool,
+    /// When a delivery first died since the last success (for `disable_after`).
+    failing_since: Mutex<Option<i64>>,
 }
 
 impl Target {
@@ -146,26 +148,26 @@ impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
         webhooks: &[WebhookSettings],
-        disabled: &[String],
+        stats: &HashMap<String, WebhookStats>,
         lanes: &Lanes,
         sender_wake: Arc<Notify>,
     ) -> Dispatcher {
         let targets = webhooks
             .iter()
             .map(|w| {
+                let state = stats.get(&w.name).cloned().unwrap_or_default();
+                let disabled = state.disabled_reason.is_some();
                 Arc::new(Target {
+                    failing_since: Mutex::new(state.failing_since),
                     keys: w
                         .secret
                         .as_slice()
                         .iter()
                         .filter_map(|s| SigningKey::parse(s.expose()).ok())
                         .collect(),
-                    lane: lanes.register(
-                        &w.name,
-                        w.ordering == Ordering::None && !disabled.contains(&w.name),
-                    ),
+                    lane: lanes.register(&w.name, w.ordering == Ordering::None && !disabled),
                     slots: Arc::new(Semaphore::new(w.max_in_flight)),
-                    disabled: AtomicBool::new(disabled.contains(&w.name)),
+                    disabled: AtomicBool::new(disabled),
                     settings: w.clone(),
                 })
             })
@@ -192,6 +194,10 @@ impl Dispatcher {
             return false;
         };
         target.disabled.store(false, AtomicOrdering::Relaxed);
+        *target
+            .failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         target.lane.direct.store(
             target.settings.ordering == Ordering::None,
             AtomicOrdering::Relaxed,
@@ -419,6 +425,7 @@ impl Dispatcher {
             target.lane.direct.store(false, AtomicOrdering::Relaxed);
             target.disabled.store(true, AtomicOrdering::Relaxed);
         }
+        self.track_failure(&target, outcome).await;
         let queued_replies = !replies.is_empty();
         if let Err(e) = self
             .store
@@ -432,6 +439,58 @@ impl Dispatcher {
             self.sender_wake.notify_one();
         }
         target.lane.notify.notify_one();
+    }
+
+    /// Svix's rule: when deliveries keep dying for `disable_after` with no success in
+    /// between, the webhook is disabled; a success clears the record.
+    async fn track_failure(&self, target: &Target, outcome: Outcome) {
+        let hook = &target.settings;
+        let now = now_millis();
+        let (persist, disable) = {
+            let mut since = target
+                .failing_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match (outcome, *since) {
+                (Outcome::Delivered, Some(_)) => {
+                    *since = None;
+                    (Some(None), false)
+                }
+                (Outcome::Dead, None) => {
+                    *since = Some(now);
+                    (Some(Some(now)), false)
+                }
+                (Outcome::Dead, Some(first)) => {
+                    let limit = hook.disable_after.as_millis() as i64;
+                    (None, limit > 0 && now - first >= limit)
+                }
+                _ => (None, false),
+            }
+        };
+        if let Some(since) = persist
+            && let Err(e) = self
+                .store
+                .set_webhook_failing_since(&hook.name, since)
+                .await
+        {
+            tracing::error!(webhook = %hook.name, error = %e, "cannot record the webhook's failure state");
+        }
+        if disable && !target.is_disabled() {
+            target.lane.direct.store(false, AtomicOrdering::Relaxed);
+            target.disabled.store(true, AtomicOrdering::Relaxed);
+            let reason = format!(
+                "deliveries kept dying for {} with no success",
+                humantime::format_duration(hook.disable_after)
+            );
+            tracing::error!(webhook = %hook.name, %reason, "webhook disabled; re-enable with POST /v1/webhooks/{{name}}/enable");
+            if let Err(e) = self
+                .store
+                .set_webhook_disabled(&hook.name, Some(reason), now)
+                .await
+            {
+                tracing::error!(webhook = %hook.name, error = %e, "cannot record the webhook as disabled");
+            }
+        }
     }
 
     fn schedule(

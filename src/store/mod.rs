@@ -220,6 +220,8 @@ pub struct WebhookStats {
     pub last_error: Option<String>,
     pub last_error_at: Option<Millis>,
     pub disabled_reason: Option<String>,
+    /// When a delivery first died since the last success.
+    pub failing_since: Option<Millis>,
 }
 
 /// An outbound message about to be queued.
@@ -338,6 +340,9 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<String>,
         now: Millis,
     ) -> Result<()>;
+
+    /// Remembers when this webhook started losing deliveries (`None`: it recovered).
+    async fn set_webhook_failing_since(&self, name: &str, since: Option<Millis>) -> Result<()>;
 
     /// Events with `seq > after`, oldest first.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;

@@ -74,6 +74,7 @@ enum Write {
     Retry(String, Millis, Reply<Option<String>>),
     Requeue(RequeueRequest, Reply<u64>),
     Disable(String, Option<String>, Millis, Reply<()>),
+    Failing(String, Option<Millis>, Reply<()>),
     Prune(Millis, Reply<u64>),
 }
 
@@ -534,6 +535,9 @@ async fn slow_batch(conn: &mut SqliteConnection, mut batch: Vec<Write>) {
                     step!(reply, disable(&mut *conn, &name, reason.as_deref(), now))
                 }
                 Write::Prune(before, reply) => step!(reply, prune(&mut *conn, before)),
+                Write::Failing(name, since, reply) => {
+                    step!(reply, failing_since(&mut *conn, &name, since))
+                }
             }
         }
 
@@ -564,6 +568,7 @@ fn fail(op: Write, msg: &str) {
         Write::Retry(_, _, r) => r.send(err(msg)).is_ok(),
         Write::Requeue(_, r) => r.send(err(msg)).is_ok(),
         Write::Disable(.., r) => r.send(err(msg)).is_ok(),
+        Write::Failing(.., r) => r.send(err(msg)).is_ok(),
         Write::Prune(_, r) => r.send(err(msg)).is_ok(),
     };
 }
@@ -913,6 +918,22 @@ async fn disable(
     Ok(())
 }
 
+async fn failing_since(
+    conn: &mut SqliteConnection,
+    name: &str,
+    since: Option<Millis>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_state (name, failing_since) VALUES (?, ?)
+         ON CONFLICT (name) DO UPDATE SET failing_since = excluded.failing_since",
+    )
+    .bind(name)
+    .bind(since)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn prune(conn: &mut SqliteConnection, before: Millis) -> Result<u64> {
     // An event goes once every delivery of it succeeded; dead ones are kept for
     // inspection and manual retry. Each statement scans a table at most once.
@@ -1156,7 +1177,8 @@ impl Store for SqliteStore {
             }
         }
         let rows = sqlx::query(
-            "SELECT name, last_success_at, last_error, last_error_at, disabled_reason FROM webhook_state",
+            "SELECT name, last_success_at, last_error, last_error_at, disabled_reason, failing_since
+             FROM webhook_state",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -1166,6 +1188,7 @@ impl Store for SqliteStore {
             s.last_error = row.try_get(2)?;
             s.last_error_at = row.try_get(3)?;
             s.disabled_reason = row.try_get(4)?;
+            s.failing_since = row.try_get(5)?;
         }
         Ok(stats)
     }
@@ -1178,6 +1201,11 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let name = name.to_string();
         self.write(|r| Write::Disable(name, reason, now, r)).await
+    }
+
+    async fn set_webhook_failing_since(&self, name: &str, since: Option<Millis>) -> Result<()> {
+        let name = name.to_string();
+        self.write(|r| Write::Failing(name, since, r)).await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
