@@ -2,7 +2,7 @@
 //! the listener and serves the API until shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{PuppetKind, Settings};
+use crate::config::{AuthSettings, PuppetKind, Settings};
 use crate::event::now_millis;
 use crate::ingest::Ingest;
 use crate::puppet::mock::MockPuppet;
@@ -34,11 +34,77 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub sender: Arc<Sender>,
     pub lanes: Arc<Lanes>,
-    /// `auth.signing_secrets`, decoded.
-    pub signing_keys: Vec<SigningKey>,
+    /// Who may call the API; replaced on reload.
+    auth: RwLock<Arc<Auth>>,
     /// Cancelled when shutdown begins, so long polls and streams end and the server
     /// can drain.
     pub stopping: CancellationToken,
+}
+
+/// The credentials the API accepts, decoded once.
+pub struct Auth {
+    /// Bearer tokens.
+    pub tokens: Vec<String>,
+    /// Keys for Standard Webhooks signed requests.
+    pub signing_keys: Vec<SigningKey>,
+}
+
+impl Auth {
+    fn new(settings: &AuthSettings) -> Auth {
+        Auth {
+            tokens: settings
+                .tokens
+                .iter()
+                .map(|t| t.expose().to_string())
+                .collect(),
+            signing_keys: settings
+                .signing_secrets
+                .iter()
+                .filter_map(|s| SigningKey::parse(s.expose()).ok())
+                .collect(),
+        }
+    }
+
+    /// False when the API is open (nothing configured).
+    pub fn is_configured(&self) -> bool {
+        !self.tokens.is_empty() || !self.signing_keys.is_empty()
+    }
+}
+
+impl App {
+    /// The credentials in force now.
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies a re-read configuration (SIGHUP): webhooks, their filters and secrets,
+    /// and the API credentials change at once; in-flight deliveries finish under the old
+    /// settings. What needs a restart is named in a warning and left as it was.
+    pub async fn reload(&self, new: Settings) -> anyhow::Result<()> {
+        let old = &self.settings;
+        let mut ignored = Vec::new();
+        if new.server.listen != old.server.listen {
+            ignored.push("server.listen");
+        }
+        if new.storage.url != old.storage.url {
+            ignored.push("storage.url");
+        }
+        if new.puppet.kind != old.puppet.kind {
+            ignored.push("puppet.kind");
+        }
+        if !new.server.listen.ip().is_loopback() && !new.auth.is_configured() {
+            anyhow::bail!("the new configuration has no auth while listening on a public address");
+        }
+        let stats = self.store.webhook_stats().await?;
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Auth::new(&new.auth));
+        self.ingest.set_routes(&new.webhooks);
+        self.dispatcher.reload(&new.webhooks, &stats, &self.lanes);
+        if !ignored.is_empty() {
+            tracing::warn!(keys = ?ignored, "these settings change only with a restart");
+        }
+        tracing::info!(webhooks = new.webhooks.len(), "configuration reloaded");
+        Ok(())
+    }
 }
 
 /// A built, bound, not yet running waas.
@@ -108,12 +174,7 @@ impl Application {
         Ok(Application {
             app: Arc::new(App {
                 stopping: CancellationToken::new(),
-                signing_keys: settings
-                    .auth
-                    .signing_secrets
-                    .iter()
-                    .filter_map(|s| SigningKey::parse(s.expose()).ok())
-                    .collect(),
+                auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,
                 store,
                 session,

@@ -106,6 +106,12 @@ impl Ingest {
         }
     }
 
+    /// Replaces the webhook filters (configuration reload).
+    pub fn set_routes(&self, webhooks: &[WebhookSettings]) {
+        let routes = Arc::new(webhooks.iter().map(WebhookRoute::new).collect());
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+    }
+
     /// The account events are attributed to; set at login.
     pub fn set_bot(&self, bot: BotRef) {
         *self.bot.write().unwrap_or_else(|e| e.into_inner()) = bot;

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                 }
             };
             waas::telemetry::init(&settings.log);
-            runtime(|| serve(settings))
+            runtime(|| serve(settings, cli.config))
         }
         Command::Tail(args) => runtime(|| waas::tail::run(args)),
         Command::Bench(args) => {
@@ -103,8 +103,9 @@ fn runtime<F: Future<Output = anyhow::Result<()>>>(f: impl FnOnce() -> F) -> Exi
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()> {
     let app = waas::app::Application::build(settings).await?;
+    tokio::spawn(reload_on_sighup(app.app(), config));
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -113,6 +114,29 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         trigger.cancel();
     });
     app.run(shutdown).await
+}
+
+/// SIGHUP re-reads the configuration (file and environment); a bad one is reported and
+/// the running configuration kept.
+async fn reload_on_sighup(app: std::sync::Arc<waas::app::App>, config: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; configuration reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        match Settings::load(config.as_deref()) {
+            Ok(settings) => {
+                if let Err(e) = app.reload(settings).await {
+                    tracing::error!(error = %e, "configuration reload refused; keeping the running one");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the new configuration is invalid; keeping the running one")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

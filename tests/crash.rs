@@ -330,3 +330,86 @@ async fn a_queued_send_survives_sigkill_and_goes_out_once() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// SIGHUP swaps webhooks and credentials without a restart; a bad file keeps the old.
+#[tokio::test]
+async fn sighup_reloads_webhooks_and_auth_and_keeps_them_on_a_bad_file() {
+    waas::install_crypto_provider();
+    let a = TestReceiver::start().await;
+    let b = TestReceiver::start().await;
+    let hook = |name: &str, r: &TestReceiver| {
+        format!(
+            "[[webhooks]]\nname = \"{name}\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"message\"]\n",
+            r.url
+        )
+    };
+    let Setup { base, config, .. } = &setup(&hook("a", &a));
+    let (base, config) = (base.as_str(), config.as_path());
+    let head = std::fs::read_to_string(config).unwrap();
+    let head = &head[..head.find("[[webhooks]]").unwrap()];
+    let child = start(config);
+    wait_ready(base).await;
+    let client = reqwest::Client::new();
+    let token = "reload-token-0123456789";
+    let inject = |text: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("{base}/v1/mock/messages"))
+                .bearer_auth(token)
+                .json(&json!({"from": "alice", "text": text}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(inject("one").await, 201);
+    a.wait_for(10, "one at a", |r| r.len() == 1).await;
+
+    std::fs::write(
+        config,
+        format!("{head}[auth]\ntokens = [\"{token}\"]\n{}", hook("b", &b)),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    hup(child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/v1/session"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 401
+    {
+        assert!(Instant::now() < deadline, "the new auth never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(inject("two").await, 201);
+    b.wait_for(10, "two at b", |r| r.len() == 1).await;
+
+    std::fs::write(config, "[server\nthis is not toml").unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        inject("three").await,
+        201,
+        "still running on the old configuration"
+    );
+    b.wait_for(10, "three at b", |r| r.len() == 2).await;
+    assert_eq!(
+        a.received().len(),
+        1,
+        "the removed webhook got nothing more"
+    );
+    drop(child);
+}

@@ -70,7 +70,7 @@ fn failure(status: StatusCode, error: &str) -> Legacy {
 
 /// Plain `/api/…` is open only when no auth is configured.
 fn refuse_open(app: &AppState) -> Option<Legacy> {
-    app.settings.auth.is_configured().then(|| {
+    app.auth().is_configured().then(|| {
         failure(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: use /t/<token>/api/… with one of auth.tokens",
@@ -79,11 +79,12 @@ fn refuse_open(app: &AppState) -> Option<Legacy> {
 }
 
 fn check_token(app: &AppState, token: &str) -> Option<Legacy> {
-    if !app.settings.auth.is_configured() {
+    let auth = app.auth();
+    if !auth.is_configured() {
         return None;
     }
-    let ok = app.settings.auth.tokens.iter().fold(false, |ok, t| {
-        ok | bool::from(t.expose().as_bytes().ct_eq(token.as_bytes()))
+    let ok = auth.tokens.iter().fold(false, |ok, t| {
+        ok | bool::from(t.as_bytes().ct_eq(token.as_bytes()))
     });
     (!ok).then(|| failure(StatusCode::UNAUTHORIZED, "Unauthorized"))
 }

@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::app::App;
+use crate::app::{App, Auth};
 use crate::relay::signing::{VerifyError, verify};
 use crate::store::StoreError;
 
@@ -147,12 +147,13 @@ async fn method_not_allowed() -> ApiError {
 /// credentials configured at all the API is open (waas then refuses to listen on
 /// anything but loopback).
 async fn require_auth(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    if !app.settings.auth.is_configured() || bearer_ok(&app, request.headers()) {
+    let auth = app.auth();
+    if !auth.is_configured() || bearer_ok(&auth, request.headers()) {
         return next.run(request).await;
     }
     let signed = request.headers().contains_key("webhook-signature");
-    if signed && request.method() == Method::POST && !app.signing_keys.is_empty() {
-        return match verify_signed(&app, request).await {
+    if signed && request.method() == Method::POST && !auth.signing_keys.is_empty() {
+        return match verify_signed(&app, &auth, request).await {
             Ok(request) => next.run(request).await,
             Err(e) => e.into_response(),
         };
@@ -173,7 +174,7 @@ pub struct SignedMessageId(pub String);
 
 /// Checks a Standard Webhooks signature over the exact body bytes (±5 minutes, any
 /// configured secret, constant-time), then hands the body on unchanged.
-async fn verify_signed(app: &App, request: Request) -> Result<Request, ApiError> {
+async fn verify_signed(app: &App, auth: &Auth, request: Request) -> Result<Request, ApiError> {
     let (parts, body) = request.into_parts();
     let limit = app.settings.server.body_limit.0 as usize;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -205,7 +206,7 @@ async fn verify_signed(app: &App, request: Request) -> Result<Request, ApiError>
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     match verify(
-        &app.signing_keys,
+        &auth.signing_keys,
         &id,
         &timestamp,
         &signature,
@@ -230,7 +231,7 @@ async fn verify_signed(app: &App, request: Request) -> Result<Request, ApiError>
     }
 }
 
-fn bearer_ok(app: &App, headers: &HeaderMap) -> bool {
+fn bearer_ok(auth: &Auth, headers: &HeaderMap) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -239,8 +240,8 @@ fn bearer_ok(app: &App, headers: &HeaderMap) -> bool {
         return false;
     };
     // Compare against every token, without stopping early, in constant time each.
-    app.settings.auth.tokens.iter().fold(false, |ok, t| {
-        ok | bool::from(t.expose().as_bytes().ct_eq(given.trim().as_bytes()))
+    auth.tokens.iter().fold(false, |ok, t| {
+        ok | bool::from(t.as_bytes().ct_eq(given.trim().as_bytes()))
     })
 }
 

@@ -90,7 +90,8 @@ impl Lanes {
 
     fn register(&self, name: &str, direct: bool) -> Arc<Lane> {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string())
+        let lane = map
+            .entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(Lane {
                     notify: Notify::new(),
@@ -98,7 +99,9 @@ impl Lanes {
                     direct: AtomicBool::new(direct),
                 })
             })
-            .clone()
+            .clone();
+        lane.direct.store(direct, AtomicOrdering::Relaxed);
+        lane
     }
 }
 
@@ -111,6 +114,8 @@ pub struct Target {
     disabled: AtomicBool,
     /// When a delivery first died since the last success (for `disable_after`).
     failing_since: Mutex<Option<i64>>,
+    /// Cancelled when a reload replaces this webhook.
+    stop: CancellationToken,
 }
 
 impl Target {
@@ -122,7 +127,10 @@ impl Target {
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     client: reqwest::Client,
-    targets: Vec<Arc<Target>>,
+    /// The webhooks now configured; replaced as a whole on reload.
+    targets: RwLock<Vec<Arc<Target>>>,
+    /// Where loops run, once started: reload starts new ones there.
+    running: Mutex<Option<(TaskTracker, CancellationToken)>>,
     /// Wakes the sender when a reply was queued.
     sender_wake: Arc<Notify>,
 }
@@ -152,40 +160,57 @@ impl Dispatcher {
         lanes: &Lanes,
         sender_wake: Arc<Notify>,
     ) -> Dispatcher {
-        let targets = webhooks
-            .iter()
-            .map(|w| {
-                let state = stats.get(&w.name).cloned().unwrap_or_default();
-                let disabled = state.disabled_reason.is_some();
-                Arc::new(Target {
-                    failing_since: Mutex::new(state.failing_since),
-                    keys: w
-                        .secret
-                        .as_slice()
-                        .iter()
-                        .filter_map(|s| SigningKey::parse(s.expose()).ok())
-                        .collect(),
-                    lane: lanes.register(&w.name, w.ordering == Ordering::None && !disabled),
-                    slots: Arc::new(Semaphore::new(w.max_in_flight)),
-                    disabled: AtomicBool::new(disabled),
-                    settings: w.clone(),
-                })
-            })
-            .collect();
         Dispatcher {
             store,
             client: http_client(),
-            targets,
+            targets: RwLock::new(build_targets(webhooks, stats, lanes)),
+            running: Mutex::new(None),
             sender_wake,
         }
     }
 
-    pub fn targets(&self) -> &[Arc<Target>] {
-        &self.targets
+    /// The webhooks now configured.
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
-        self.targets.iter().find(|t| t.settings.name == name)
+    pub fn target(&self, name: &str) -> Option<Arc<Target>> {
+        self.targets().into_iter().find(|t| t.settings.name == name)
+    }
+
+    /// Replaces the webhooks (configuration reload). Each old loop stops claiming and
+    /// hands back what it had not started; deliveries in flight finish under the old
+    /// settings; new loops start at once.
+    pub fn reload(
+        self: &Arc<Self>,
+        webhooks: &[WebhookSettings],
+        stats: &HashMap<String, WebhookStats>,
+        lanes: &Lanes,
+    ) {
+        let new = build_targets(webhooks, stats, lanes);
+        let old = std::mem::replace(
+            &mut *self.targets.write().unwrap_or_else(|e| e.into_inner()),
+            new.clone(),
+        );
+        for target in old {
+            target.stop.cancel();
+        }
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((tracker, shutdown)) = running {
+            for target in new {
+                tracker.spawn(
+                    self.clone()
+                        .run_target(target, tracker.clone(), shutdown.clone()),
+                );
+            }
+        }
     }
 
     /// Enables a disabled webhook again; its waiting deliveries go out.
@@ -208,7 +233,9 @@ impl Dispatcher {
 
     /// Starts one loop per webhook on `tracker`.
     pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) {
-        for target in &self.targets {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((tracker.clone(), shutdown.clone()));
+        for target in &self.targets() {
             if target.is_disabled() {
                 tracing::warn!(webhook = %target.settings.name, "webhook is disabled; its deliveries wait");
             }
@@ -301,6 +328,7 @@ impl Dispatcher {
                 _ = target.lane.notify.notified() => dirty = true,
                 _ = sleep => dirty = true,
                 _ = shutdown.cancelled() => break,
+                _ = target.stop.cancelled() => break,
             }
         }
         if let Some(claim) = claiming
@@ -574,6 +602,34 @@ fn reply_sends(delivery: &DueDelivery, body: &[u8]) -> Result<Vec<NewSend>, Stri
             )
         })
         .collect())
+}
+
+fn build_targets(
+    webhooks: &[WebhookSettings],
+    stats: &HashMap<String, WebhookStats>,
+    lanes: &Lanes,
+) -> Vec<Arc<Target>> {
+    webhooks
+        .iter()
+        .map(|w| {
+            let state = stats.get(&w.name).cloned().unwrap_or_default();
+            let disabled = state.disabled_reason.is_some();
+            Arc::new(Target {
+                failing_since: Mutex::new(state.failing_since),
+                keys: w
+                    .secret
+                    .as_slice()
+                    .iter()
+                    .filter_map(|s| SigningKey::parse(s.expose()).ok())
+                    .collect(),
+                lane: lanes.register(&w.name, w.ordering == Ordering::None && !disabled),
+                slots: Arc::new(Semaphore::new(w.max_in_flight)),
+                disabled: AtomicBool::new(disabled),
+                stop: CancellationToken::new(),
+                settings: w.clone(),
+            })
+        })
+        .collect()
 }
 
 /// A send ready for the queue.
