@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod puppet;
 pub mod relay;
 pub mod send;
+pub mod soak;
 pub mod store;
 pub mod tail;
 pub mod telemetry;

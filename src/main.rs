@@ -41,6 +41,8 @@ enum Command {
     },
     /// Print live events from a running instance.
     Tail(waas::tail::TailArgs),
+    /// Run the relay for a while against a receiver that fails, times out and resets.
+    Soak(waas::soak::SoakArgs),
     /// Measure the relay against a raw HTTP baseline (run with --release).
     Bench(waas::bench::BenchArgs),
 }
@@ -76,6 +78,13 @@ fn main() -> ExitCode {
             runtime(|| serve(settings, cli.config))
         }
         Command::Tail(args) => runtime(|| waas::tail::run(args)),
+        Command::Soak(args) => {
+            waas::telemetry::init(&waas::config::LogSettings {
+                format: waas::config::LogFormat::Pretty,
+                level: "error".into(),
+            });
+            runtime(|| waas::soak::run(args))
+        }
         Command::Bench(args) => {
             waas::telemetry::init(&waas::config::LogSettings {
                 format: waas::config::LogFormat::Pretty,
