@@ -113,15 +113,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::metrics::proc_status_kib("VmHWM").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {

@@ -83,13 +83,29 @@ pub async fn render(app: &App) -> String {
 }
 
 fn resident_bytes() -> Option<u64> {
+    proc_status_kib("VmRSS").map(|kib| kib * 1024)
+}
+
+/// A `kB` figure of this process from `/proc/self/status` (`VmRSS`, `VmHWM`…); `None`
+/// off Linux.
+pub fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
+    status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
-        .ok()?;
-    Some(kb * 1024)
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_this_process_figures() {
+        let rss = super::proc_status_kib("VmRSS").expect("Linux /proc");
+        assert!(rss > 1024, "{rss} KiB");
+        assert!(super::proc_status_kib("VmHWM").unwrap() >= rss);
+        assert_eq!(super::proc_status_kib("NoSuchField"), None);
+    }
 }

@@ -119,15 +119,7 @@ async fn serve_one(mut stream: TcpStream, seen: &Seen) -> std::io::Result<()> {
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::metrics::proc_status_kib("VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 /// Runs the soak; an error when any event was not delivered by the deadline.

@@ -937,20 +937,16 @@ async fn failing_since(
 async fn prune(conn: &mut SqliteConnection, before: Millis) -> Result<u64> {
     // An event goes once every delivery of it succeeded; dead ones are kept for
     // inspection and manual retry. Each statement scans a table at most once.
-    sqlx::query("CREATE TEMP TABLE IF NOT EXISTS prune_seq (seq INTEGER PRIMARY KEY)")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM prune_seq")
-        .execute(&mut *conn)
-        .await?;
+    for sql in [
+        "CREATE TEMP TABLE IF NOT EXISTS prune_seq (seq INTEGER PRIMARY KEY)",
+        "DELETE FROM prune_seq",
+        "CREATE TEMP TABLE IF NOT EXISTS open_seq (seq INTEGER PRIMARY KEY)",
+        "DELETE FROM open_seq",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await?;
+    }
     // Events with an unfinished delivery stay; the open deliveries come from their
     // partial index.
-    sqlx::query("CREATE TEMP TABLE IF NOT EXISTS open_seq (seq INTEGER PRIMARY KEY)")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM open_seq")
-        .execute(&mut *conn)
-        .await?;
     sqlx::query(
         "INSERT OR IGNORE INTO open_seq SELECT event_seq FROM deliveries WHERE status != 'delivered'",
     )
