@@ -239,6 +239,60 @@ impl Application {
     }
 }
 
+/// A waas running inside this process (the bench, the soak, tests): the mock puppet,
+/// a free loopback port, and a store in a fresh temporary folder removed on stop.
+pub struct Embedded {
+    pub app: Arc<App>,
+    pub addr: SocketAddr,
+    /// The mock puppet, to inject events.
+    pub mock: Arc<MockPuppet>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    dir: std::path::PathBuf,
+}
+
+impl Embedded {
+    /// Starts waas from `toml` (over the defaults; `server.listen` and `storage.url`
+    /// are chosen here) and returns once the mock account is logged in.
+    pub async fn start(toml: &str) -> anyhow::Result<Embedded> {
+        let mut settings = Settings::from_toml(toml)?;
+        let dir = std::env::temp_dir().join(format!("waas-embedded-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.storage.url = format!("sqlite://{}/waas.db", dir.display());
+        let application = Application::build(settings).await?;
+        let addr = application.local_addr();
+        let app = application.app();
+        let mock = app
+            .mock
+            .clone()
+            .context("an embedded waas uses the mock puppet")?;
+        let mut session = app.session.subscribe();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(application.run(shutdown.clone()));
+        session
+            .wait_for(|s| s.state == crate::puppet::SessionState::LoggedIn)
+            .await
+            .context("the embedded waas stopped before logging in")?;
+        Ok(Embedded {
+            app,
+            addr,
+            mock,
+            shutdown,
+            task,
+            dir,
+        })
+    }
+
+    /// Shuts down as SIGTERM would, and removes the store.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Deletes what retention allows, at start and then hourly.
 async fn prune_loop(app: Arc<App>, shutdown: CancellationToken) {
     let retention = app.settings.storage.retention;

@@ -19,10 +19,8 @@ use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::app::Application;
-use crate::config::Settings;
+use crate::app::Embedded;
 use crate::puppet::mock::Injection;
 
 #[derive(clap::Args, Debug)]
@@ -157,28 +155,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 2. Relay throughput.
-    let dir = tempfile_dir()?;
-    let settings = Settings::from_toml(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}/bench.db\"\nsynchronous = \"{}\"\n\
-         [log]\nlevel = \"warn\"\n[puppet]\nskip_older_than = \"1h\"\n\
+    let embedded = Embedded::start(&format!(
+        "[storage]\nsynchronous = \"{}\"\n[log]\nlevel = \"warn\"\n[puppet]\nskip_older_than = \"1h\"\n\
          [[webhooks]]\nname = \"bench\"\nurl = \"{hook_url}\"\nsecret = \"{}\"\nevents = [\"message\"]\nmax_in_flight = {}\n",
-        dir.display(),
         args.synchronous,
         crate::relay::signing::generate_secret(),
         args.concurrency
     ))
-    .context("bench config")?;
-    let app = Application::build(settings).await?;
-    let handle = app.app();
-    let mock = handle
-        .mock
-        .clone()
-        .context("the bench uses the mock puppet")?;
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(app.run(shutdown.clone()));
-    while handle.session.state() != crate::puppet::SessionState::LoggedIn {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    .await
+    .context("starting the relay")?;
+    let mock = embedded.mock.clone();
 
     receiver.reset(args.events);
     let started = Instant::now();
@@ -271,9 +257,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         peak_rss_mib()
     );
 
-    shutdown.cancel();
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
+    embedded.stop().await;
     anyhow::ensure!(lost == 0 && lost_steady == 0, "events were lost");
     Ok(())
 }
@@ -335,10 +319,4 @@ async fn raw_baseline(
         w.await??;
     }
     Ok(started.elapsed())
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("waas-bench-{}", ulid::Ulid::new()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Application;
-use crate::config::Settings;
+use crate::app::Embedded;
 use crate::puppet::mock::Injection;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -149,30 +148,17 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(chaos_receiver(listener, seen.clone(), stop.clone()));
 
-    let dir = std::env::temp_dir().join(format!("waas-soak-{}", ulid::Ulid::new()));
-    std::fs::create_dir_all(&dir)?;
     // Enough quick steps that 40 % failing attempts never exhaust them (0.4^16 ≈ 4e-7).
-    let settings = Settings::from_toml(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}/soak.db\"\n\
-         [log]\nlevel = \"error\"\n[puppet]\nskip_older_than = \"1h\"\n\
+    let relay = Embedded::start(&format!(
+        "[log]\nlevel = \"error\"\n[puppet]\nskip_older_than = \"1h\"\n\
          [[webhooks]]\nname = \"chaos\"\nurl = \"{url}\"\nsecret = \"{}\"\nevents = [\"message\"]\n\
          timeout = \"1s\"\nmax_in_flight = 64\nretry = [{}]\n",
-        dir.display(),
         crate::relay::signing::generate_secret(),
         vec!["\"1s\""; 16].join(", ")
     ))
-    .context("soak config")?;
-    let app = Application::build(settings).await?;
-    let handle = app.app();
-    let mock = handle
-        .mock
-        .clone()
-        .context("the soak uses the mock puppet")?;
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(app.run(shutdown.clone()));
-    while handle.session.state() != crate::puppet::SessionState::LoggedIn {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    .await
+    .context("starting the relay")?;
+    let mock = relay.mock.clone();
 
     let total = (args.seconds * args.rate) as usize;
     println!(
@@ -210,7 +196,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     // Until every event arrived and its delivery is recorded (the backlog is empty).
     let (missing, backlog) = loop {
         let missing = total - seen.delivered_count.load(Ordering::Relaxed);
-        let backlog = handle
+        let backlog = relay
+            .app
             .store
             .webhook_stats()
             .await?
@@ -235,10 +222,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         backlog.1,
         rss_mib()
     );
-    shutdown.cancel();
+    relay.stop().await;
     stop.cancel();
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(missing == 0, "{missing} events were not delivered in time");
     anyhow::ensure!(backlog == (0, 0), "backlog not empty: {backlog:?}");
     Ok(())

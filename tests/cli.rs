@@ -97,21 +97,11 @@ fn the_documented_example_config_is_valid() {
 async fn tail_prints_live_events_readably() {
     use std::io::{BufRead, BufReader};
     waas::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    let settings = waas::config::Settings::from_toml(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}/t.db\"\n[auth]\ntokens = [\"tail-token-0123456789\"]\n",
-        dir.path().display()
-    ))
-    .unwrap();
-    let app = waas::app::Application::build(settings).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let handle = app.app();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(app.run(shutdown.clone()));
-    let mock = handle.mock.clone().unwrap();
-    while handle.session.state() != waas::puppet::SessionState::LoggedIn {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let relay = waas::app::Embedded::start("[auth]\ntokens = [\"tail-token-0123456789\"]\n")
+        .await
+        .unwrap();
+    let base = format!("http://{}", relay.addr);
+    let mock = relay.mock.clone();
     let inject = |text: &str, room: Option<&str>| waas::puppet::mock::Injection {
         from: "alice".into(),
         room: room.map(str::to_string),
@@ -148,7 +138,7 @@ async fn tail_prints_live_events_readably() {
         assert!(std::time::Instant::now() < deadline, "tail printed nothing");
     };
     drop(child);
-    shutdown.cancel();
+    relay.stop().await;
     assert!(
         line.contains("message") && line.contains("Alice @ Mock Room: hello tail"),
         "{line}"

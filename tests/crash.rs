@@ -271,6 +271,10 @@ async fn wait_alive(base: &str) {
     panic!("waas did not start");
 }
 
+async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Kill -9 after the 202 and before the send: after the restart it is sent once.
 #[tokio::test]
 async fn a_queued_send_survives_sigkill_and_goes_out_once() {
@@ -302,24 +306,11 @@ async fn a_queued_send_survives_sigkill_and_goes_out_once() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let id = queued["id"].as_str().unwrap();
-    let outcome: serde_json::Value = client
-        .get(format!("{base}/v1/messages/{id}?wait=10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let outcome: serde_json::Value =
+        get_json(&client, &format!("{base}/v1/messages/{id}?wait=10")).await;
     assert_eq!(outcome["status"], "sent", "{outcome}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sent: serde_json::Value = client
-        .get(format!("{base}/v1/mock/sent"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent: serde_json::Value = get_json(&client, &format!("{base}/v1/mock/sent")).await;
     let texts: Vec<&str> = sent["messages"]
         .as_array()
         .unwrap()

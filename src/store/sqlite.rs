@@ -1339,6 +1339,16 @@ mod tests {
         }
     }
 
+    /// One unclaimed delivery to webhook `a`.
+    fn hooks() -> Vec<NewDelivery> {
+        vec![NewDelivery {
+            id: format!("dlv_{}", ulid::Ulid::new()),
+            webhook: "a".into(),
+            claimed: false,
+            conversation: None,
+        }]
+    }
+
     async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
@@ -1349,14 +1359,6 @@ mod tests {
     #[tokio::test]
     async fn duplicates_are_stored_once_and_claims_are_exclusive() {
         let (_dir, store) = open().await;
-        let hooks = || {
-            vec![NewDelivery {
-                id: format!("dlv_{}", ulid::Ulid::new()),
-                webhook: "a".into(),
-                claimed: false,
-                conversation: None,
-            }]
-        };
         let first = store
             .append_event(event("evt_1", 1, Some("m1")), hooks())
             .await
@@ -1390,14 +1392,6 @@ mod tests {
     #[tokio::test]
     async fn retention_prunes_delivered_events_and_keeps_dead_ones() {
         let (_dir, store) = open().await;
-        let hooks = || {
-            vec![NewDelivery {
-                id: format!("dlv_{}", ulid::Ulid::new()),
-                webhook: "a".into(),
-                claimed: false,
-                conversation: None,
-            }]
-        };
         store
             .append_event(event("evt_old_ok", 10, None), hooks())
             .await
