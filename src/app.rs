@@ -15,6 +15,7 @@ use crate::config::{AuthSettings, PuppetKind, Settings};
 use crate::event::now_millis;
 use crate::ingest::Ingest;
 use crate::puppet::mock::MockPuppet;
+use crate::puppet::service::ServicePuppet;
 use crate::puppet::{Puppet, SessionHandle};
 use crate::relay::dispatcher::{Dispatcher, Lanes};
 use crate::relay::sender::Sender;
@@ -140,9 +141,13 @@ impl Application {
                 let mock = Arc::new(MockPuppet::new(&settings.puppet.mock, session.clone()));
                 (mock.clone(), Some(mock))
             }
-            PuppetKind::Service => {
-                anyhow::bail!("puppet.kind = \"service\" is not available in this build")
-            }
+            PuppetKind::Service => (
+                Arc::new(ServicePuppet::new(
+                    &settings.puppet.service,
+                    session.clone(),
+                )?),
+                None,
+            ),
         };
         let lanes = Arc::new(Lanes::default());
         let sender_wake = Arc::new(Notify::new());

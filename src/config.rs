@@ -565,10 +565,7 @@ impl Settings {
             SigningKey::parse(secret.expose()).map_err(|e| invalid(key, e.to_string()))?;
         }
         if self.puppet.kind == PuppetKind::Service {
-            return Err(invalid(
-                "puppet.kind",
-                "`service` (the Wechaty Puppet Service gRPC puppet) is not available in this build yet; use `mock`",
-            ));
+            self.validate_service()?;
         }
         self.validate_mock()?;
         if self.send.burst == 0 {
@@ -627,6 +624,59 @@ impl Settings {
             if hook.max_in_flight == 0 || hook.max_in_flight > 1024 {
                 return Err(invalid(at("max_in_flight"), "must be between 1 and 1024"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_service(&mut self) -> Result<(), ConfigError> {
+        let service = &mut self.puppet.service;
+        let endpoint = service.endpoint.trim();
+        let authority_ok = !endpoint.is_empty()
+            && !endpoint.contains("://")
+            && endpoint
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !authority_ok {
+            return Err(invalid(
+                "puppet.service.endpoint",
+                format!(
+                    "`{endpoint}` is not HOST:PORT (for example 127.0.0.1:8788; no scheme, `tls` chooses it)"
+                ),
+            ));
+        }
+        if service.token.is_empty() {
+            return Err(invalid(
+                "puppet.service.token",
+                "the puppet service needs its token (a value, env:NAME or file:PATH)",
+            ));
+        }
+        service
+            .token
+            .resolve()
+            .map_err(|r| invalid("puppet.service.token", r))?;
+        if service.token.expose().is_empty() {
+            return Err(invalid("puppet.service.token", "is empty"));
+        }
+        if !service.tls && (service.tls_ca.is_some() || service.tls_server_name.is_some()) {
+            return Err(invalid(
+                "puppet.service.tls",
+                "`tls_ca` or `tls_server_name` is set but `tls = false`; set `tls = true` to use them",
+            ));
+        }
+        if let Some(ca) = &service.tls_ca
+            && let Err(e) = std::fs::metadata(ca)
+        {
+            return Err(invalid(
+                "puppet.service.tls_ca",
+                format!("cannot read {}: {e}", ca.display()),
+            ));
+        }
+        let reconnect = &service.reconnect;
+        if reconnect.initial.is_zero() || reconnect.initial > reconnect.max {
+            return Err(invalid(
+                "puppet.service.reconnect",
+                "`initial` must be above zero and at most `max`",
+            ));
         }
         Ok(())
     }

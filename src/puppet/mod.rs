@@ -13,6 +13,7 @@
 //! keeps the login state in a [`SessionHandle`].
 
 pub mod mock;
+pub mod service;
 
 use std::sync::Arc;
 

@@ -838,7 +838,13 @@ async fn finish_send(
     now: Millis,
 ) -> Result<()> {
     let (status, next, error, message_id, finished) = match outcome {
-        SendOutcome::Sent { message_id } => ("sent", now, None, Some(message_id), Some(now)),
+        SendOutcome::Sent { message_id } => (
+            "sent",
+            now,
+            None,
+            Some(message_id).filter(|m| !m.is_empty()),
+            Some(now),
+        ),
         SendOutcome::Retry { at, error } => ("queued", *at, Some(error), None, None),
         SendOutcome::Failed { error } => ("failed", now, Some(error), None, Some(now)),
     };

@@ -1,6 +1,8 @@
 //! Shared test fixtures: the real app on 127.0.0.1:0 and real HTTP receivers.
 #![allow(dead_code)]
 
+pub mod puppet_fixture;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
