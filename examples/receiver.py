@@ -10,6 +10,7 @@ import json
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 parser = argparse.ArgumentParser()
+parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8000)
 parser.add_argument("--status", type=int, default=200)
 parser.add_argument("--reply", default=None)
@@ -34,4 +35,4 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
-HTTPServer(("127.0.0.1", args.port), Hook).serve_forever()
+HTTPServer((args.host, args.port), Hook).serve_forever()

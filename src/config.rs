@@ -856,6 +856,50 @@ mod tests {
     }
 
     #[test]
+    fn the_service_puppet_needs_an_endpoint_and_a_token() {
+        let service = |body: &str| {
+            Settings::from_toml(&format!(
+                "[puppet]\nkind = \"service\"\n[puppet.service]\n{body}"
+            ))
+        };
+        let err = service("").unwrap_err().to_string();
+        assert!(err.starts_with("puppet.service.token: "), "{err}");
+        let err = service("endpoint = \"http://gw:8788\"\ntoken = \"t\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("puppet.service.endpoint: "), "{err}");
+        assert!(err.contains("no scheme"), "{err}");
+        let err = service("token = \"env:WAAS_TEST_SURELY_UNSET_TOKEN\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "puppet.service.token: environment variable WAAS_TEST_SURELY_UNSET_TOKEN is not set"
+        );
+        let err = service("token = \"t\"\ntls_server_name = \"gw\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("puppet.service.tls: "), "{err}");
+        let err = service("token = \"t\"\ntls = true\ntls_ca = \"/nonexistent/ca.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("puppet.service.tls_ca: cannot read"),
+            "{err}"
+        );
+        let err = service("token = \"t\"\nreconnect = { initial = \"1m\", max = \"1s\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("puppet.service.reconnect: "), "{err}");
+
+        let ok =
+            service("endpoint = \"gw.internal:8788\"\ntoken = \"puppet_secret_token\"").unwrap();
+        assert_eq!(ok.puppet.kind, PuppetKind::Service);
+        assert_eq!(ok.puppet.service.token.expose(), "puppet_secret_token");
+        assert!(!ok.to_redacted_toml().contains("puppet_secret_token"));
+    }
+
+    #[test]
     fn byte_sizes_parse() {
         assert_eq!("1MiB".parse::<ByteSize>().unwrap().0, 1 << 20);
         assert_eq!("512KB".parse::<ByteSize>().unwrap().0, 512_000);

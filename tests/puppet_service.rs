@@ -4,9 +4,10 @@
 mod common;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 
 use common::puppet_fixture::{PuppetFixture, TOKEN};
-use common::{Received, TestApp, TestReceiver, spawn_app, webhook};
+use common::{Received, TestApp, TestReceiver, spawn_app, spawn_app_unready, webhook};
 use serde_json::{Value, json};
 
 async fn relay(fixture: &PuppetFixture, receiver: &TestReceiver) -> TestApp {
@@ -335,5 +336,79 @@ async fn reconnects_after_the_server_dies_and_sends_what_was_queued() {
     // to a server still logged in would not repeat it.
     assert_eq!(receiver.of_type("login").len(), 2);
 
+    app.stop().await;
+}
+
+/// A CA and a server certificate for `name` signed by it; returns the CA's PEM path
+/// and the server's certificate and key paths.
+fn certificates(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "waas test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, server.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_over_tls_with_a_private_ca_and_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path(), "puppet.waas.test");
+    let fixture = PuppetFixture::start_tls(TOKEN, cert, key).await;
+    let receiver = TestReceiver::start().await;
+    let tls = format!(
+        "tls = true\ntls_ca = \"{}\"\ntls_server_name = \"puppet.waas.test\"\n",
+        ca.display()
+    );
+    let app = spawn_app(&format!(
+        "{}{tls}\n{}",
+        fixture.puppet_config(TOKEN),
+        webhook("bot", &receiver, "")
+    ))
+    .await;
+    fixture
+        .say(json!({"from": "alice", "text": "over tls"}))
+        .await;
+    let m = wait_message(&receiver, "over tls").await;
+    assert_eq!(m["data"]["from"]["id"], "alice");
+    app.stop().await;
+
+    // The certificate names puppet.waas.test, not 127.0.0.1: without the server name
+    // the handshake must fail, and the reason must say so.
+    let app = spawn_app_unready(&format!(
+        "{}tls = true\ntls_ca = \"{}\"\n",
+        fixture.puppet_config(TOKEN),
+        ca.display()
+    ))
+    .await;
+    let session = app
+        .eventually(10, "the refused handshake", || async {
+            let (_, s) = app.get("/v1/session").await;
+            (s["state"] == "disconnected").then_some(s)
+        })
+        .await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let body: Value = ready.json().await.unwrap();
+    let reason = body["error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(
+        reason.contains("certificate") || reason.contains("tls"),
+        "{session} {reason}"
+    );
     app.stop().await;
 }

@@ -18,6 +18,8 @@ pub struct PuppetFixture {
     pub grpc_port: u16,
     pub control_port: u16,
     token: String,
+    /// Certificate and key PEM files to serve TLS with.
+    tls: Option<(PathBuf, PathBuf)>,
     log: PathBuf,
     _logs: tempfile::TempDir,
     client: reqwest::Client,
@@ -37,6 +39,15 @@ fn free_port() -> u16 {
 impl PuppetFixture {
     /// Starts the server with `token`; returns once it accepts gRPC calls.
     pub async fn start(token: &str) -> PuppetFixture {
+        Self::start_with(token, None).await
+    }
+
+    /// Starts the server serving TLS with the certificate and key in these PEM files.
+    pub async fn start_tls(token: &str, cert: PathBuf, key: PathBuf) -> PuppetFixture {
+        Self::start_with(token, Some((cert, key))).await
+    }
+
+    async fn start_with(token: &str, tls: Option<(PathBuf, PathBuf)>) -> PuppetFixture {
         super::init_logs();
         let dir = fixture_dir();
         assert!(
@@ -51,6 +62,7 @@ impl PuppetFixture {
             grpc_port: free_port(),
             control_port: free_port(),
             token: token.to_string(),
+            tls,
             log: logs.path().join("fixture.log"),
             _logs: logs,
             client: reqwest::Client::new(),
@@ -78,7 +90,11 @@ impl PuppetFixture {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        if let Some((cert, key)) = &self.tls {
+            command.env("TLS_CERT", cert).env("TLS_KEY", key);
+        }
+        let mut child = command
             .arg("server.mjs")
             .current_dir(fixture_dir())
             .env("PORT", self.grpc_port.to_string())

@@ -267,10 +267,30 @@ pub fn stream_event(kind: i32, payload: &str) -> Result<StreamEvent, String> {
             let message = p
                 .and_then(|p| non_empty(p.data).or(non_empty(p.gerror)))
                 .unwrap_or_else(|| payload.to_string());
-            StreamEvent::Error { message }
+            StreamEvent::Error {
+                message: error_text(&message),
+            }
         }
         other => StreamEvent::Ignored(other),
     })
+}
+
+/// A puppet's error as one readable line: a serialized GError
+/// (`{"code":2,"details":"Error: …\n    at …"}`) becomes the first line of its
+/// details, without the stack trace.
+fn error_text(raw: &str) -> String {
+    #[derive(Deserialize)]
+    struct GError {
+        #[serde(default)]
+        details: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    let text = serde_json::from_str::<GError>(raw)
+        .ok()
+        .and_then(|g| non_empty(g.details).or(non_empty(g.message)))
+        .unwrap_or_else(|| raw.to_string());
+    text.lines().next().unwrap_or_default().trim().to_string()
 }
 
 /// wechaty-puppet `ScanStatus`: Unknown 0, Cancel 1, Waiting 2, Scanned 3,
@@ -547,9 +567,18 @@ mod tests {
             })
         );
         assert_eq!(
-            stream_event(ERROR, r#"{"gerror":"{\"code\":2}"}"#),
+            stream_event(
+                ERROR,
+                r#"{"gerror":"{\"code\":2,\"details\":\"Error: getaddrinfo ENOTFOUND login.wx.qq.com\\n    at AxiosError.from (axios.cjs:168)\"}"}"#
+            ),
             Ok(StreamEvent::Error {
-                message: r#"{"code":2}"#.into()
+                message: "Error: getaddrinfo ENOTFOUND login.wx.qq.com".into()
+            })
+        );
+        assert_eq!(
+            stream_event(ERROR, r#"{"data":"plain words"}"#),
+            Ok(StreamEvent::Error {
+                message: "plain words".into()
             })
         );
         assert_eq!(

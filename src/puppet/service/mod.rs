@@ -109,6 +109,38 @@ struct Announced {
     login: Option<String>,
     ready: bool,
     scan: Option<Qr>,
+    /// The last `error` event stored, when, and how many identical ones followed it.
+    error: Option<(String, Instant, u32)>,
+}
+
+/// An identical puppet error repeated within this window is counted, not stored again
+/// (a puppet that cannot reach WeChat reports the same failure several times a second).
+const ERROR_REPEAT_WINDOW: Duration = Duration::from_secs(60);
+
+impl Announced {
+    /// Whether this puppet error should be stored; repeats are folded into a count
+    /// that the next stored one mentions.
+    fn error_is_new(&mut self, message: &mut String, now: Instant) -> bool {
+        if let Some((last, at, repeats)) = &mut self.error
+            && last == message
+        {
+            if now.duration_since(*at) < ERROR_REPEAT_WINDOW {
+                *repeats += 1;
+                return false;
+            }
+            let folded = *repeats;
+            *at = now;
+            *repeats = 0;
+            if folded > 0 {
+                message.push_str(&format!(
+                    " (repeated {folded} more times in the last minute)"
+                ));
+            }
+            return true;
+        }
+        self.error = Some((message.clone(), now, 0));
+        true
+    }
 }
 
 /// Why a connection ended.
@@ -609,10 +641,7 @@ impl ServicePuppet {
                 })
             }
             StreamEvent::RoomInvite { id } => self.room_invitation(&id).await,
-            StreamEvent::Error { message } => {
-                tracing::warn!(error = %message, "the puppet reported an error");
-                Resolved::record(EventData::Error { message })
-            }
+            StreamEvent::Error { message } => Resolved::record(EventData::Error { message }),
             StreamEvent::Heartbeat
             | StreamEvent::Dong
             | StreamEvent::Reset { .. }
@@ -737,7 +766,18 @@ impl ServicePuppet {
     async fn apply(&self, step: Resolved, ingest: &Ingest, announced: &mut Announced) {
         match step {
             Resolved::Nothing => {}
-            Resolved::Record(data) => record(ingest, *data).await,
+            Resolved::Record(data) => match *data {
+                EventData::Error { mut message } => {
+                    if announced.error_is_new(&mut message, Instant::now()) {
+                        tracing::warn!(error = %message, "the puppet reported an error");
+                        record(ingest, EventData::Error { message }).await;
+                    } else {
+                        tracing::debug!(error = %message, "the same puppet error again; folded");
+                        metrics::counter!("waas_puppet_errors_folded_total").increment(1);
+                    }
+                }
+                data => record(ingest, data).await,
+            },
             Resolved::Scan(qr) => {
                 announced.login = None;
                 announced.ready = false;
@@ -1060,5 +1100,49 @@ impl Puppet for ServicePuppet {
         };
         // Some puppets do not report the id of what they sent; the send still happened.
         sent.map_err(send_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_puppet_errors_are_folded_for_a_minute() {
+        let mut announced = Announced::default();
+        let t0 = Instant::now();
+        let mut first = "cannot reach WeChat".to_string();
+        assert!(announced.error_is_new(&mut first, t0));
+        assert_eq!(first, "cannot reach WeChat");
+        for i in 1..=5 {
+            let mut again = "cannot reach WeChat".to_string();
+            assert!(!announced.error_is_new(&mut again, t0 + Duration::from_secs(i)));
+        }
+        let mut other = "another failure".to_string();
+        assert!(announced.error_is_new(&mut other, t0 + Duration::from_secs(6)));
+        let mut back = "another failure".to_string();
+        assert!(!announced.error_is_new(&mut back, t0 + Duration::from_secs(7)));
+        let mut later = "another failure".to_string();
+        assert!(announced.error_is_new(&mut later, t0 + Duration::from_secs(70)));
+        assert_eq!(
+            later,
+            "another failure (repeated 1 more times in the last minute)"
+        );
+    }
+
+    #[test]
+    fn refused_tokens_are_scrubbed_from_reasons() {
+        let status = Status::unauthenticated("Invalid Wechaty TOKEN \"s3cret_token\"");
+        let Ended::Lost {
+            reason,
+            unauthenticated,
+            ..
+        } = Ended::from_status("opening the event stream", &status, false, "s3cret_token")
+        else {
+            panic!("a refusal ends the connection");
+        };
+        assert!(unauthenticated);
+        assert!(!reason.contains("s3cret_token"), "{reason}");
+        assert!(reason.contains("puppet.service.token"), "{reason}");
     }
 }
