@@ -100,7 +100,7 @@ impl<'de> Deserialize<'de> for EventType {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Gender {
     Male,
@@ -110,7 +110,7 @@ pub enum Gender {
 }
 
 /// A WeChat account as waas shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Contact {
     pub id: String,
     pub name: String,
@@ -127,7 +127,7 @@ pub struct Contact {
 }
 
 /// A group chat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Room {
     pub id: String,
     pub topic: String,
@@ -183,7 +183,7 @@ impl MessageData {
 }
 
 /// One chat: a direct chat with a contact, or a room.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Conversation {
     Contact(String),
@@ -208,7 +208,7 @@ impl Conversation {
 }
 
 /// The state of a login QR code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScanStatus {
     Waiting,

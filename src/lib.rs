@@ -13,7 +13,7 @@
 //!
 //! - [`config`]: settings, layered defaults → file → environment.
 //! - [`event`]: the event model every webhook receives.
-//! - [`puppet`]: the session trait and the mock account.
+//! - [`puppet`]: the session trait, the mock account and the Puppet Service client.
 //! - [`ingest`]: puppet events → stored events with their deliveries.
 //! - [`store`]: the durable outbox and send queue.
 //! - [`relay`]: the dispatcher, retry schedule, signatures and sender.

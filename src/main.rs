@@ -30,6 +30,8 @@ enum Command {
     CheckConfig,
     /// Print a fresh `whsec_` signing secret.
     Secret,
+    /// Print the OpenAPI description of the HTTP API (as served at /openapi.json).
+    Openapi,
     /// Print Standard Webhooks headers for a body, for use with curl.
     Sign {
         /// The `whsec_` secret.
@@ -52,6 +54,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Secret => {
             println!("{}", waas::relay::signing::generate_secret());
+            ExitCode::SUCCESS
+        }
+        Command::Openapi => {
+            print!("{}", waas::api::openapi::spec_json());
             ExitCode::SUCCESS
         }
         Command::Sign { secret, body } => sign(&secret, &body),

@@ -10,6 +10,8 @@
 //! | `waas_webhook_pending`, `waas_webhook_dead` | `webhook` | deliveries waiting, dead |
 //! | `waas_webhook_disabled` | `webhook` | 1 while disabled |
 //! | `waas_sends_total` | `outcome` | outbound messages: sent, retry, failed |
+//! | `waas_puppet_disconnects_total` | | puppet-service connections lost or refused |
+//! | `waas_puppet_errors_folded_total` | | repeated puppet errors not stored again |
 //! | `waas_session_state` | `state` | 1 for the current login state |
 //! | `waas_process_resident_memory_bytes`, `waas_process_uptime_seconds` | | the process |
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Who a message goes to, as the request names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Recipient {
     Contact(String),
@@ -14,7 +14,7 @@ pub enum Recipient {
 }
 
 /// A link card.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Link {
     pub url: String,
@@ -26,7 +26,7 @@ pub struct Link {
 }
 
 /// A file, by URL or inline as base64.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,12 +4,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::event::now_millis;
-use crate::store::{DeliveryFilter, DeliveryStatus};
+use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -17,18 +16,45 @@ pub fn router() -> Router<AppState> {
         .route("/v1/deliveries/{id}/retry", post(retry))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this webhook's deliveries.
     webhook: Option<String>,
+    /// `pending`, `delivered` or `dead` (empty: any).
+    #[param(pattern = "^(pending|delivered|dead)?$")]
     status: Option<String>,
+    /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
-async fn list(
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeliveryList {
+    deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Requeued {
+    id: String,
+    webhook: String,
+    /// Always `pending`.
+    status: &'static str,
+}
+
+/// Deliveries, newest first, each with every attempt.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries", operation_id = "list_deliveries",
+    tag = "deliveries",
+    params(ListQuery),
+    responses((status = 200, body = DeliveryList))
+)]
+pub(super) async fn list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryList>, ApiError> {
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
@@ -49,14 +75,21 @@ async fn list(
             limit,
         })
         .await?;
-    Ok(Json(json!({"deliveries": deliveries})))
+    Ok(Json(DeliveryList { deliveries }))
 }
 
 /// Re-queues one delivery now, whatever its status.
-async fn retry(
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry", operation_id = "retry_delivery",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "A delivery id (`dlv_…`)")),
+    responses((status = 202, body = Requeued))
+)]
+pub(super) async fn retry(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Requeued>), ApiError> {
     let Some(webhook) = app.store.retry_delivery(&id, now_millis()).await? else {
         return Err(ApiError::not_found(format!("no delivery `{id}`")));
     };
@@ -64,6 +97,10 @@ async fn retry(
     app.lanes.wake(std::slice::from_ref(&webhook));
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "webhook": webhook, "status": "pending"})),
+        Json(Requeued {
+            id,
+            webhook,
+            status: "pending",
+        }),
     ))
 }

@@ -4,8 +4,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::event::{Contact, Room};
@@ -20,10 +19,27 @@ pub fn router() -> Router<AppState> {
         .route("/v1/rooms/{id}/members", get(members))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct Search {
+#[into_params(parameter_in = Query)]
+pub struct Search {
+    /// Case-insensitive part of a name, alias or topic (or an exact id).
     q: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ContactList {
+    contacts: Vec<Contact>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RoomList {
+    rooms: Vec<Room>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MemberList {
+    members: Vec<Contact>,
 }
 
 fn puppet_error(e: PuppetError) -> ApiError {
@@ -44,18 +60,27 @@ fn contact_matches(c: &Contact, q: &str) -> bool {
         || c.id == q
 }
 
-async fn contacts(
+/// The bot's contacts (itself excluded).
+#[utoipa::path(get, path = "/v1/contacts", operation_id = "list_contacts", tag = "directory", params(Search), responses((status = 200, body = ContactList)))]
+pub(super) async fn contacts(
     State(app): State<AppState>,
     ApiQuery(s): ApiQuery<Search>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ContactList>, ApiError> {
     let mut all = app.puppet.contacts().await.map_err(puppet_error)?;
     if let Some(q) = s.q.filter(|q| !q.is_empty()) {
         all.retain(|c| contact_matches(c, &q));
     }
-    Ok(Json(json!({"contacts": all})))
+    Ok(Json(ContactList { contacts: all }))
 }
 
-async fn contact(
+#[utoipa::path(
+    get,
+    path = "/v1/contacts/{id}", operation_id = "get_contact",
+    tag = "directory",
+    params(("id" = String, Path, description = "A contact id")),
+    responses((status = 200, body = Contact))
+)]
+pub(super) async fn contact(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Contact>, ApiError> {
@@ -66,19 +91,28 @@ async fn contact(
         .ok_or_else(|| ApiError::not_found(format!("no contact `{id}`")))
 }
 
-async fn rooms(
+/// The rooms the bot is in.
+#[utoipa::path(get, path = "/v1/rooms", operation_id = "list_rooms", tag = "directory", params(Search), responses((status = 200, body = RoomList)))]
+pub(super) async fn rooms(
     State(app): State<AppState>,
     ApiQuery(s): ApiQuery<Search>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RoomList>, ApiError> {
     let mut all = app.puppet.rooms().await.map_err(puppet_error)?;
     if let Some(q) = s.q.filter(|q| !q.is_empty()) {
         let q = q.to_lowercase();
         all.retain(|r| r.topic.to_lowercase().contains(&q) || r.id == q);
     }
-    Ok(Json(json!({"rooms": all})))
+    Ok(Json(RoomList { rooms: all }))
 }
 
-async fn room(
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{id}", operation_id = "get_room",
+    tag = "directory",
+    params(("id" = String, Path, description = "A room id (`…@chatroom`)")),
+    responses((status = 200, body = Room))
+)]
+pub(super) async fn room(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Room>, ApiError> {
@@ -89,14 +123,22 @@ async fn room(
         .ok_or_else(|| ApiError::not_found(format!("no room `{id}`")))
 }
 
-async fn members(
+/// A room's members, the bot included.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{id}/members", operation_id = "list_room_members",
+    tag = "directory",
+    params(("id" = String, Path, description = "A room id (`…@chatroom`)"), Search),
+    responses((status = 200, body = MemberList))
+)]
+pub(super) async fn members(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(s): ApiQuery<Search>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MemberList>, ApiError> {
     let mut all = app.puppet.room_members(&id).await.map_err(puppet_error)?;
     if let Some(q) = s.q.filter(|q| !q.is_empty()) {
         all.retain(|c| contact_matches(c, &q));
     }
-    Ok(Json(json!({"members": all})))
+    Ok(Json(MemberList { members: all }))
 }

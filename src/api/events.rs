@@ -26,13 +26,72 @@ pub fn router() -> Router<AppState> {
         .route("/v1/events/stream", get(stream))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct PullQuery {
+#[into_params(parameter_in = Query)]
+pub struct PullQuery {
+    /// Events with a larger `seq` (the `next_after` of the previous page); default 0.
     after: Option<i64>,
+    /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// When nothing matches yet, wait up to this long (`10`, `10s`, `500ms`).
+    #[param(pattern = r"^([0-9]{1,6}(\.[0-9]{1,3})?|[0-9]{1,6}(ms|s|m))?$")]
     wait: Option<String>,
+    /// Comma-separated event types to keep, e.g. `message,login`; default all.
+    #[param(
+        pattern = r"^((message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test)(,(message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test))*)?$"
+    )]
     types: Option<String>,
+}
+
+/// One event, as webhooks receive it and the pull API lists it. (The pull API splices
+/// the stored bodies, so this type documents them rather than producing them.)
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Event {
+    /// `evt_…`: the same on every delivery of this event (`webhook-id`).
+    #[schema(example = "evt_01JD3Q7X2V1N9M4B6C8D0F2H4K")]
+    id: String,
+    /// `message`, `scan`, `login`, `logout`, `ready`, `friendship`, `room.join`,
+    /// `room.leave`, `room.topic`, `room.invite`, `error`, `webhook.test`.
+    #[serde(rename = "type")]
+    event_type: String,
+    #[schema(format = DateTime)]
+    timestamp: String,
+    /// Grows by one per stored event: the cursor of the pull API.
+    seq: i64,
+    bot: BotRefView,
+    /// Depends on `type`; a message: `{id, kind, text, from, to, room, mentions,
+    /// mentions_self, sent_at}` (see the README and DESIGN).
+    #[schema(value_type = Object)]
+    data: serde_json::Value,
+}
+
+/// The bot account an event belongs to.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BotRefView {
+    id: String,
+    name: String,
+}
+
+/// One Server-Sent Event of `/v1/events/stream`, as a client's SSE parser hands it over.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StreamedEvent {
+    /// The event's JSON body (an [`Event`]), on one line.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+    /// The event's `type`.
+    event: String,
+    /// The event's `seq`: send it back as `Last-Event-ID` to resume.
+    id: String,
+}
+
+/// A page of events.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    events: Vec<Event>,
+    /// Pass as `after` to read on.
+    next_after: i64,
 }
 
 /// `types=message,login` → the set; empty means all.
@@ -54,7 +113,14 @@ fn parse_types(raw: Option<&str>) -> Result<HashSet<String>, ApiError> {
 
 /// `{"events":[…],"next_after":N}`: events with `seq > after`, oldest first. With
 /// `wait`, an empty answer waits up to that long for a matching event.
-async fn pull(
+#[utoipa::path(
+    get,
+    path = "/v1/events", operation_id = "list_events",
+    tag = "events",
+    params(PullQuery),
+    responses((status = 200, body = EventPage))
+)]
+pub(super) async fn pull(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<PullQuery>,
 ) -> Result<Response, ApiError> {
@@ -101,16 +167,29 @@ fn events_response(events: &[&StoredEvent], next_after: i64) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct StreamQuery {
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Start after this `seq` (`Last-Event-ID` wins when both are given).
     after: Option<i64>,
+    /// Comma-separated event types to keep; default all.
+    #[param(
+        pattern = r"^((message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test)(,(message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test))*)?$"
+    )]
     types: Option<String>,
 }
 
 /// Server-Sent Events: `id:` is the seq, `event:` the type, `data:` the event body.
 /// Resumes after `Last-Event-ID` (or `?after=`), with no gap and no duplicate.
-async fn stream(
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream", operation_id = "stream_events",
+    tag = "events",
+    params(StreamQuery, ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "Resume after this seq")),
+    responses((status = 200, description = "An endless `text/event-stream`: `id:` seq, `event:` type, `data:` the event", content_type = "text/event-stream", body = StreamedEvent))
+)]
+pub(super) async fn stream(
     State(app): State<AppState>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{ApiError, AppState};
 use crate::puppet::SessionState;
@@ -13,10 +13,24 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(super::openapi::openapi_json))
+}
+
+/// The body of `/healthz` and `/readyz` when all is well.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: &'static str,
 }
 
 /// Prometheus text format (see [`crate::metrics`]).
-async fn metrics(State(app): State<AppState>) -> impl axum::response::IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/metrics", operation_id = "metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String))
+)]
+pub(super) async fn metrics(State(app): State<AppState>) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -27,12 +41,19 @@ async fn metrics(State(app): State<AppState>) -> impl axum::response::IntoRespon
 }
 
 /// 200 while the process runs.
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, body = Health)))]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// 200 when the store answers and the puppet is logged in; 503 with the reason.
-async fn readyz(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz", operation_id = "readyz",
+    tag = "health",
+    responses((status = 200, body = Health), (status = 503, description = "Not ready; the message says why", body = super::openapi::ErrorBody))
+)]
+pub(super) async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     if let Err(e) = app.store.ping().await {
         tracing::warn!(error = %e, "readiness: the store does not answer");
         return Err(ApiError::not_ready("the store does not answer"));
@@ -50,5 +71,5 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
                 .unwrap_or_default()
         )));
     }
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(Health { status: "ready" }))
 }

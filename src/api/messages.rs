@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, SignedMessageId};
 use crate::event::{Conversation, now_millis};
@@ -23,26 +22,33 @@ pub fn router() -> Router<AppState> {
         .route("/v1/messages/{id}", get(status))
 }
 
-/// The body of `POST /v1/messages`.
-#[derive(Deserialize)]
+/// The body of `POST /v1/messages`: `to`, and exactly one of `text`, `link`, `file`,
+/// `contact_card`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SendBody {
+pub struct SendBody {
     to: Recipient,
     #[serde(default)]
     text: Option<String>,
+    /// Contact ids to @-mention (rooms only, with `text`).
     #[serde(default)]
     mentions: Option<Vec<String>>,
     #[serde(default)]
     link: Option<Link>,
     #[serde(default)]
     file: Option<FileRef>,
+    /// The id of a contact whose card to share.
     #[serde(default)]
     contact_card: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct WaitQuery {
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Wait up to this long for the outcome: seconds (`10`) or a duration (`10s`,
+    /// `500ms`); at most a minute, and a second under `server.request_timeout`.
+    #[param(pattern = r"^([0-9]{1,6}(\.[0-9]{1,3})?|[0-9]{1,6}(ms|s|m))?$")]
     wait: Option<String>,
 }
 
@@ -73,7 +79,25 @@ pub fn parse_wait(app: &AppState, raw: Option<&str>) -> Result<Option<Duration>,
     Ok(Some(wait.min(ceiling)))
 }
 
-async fn send(
+/// Queues a message; it is committed before this answers. 202 `queued`, or with
+/// `?wait=` 200 once sent (or failed). Accepted while the puppet is offline: it goes out
+/// on reconnect. `Idempotency-Key` (or a signed request's `webhook-id`) makes a retry
+/// answer the first result without sending again.
+#[utoipa::path(
+    post,
+    path = "/v1/messages", operation_id = "send_message",
+    tag = "messages",
+    params(
+        WaitQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key answers the first result"),
+    ),
+    request_body = SendBody,
+    responses(
+        (status = 202, description = "Queued", body = SendView),
+        (status = 200, description = "Sent or failed within `wait`", body = SendView),
+    )
+)]
+pub(super) async fn send(
     State(app): State<AppState>,
     signed: Option<Extension<SignedMessageId>>,
     headers: HeaderMap,
@@ -178,16 +202,24 @@ async fn wait_for_outcome(
     }
 }
 
-async fn status(
+/// What became of a message; with `?wait=`, waits for it to leave the queue.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}", operation_id = "get_message",
+    tag = "messages",
+    params(("id" = String, Path, description = "The id `POST /v1/messages` answered (`out_…`)"), WaitQuery),
+    responses((status = 200, body = SendView))
+)]
+pub(super) async fn status(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SendView>, ApiError> {
     let wait = parse_wait(&app, query.wait.as_deref())?;
     let view = match wait {
         Some(wait) => wait_for_outcome(&app, &id, wait).await?,
         None => app.store.get_send(&id).await?,
     };
     let view = view.ok_or_else(|| ApiError::not_found(format!("no message `{id}`")))?;
-    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+    Ok(Json(view))
 }

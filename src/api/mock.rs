@@ -7,12 +7,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, AppState};
 use crate::ingest::Recorded;
-use crate::puppet::mock::{Injection, MockError, MockPuppet};
+use crate::puppet::mock::{Injection, MockError, MockPuppet, SentMessage};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,9 +26,10 @@ fn mock(app: &AppState) -> Result<Arc<MockPuppet>, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+/// A simulated inbound message.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InjectBody {
+pub struct InjectBody {
     /// Contact id or name.
     from: String,
     /// Room id or topic.
@@ -43,11 +43,46 @@ struct InjectBody {
     id: Option<String>,
 }
 
-/// 201 once the message event is committed.
-async fn inject(
+/// What became of an injected message.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Injected {
+    /// The stored event; null when the message was skipped.
+    event_id: Option<String>,
+    /// The puppet message id.
+    message_id: String,
+    /// True when this message id was already stored (a replay).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+    /// Why it was not relayed (the bot's own message, or too old).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<&'static str>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SentList {
+    messages: Vec<SentMessage>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Confirmed {
+    ok: bool,
+}
+
+/// Injects an inbound message; 201 once the message event is committed.
+#[utoipa::path(
+    post,
+    path = "/v1/mock/messages", operation_id = "mock_inject_message",
+    tag = "mock",
+    request_body = InjectBody,
+    responses(
+        (status = 201, description = "Stored", body = Injected),
+        (status = 200, description = "A duplicate id, or skipped", body = Injected),
+    )
+)]
+pub(super) async fn inject(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<InjectBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Injected>), ApiError> {
     let mock = mock(&app)?;
     let injection = Injection {
         from: body.from,
@@ -57,17 +92,27 @@ async fn inject(
         id: body.id,
     };
     match mock.inject(injection).await {
-        Ok((Recorded::Stored(a), message_id)) if !a.duplicate => Ok((
-            StatusCode::CREATED,
-            Json(json!({"event_id": a.id, "message_id": message_id})),
-        )),
         Ok((Recorded::Stored(a), message_id)) => Ok((
-            StatusCode::OK,
-            Json(json!({"event_id": a.id, "message_id": message_id, "duplicate": true})),
+            if a.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            },
+            Json(Injected {
+                event_id: Some(a.id),
+                message_id,
+                duplicate: a.duplicate,
+                skipped: None,
+            }),
         )),
         Ok((Recorded::Skipped(reason), message_id)) => Ok((
             StatusCode::OK,
-            Json(json!({"event_id": null, "message_id": message_id, "skipped": reason})),
+            Json(Injected {
+                event_id: None,
+                message_id,
+                duplicate: false,
+                skipped: Some(reason),
+            }),
         )),
         Err(MockError::Invalid(m)) => Err(ApiError::invalid(m)),
         Err(MockError::NotFound(m)) => Err(ApiError::not_found(m)),
@@ -78,13 +123,19 @@ async fn inject(
     }
 }
 
-async fn sent(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"messages": mock(&app)?.sent()})))
+/// Everything the bot sent, oldest first.
+#[utoipa::path(get, path = "/v1/mock/sent", operation_id = "mock_list_sent", tag = "mock", responses((status = 200, body = SentList)))]
+pub(super) async fn sent(State(app): State<AppState>) -> Result<Json<SentList>, ApiError> {
+    Ok(Json(SentList {
+        messages: mock(&app)?.sent(),
+    }))
 }
 
-async fn scan(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Confirms the pending QR login (`auto_login = false`).
+#[utoipa::path(post, path = "/v1/mock/scan", operation_id = "mock_confirm_scan", tag = "mock", responses((status = 200, body = Confirmed)))]
+pub(super) async fn scan(State(app): State<AppState>) -> Result<Json<Confirmed>, ApiError> {
     if mock(&app)?.confirm_scan() {
-        Ok(Json(json!({"ok": true})))
+        Ok(Json(Confirmed { ok: true }))
     } else {
         Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -8,6 +8,7 @@ mod health;
 mod legacy;
 mod messages;
 mod mock;
+pub mod openapi;
 mod session;
 mod webhooks;
 
@@ -349,6 +350,23 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> ApiError {
         ApiError::invalid(r.body_text())
+    }
+}
+
+/// An optional whole number for a JSON body, also when written `12.0` (JSON Schema, and
+/// so OpenAPI, counts that as an integer).
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!("`{n}` is not a whole number"))),
     }
 }
 

@@ -16,7 +16,16 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The current login QR code, rendered here (no third-party QR service sees it).
-async fn qr(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/session/qr.svg", operation_id = "get_session_qr",
+    tag = "session",
+    responses(
+        (status = 200, description = "The QR code to scan with the WeChat app", content_type = "image/svg+xml", body = String),
+        (status = 404, description = "No QR code to scan right now", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn qr(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let session = app.session.get();
     let payload = session.qr.map(|q| q.payload).ok_or_else(|| {
         ApiError::not_found("there is no QR code to scan right now (see GET /v1/session)")
@@ -32,6 +41,8 @@ async fn qr(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> 
     ))
 }
 
-async fn session(State(app): State<AppState>) -> Json<Session> {
+/// The login state, the QR code to scan (while waiting for one), the bot's account.
+#[utoipa::path(get, path = "/v1/session", operation_id = "get_session", tag = "session", responses((status = 200, body = Session)))]
+pub(super) async fn session(State(app): State<AppState>) -> Json<Session> {
     Json(app.session.get())
 }

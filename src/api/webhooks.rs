@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -20,6 +19,50 @@ pub fn router() -> Router<AppState> {
         .route("/v1/webhooks/{name}/enable", post(enable))
 }
 
+/// One webhook and its health.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    name: String,
+    url: String,
+    /// `healthy`, `failing` (the last attempt failed) or `disabled`.
+    state: &'static str,
+    /// Deliveries waiting (including those being attempted).
+    pending: i64,
+    /// Deliveries that exhausted their retries.
+    dead: i64,
+    #[schema(format = DateTime)]
+    last_success_at: Option<String>,
+    last_error: Option<String>,
+    disabled_reason: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookList {
+    webhooks: Vec<WebhookView>,
+}
+
+/// A queued `webhook.test` event.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TestQueued {
+    webhook: String,
+    event_id: String,
+    seq: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    webhook: String,
+    /// Deliveries queued again.
+    requeued: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Enabled {
+    webhook: String,
+    /// Always `enabled`.
+    state: &'static str,
+}
+
 fn known(app: &AppState, name: &str) -> Result<(), ApiError> {
     app.dispatcher
         .target(name)
@@ -28,10 +71,17 @@ fn known(app: &AppState, name: &str) -> Result<(), ApiError> {
 }
 
 /// Queues a `webhook.test` event to this webhook only.
-async fn test(
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{name}/test", operation_id = "test_webhook",
+    tag = "webhooks",
+    params(("name" = String, Path, description = "The webhook's `name`")),
+    responses((status = 202, body = TestQueued))
+)]
+pub(super) async fn test(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
     known(&app, &name)?;
     let appended = app
         .ingest
@@ -45,24 +95,41 @@ async fn test(
     tracing::info!(webhook = %name, event = %appended.id, "test event queued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"webhook": name, "event_id": appended.id, "seq": appended.seq})),
+        Json(TestQueued {
+            webhook: name,
+            event_id: appended.id,
+            seq: appended.seq,
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+/// Which events to send again: give one of the two.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayBody {
+pub struct ReplayBody {
+    /// Events with a larger `seq`.
+    #[serde(default, deserialize_with = "super::whole_number")]
     after_seq: Option<i64>,
+    /// Events created at or after this RFC 3339 time.
+    #[schema(format = DateTime)]
     since: Option<String>,
 }
 
 /// Re-queues this webhook's finished deliveries of the events after `after_seq`, or
 /// created since `since` (RFC 3339). They go out again with their original ids.
-async fn replay(
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{name}/replay", operation_id = "replay_webhook",
+    tag = "webhooks",
+    params(("name" = String, Path, description = "The webhook's `name`")),
+    request_body = ReplayBody,
+    responses((status = 202, body = Replayed))
+)]
+pub(super) async fn replay(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ReplayBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     known(&app, &name)?;
     let since = match &body.since {
         Some(text) => Some(
@@ -87,27 +154,42 @@ async fn replay(
     app.lanes.wake(std::slice::from_ref(&name));
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"webhook": name, "requeued": requeued})),
+        Json(Replayed {
+            webhook: name,
+            requeued,
+        }),
     ))
 }
 
 /// Enables a webhook that was disabled (by a 410 Gone); its waiting deliveries go out.
-async fn enable(
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{name}/enable", operation_id = "enable_webhook",
+    tag = "webhooks",
+    params(("name" = String, Path, description = "The webhook's `name`")),
+    responses((status = 200, body = Enabled))
+)]
+pub(super) async fn enable(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Enabled>, ApiError> {
     known(&app, &name)?;
     app.store
         .set_webhook_disabled(&name, None, now_millis())
         .await?;
     app.dispatcher.enable(&name);
     tracing::info!(webhook = %name, "webhook enabled by hand");
-    Ok(Json(json!({"webhook": name, "state": "enabled"})))
+    Ok(Json(Enabled {
+        webhook: name,
+        state: "enabled",
+    }))
 }
 
-async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every configured webhook with its health and backlog.
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<WebhookList>, ApiError> {
     let stats = app.store.webhook_stats().await?;
-    let hooks: Vec<Value> = app
+    let webhooks: Vec<WebhookView> = app
         .dispatcher
         .targets()
         .iter()
@@ -125,17 +207,17 @@ async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
             } else {
                 "healthy"
             };
-            json!({
-                "name": t.settings.name,
-                "url": t.settings.url,
-                "state": state,
-                "pending": s.pending,
-                "dead": s.dead,
-                "last_success_at": s.last_success_at.map(format_millis),
-                "last_error": s.last_error,
-                "disabled_reason": s.disabled_reason,
-            })
+            WebhookView {
+                name: t.settings.name.clone(),
+                url: t.settings.url.clone(),
+                state,
+                pending: s.pending,
+                dead: s.dead,
+                last_success_at: s.last_success_at.map(format_millis),
+                last_error: s.last_error,
+                disabled_reason: s.disabled_reason,
+            }
         })
         .collect();
-    Ok(Json(json!({"webhooks": hooks})))
+    Ok(Json(WebhookList { webhooks }))
 }

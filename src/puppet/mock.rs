@@ -25,7 +25,7 @@ use crate::send::{Content, FileRef, Link, Recipient};
 use crate::store::StoreError;
 
 /// A message the bot sent, as `GET /v1/mock/sent` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SentMessage {
     pub id: String,
     pub to: Conversation,

@@ -7,7 +7,8 @@
 //!
 //! - [`mock::MockPuppet`], an embedded simulated account, the default, so waas runs
 //!   with no WeChat at all; messages are injected through `POST /v1/mock/messages`.
-//! - the Wechaty Puppet Service gRPC client (planned: `puppet.kind = "service"`).
+//! - [`service::ServicePuppet`], a gRPC client of the Wechaty Puppet Service protocol
+//!   (`puppet.kind = "service"`), which reaches real WeChat through a gateway.
 //!
 //! A puppet reports what happens to an [`crate::ingest::Ingest`], which stores it, and
 //! keeps the login state in a [`SessionHandle`].
@@ -28,7 +29,7 @@ use crate::ingest::Ingest;
 use crate::send::{Content, Recipient};
 
 /// Where the login stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Starting,
@@ -39,23 +40,29 @@ pub enum SessionState {
 }
 
 /// The QR code a person scans with the WeChat app to log the bot in.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Qr {
     pub payload: String,
     pub status: ScanStatus,
 }
 
 /// The session as `GET /v1/session` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub state: SessionState,
+    /// `mock` or `service`.
     pub puppet: &'static str,
+    /// The QR code to scan, while `waiting_for_scan`.
     pub qr: Option<Qr>,
+    /// The bot's account, once logged in.
     pub user: Option<Contact>,
+    /// When the state last changed.
     #[serde(serialize_with = "ser_since")]
+    #[schema(value_type = String, format = DateTime)]
     pub since: Millis,
     /// Why the session is not logged in, for `/readyz`.
     #[serde(skip)]
+    #[schema(ignore)]
     pub reason: Option<String>,
 }
 

@@ -120,9 +120,10 @@ pub struct Claim<T> {
 }
 
 /// One HTTP attempt, as recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     #[serde(serialize_with = "ser_millis")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
@@ -130,6 +131,7 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     pub duration_ms: i64,
     #[serde(skip)]
+    #[schema(ignore)]
     pub response: Option<String>,
 }
 
@@ -161,7 +163,7 @@ pub enum Outcome {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -189,7 +191,7 @@ impl DeliveryStatus {
 }
 
 /// A delivery as `GET /v1/deliveries` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: String,
     pub webhook: String,
@@ -201,6 +203,7 @@ pub struct DeliveryView {
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_opt_millis"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt_at: Option<Millis>,
 }
 
@@ -237,7 +240,7 @@ pub struct NewSend {
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SendStatus {
     Queued,
@@ -246,7 +249,7 @@ pub enum SendStatus {
 }
 
 /// An outbound message as `GET /v1/messages/{id}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SendView {
     pub id: String,
     pub status: SendStatus,

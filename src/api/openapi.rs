@@ -1,0 +1,331 @@
+//! The OpenAPI description of the API, generated from the handlers' annotations and the
+//! types they answer with. Served at `GET /openapi.json`, printed by `waas openapi`,
+//! and checked in at `docs/openapi.json` (a test fails when they differ).
+//!
+//! Every operation may also answer the contract's errors (`{"error":{"code","message"}}`):
+//! [`Errors`] adds them once for all instead of on each handler. The original polling
+//! routes (`/api/…`, `/t/{token}/api/…`) are kept for old clients and left out.
+
+use axum::Json;
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::{deliveries, directory, events, health, messages, mock, session, webhooks};
+
+/// Every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `invalid_json`, `unauthorized`, `invalid_signature`,
+    /// `stale_timestamp`, `not_found`, `method_not_allowed`, `idempotency_conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `invalid_request`, `not_ready`,
+    /// `timeout`, `internal_error`.
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    /// What went wrong and what to change, for people.
+    pub message: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "waas",
+        description = "WeChat as a service: one WeChat bot session (through a Wechaty puppet) \
+                       as plain HTTP. Inbound events are pushed to webhooks (Standard Webhooks \
+                       signatures) and can be pulled here; messages are sent with POST /v1/messages.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        openapi_json,
+        session::session,
+        session::qr,
+        messages::send,
+        messages::status,
+        events::pull,
+        events::stream,
+        directory::contacts,
+        directory::contact,
+        directory::rooms,
+        directory::room,
+        directory::members,
+        webhooks::list,
+        webhooks::test,
+        webhooks::replay,
+        webhooks::enable,
+        deliveries::list,
+        deliveries::retry,
+        mock::inject,
+        mock::sent,
+        mock::scan,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&Errors),
+    tags(
+        (name = "health", description = "Liveness, readiness, metrics (no auth)"),
+        (name = "session", description = "The WeChat login"),
+        (name = "messages", description = "Sending as the bot"),
+        (name = "events", description = "Inbound events, pulled or streamed"),
+        (name = "directory", description = "Contacts and rooms"),
+        (name = "webhooks", description = "Webhook health and administration"),
+        (name = "deliveries", description = "Webhook deliveries and their attempts"),
+        (name = "mock", description = "The simulated account (puppet.kind = \"mock\" only)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The description, with this build's version and the cross-field rules.
+pub fn spec() -> Value {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut spec = serde_json::to_value(doc).unwrap_or_default();
+    refine(&mut spec["components"]["schemas"]);
+    spec
+}
+
+/// As pretty JSON, the form checked in at `docs/openapi.json`.
+pub fn spec_json() -> String {
+    let mut text = serde_json::to_string_pretty(&spec()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Request bodies whose rules span several fields ("exactly one of", "goes with"),
+/// which the derived schemas cannot say. Each mirrors the check in the handler that
+/// answers 422, so a body valid here is accepted there.
+fn refine(schemas: &mut Value) {
+    let non_blank = json!({"type": "string", "pattern": "\\S"});
+    schemas["SendBody"] = json!({
+        "description": "The body of `POST /v1/messages`: `to`, and exactly one of `text` \
+                        (with optional `mentions`, rooms only), `link`, `file`, `contact_card`.",
+        "type": "object",
+        "required": ["to"],
+        "additionalProperties": false,
+        "properties": {
+            "to": {"$ref": "#/components/schemas/Recipient"},
+            "text": non_blank,
+            "mentions": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Contact ids to @-mention (rooms only, with `text`)."
+            },
+            "link": {"$ref": "#/components/schemas/Link"},
+            "file": {"$ref": "#/components/schemas/FileRef"},
+            "contact_card": {
+                "type": "string",
+                "minLength": 1,
+                "description": "The id of a contact whose card to share."
+            }
+        },
+        "oneOf": [
+            {"required": ["text"]},
+            {"required": ["link"]},
+            {"required": ["file"]},
+            {"required": ["contact_card"]}
+        ],
+        "dependentRequired": {"mentions": ["text"]}
+    });
+    schemas["Link"] = json!({
+        "description": "A link card.",
+        "type": "object",
+        "required": ["url", "title"],
+        "additionalProperties": false,
+        "properties": {
+            "url": {"type": "string", "pattern": "^https?://"},
+            "title": {"type": "string"},
+            "description": {"type": "string"},
+            "thumbnail_url": {"type": "string"}
+        }
+    });
+    schemas["FileRef"] = json!({
+        "description": "A file, by URL or inline as base64: exactly one of the two.",
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": false,
+        "properties": {
+            "url": {"type": "string"},
+            "base64": {"type": "string"},
+            "name": non_blank
+        },
+        "oneOf": [{"required": ["url"]}, {"required": ["base64"]}]
+    });
+    schemas["ReplayBody"] = json!({
+        "description": "Which events to send again: after a `seq`, or since a time (or both).",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "after_seq": {"type": ["integer", "null"], "format": "int64"},
+            "since": {"type": ["string", "null"], "format": "date-time"}
+        },
+        "anyOf": [
+            {"required": ["after_seq"], "properties": {"after_seq": {"type": "integer"}}},
+            {"required": ["since"], "properties": {"since": {"type": "string"}}}
+        ]
+    });
+    let recipient = |key: &str, what: &str| {
+        json!({
+            "type": "object",
+            "required": [key],
+            "additionalProperties": false,
+            "properties": {key: {"type": "string", "description": what}}
+        })
+    };
+    schemas["Recipient"] = json!({
+        "description": "Who a message goes to: exactly one key.",
+        "oneOf": [
+            recipient("contact", "A contact id"),
+            recipient("room", "A room id (`…@chatroom`)"),
+            recipient("contact_name", "A contact's name or alias"),
+            recipient("room_topic", "A room's topic")
+        ]
+    });
+    schemas["InjectBody"] = json!({
+        "description": "A simulated inbound message.",
+        "type": "object",
+        "required": ["from", "text"],
+        "additionalProperties": false,
+        "properties": {
+            "from": {"type": "string", "description": "Contact id or name."},
+            "room": {"type": "string", "description": "Room id or topic."},
+            "text": {"type": "string", "minLength": 1},
+            "mentions": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Contact ids or names mentioned (needs `room`)."
+            },
+            "id": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Puppet message id; reuse one to simulate a replay."
+            }
+        },
+        "dependentRequired": {"mentions": ["room"]}
+    });
+}
+
+/// This description.
+#[utoipa::path(
+    get,
+    path = "/openapi.json", operation_id = "openapi",
+    tag = "health",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API", content_type = "application/json"))
+)]
+pub(super) async fn openapi_json() -> Json<Value> {
+    Json(spec())
+}
+
+/// Adds the error answers every operation can give, and bearer auth on `/v1`.
+struct Errors;
+
+const ERRORS: &[(&str, &str)] = &[
+    ("400", "Malformed JSON"),
+    (
+        "401",
+        "No valid bearer token, or a bad or stale Standard Webhooks signature",
+    ),
+    ("404", "No such resource (the message says which)"),
+    ("405", "This route does not take that method"),
+    (
+        "409",
+        "The idempotency key was used with another request (or, mock only, no scan is pending)",
+    ),
+    ("413", "The body is larger than server.body_limit"),
+    ("415", "The body is not sent as application/json"),
+    (
+        "422",
+        "A field is missing or invalid (the message names it)",
+    ),
+    ("500", "An internal error (details in the server log)"),
+    (
+        "503",
+        "Not ready (the message says why), or the request outlasted server.request_timeout",
+    ),
+];
+
+impl Modify for Errors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of `auth.tokens`. POST requests may instead carry Standard \
+                         Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) \
+                         signed with one of `auth.signing_secrets`. With neither configured \
+                         the API is open (and listens on loopback only).",
+                    ))
+                    .build(),
+            ),
+        );
+        for (status, description) in ERRORS {
+            components.responses.insert(
+                response_name(status),
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(*description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                    "ErrorBody",
+                                ))))
+                                .build(),
+                        )
+                        .build(),
+                ),
+            );
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let v1 = path.starts_with("/v1/");
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_errors(op);
+                if v1 {
+                    op.security = Some(vec![SecurityRequirement::new(
+                        "bearer",
+                        Vec::<String>::new(),
+                    )]);
+                }
+            }
+        }
+    }
+}
+
+/// `Error400` …: the name of a shared error response in `components.responses`.
+fn response_name(status: &str) -> String {
+    format!("Error{status}")
+}
+
+fn add_errors(op: &mut Operation) {
+    for (status, _) in ERRORS {
+        op.responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| {
+                RefOr::Ref(utoipa::openapi::Ref::new(format!(
+                    "#/components/responses/{}",
+                    response_name(status)
+                )))
+            });
+    }
+}
