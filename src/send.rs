@@ -125,6 +125,44 @@ impl ContentBody {
     }
 }
 
+/// The body of `POST /v1/messages`: `to`, and exactly one of `text`, `link`, `file`,
+/// `contact_card`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    pub to: Recipient,
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Contact ids to @-mention (rooms only, with `text`).
+    #[serde(default)]
+    pub mentions: Option<Vec<String>>,
+    #[serde(default)]
+    pub link: Option<Link>,
+    #[serde(default)]
+    pub file: Option<FileRef>,
+    /// The id of a contact whose card to share.
+    #[serde(default)]
+    pub contact_card: Option<String>,
+}
+
+impl SendBody {
+    /// The recipient and the one content the body names.
+    pub fn into_request(self) -> Result<SendRequest, InvalidSend> {
+        let content = ContentBody {
+            text: self.text,
+            mentions: self.mentions,
+            link: self.link,
+            file: self.file,
+            contact_card: self.contact_card,
+        }
+        .into_content()?;
+        Ok(SendRequest {
+            to: self.to,
+            content,
+        })
+    }
+}
+
 /// A queued send as stored: where, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendRequest {

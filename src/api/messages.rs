@@ -13,33 +13,13 @@ use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, SignedMessageId};
 use crate::event::{Conversation, now_millis};
 use crate::puppet::PuppetError;
 use crate::relay::dispatcher::new_send;
-use crate::send::{Content, ContentBody, FileRef, Link, Recipient, SendRequest};
+use crate::send::{Content, Recipient, SendBody, SendRequest};
 use crate::store::{SendStatus, SendView};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/messages", post(send))
         .route("/v1/messages/{id}", get(status))
-}
-
-/// The body of `POST /v1/messages`: `to`, and exactly one of `text`, `link`, `file`,
-/// `contact_card`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SendBody {
-    to: Recipient,
-    #[serde(default)]
-    text: Option<String>,
-    /// Contact ids to @-mention (rooms only, with `text`).
-    #[serde(default)]
-    mentions: Option<Vec<String>>,
-    #[serde(default)]
-    link: Option<Link>,
-    #[serde(default)]
-    file: Option<FileRef>,
-    /// The id of a contact whose card to share.
-    #[serde(default)]
-    contact_card: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -91,7 +71,7 @@ pub fn parse_wait(app: &AppState, raw: Option<&str>) -> Result<Option<Duration>,
         WaitQuery,
         ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key answers the first result"),
     ),
-    request_body = SendBody,
+    request_body = crate::send::SendBody,
     responses(
         (status = 202, description = "Queued", body = SendView),
         (status = 200, description = "Sent or failed within `wait`", body = SendView),
@@ -105,15 +85,7 @@ pub(super) async fn send(
     ApiJson(body): ApiJson<SendBody>,
 ) -> Result<(StatusCode, Json<SendView>), ApiError> {
     let wait = parse_wait(&app, query.wait.as_deref())?;
-    let content = ContentBody {
-        text: body.text,
-        mentions: body.mentions,
-        link: body.link,
-        file: body.file,
-        contact_card: body.contact_card,
-    }
-    .into_content()
-    .map_err(|e| ApiError::invalid(e.0))?;
+    let SendRequest { to, content } = body.into_request().map_err(|e| ApiError::invalid(e.0))?;
     // Idempotency-Key, else the (verified) webhook-id of a signed request.
     let header = |name| {
         headers
@@ -124,7 +96,7 @@ pub(super) async fn send(
     let key = header("idempotency-key")
         .or(signed.map(|Extension(SignedMessageId(id))| id))
         .or_else(|| header("webhook-id"));
-    let mut view = queue_send(&app, body.to, content, key).await?;
+    let mut view = queue_send(&app, to, content, key).await?;
     if let Some(wait) = wait
         && view.status == SendStatus::Queued
     {

@@ -97,7 +97,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    if (now_secs - ts).abs() > tolerance_secs {
+    // abs_diff: a timestamp near i64::MIN must not overflow (found by fuzz/signature).
+    if now_secs.abs_diff(ts) > tolerance_secs.unsigned_abs() {
         return Err(VerifyError::Stale);
     }
     let candidates: Vec<Vec<u8>> = signatures
@@ -200,5 +201,24 @@ mod tests {
             KeyError::Length(3)
         );
         assert!(SigningKey::parse(&generate_secret()).is_ok());
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        let key = SigningKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        for ts in [i64::MIN.to_string(), i64::MAX.to_string()] {
+            assert!(matches!(
+                verify(
+                    std::slice::from_ref(&key),
+                    "msg_1",
+                    &ts,
+                    "v1,abc",
+                    b"{}",
+                    1_700_000_000,
+                    300
+                ),
+                Err(VerifyError::Stale)
+            ));
+        }
     }
 }
