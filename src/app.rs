@@ -215,6 +215,7 @@ impl Application {
         app.dispatcher.spawn(&tracker, work.clone());
         tracker.spawn(app.sender.clone().run(tracker.clone(), work.clone()));
         tracker.spawn(prune_loop(app.clone(), work.clone()));
+        tracker.spawn(crate::metrics::upkeep(work.clone()));
 
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, puppet = app.settings.puppet.kind.as_str(), webhooks = app.settings.webhooks.len(), "waas listening");

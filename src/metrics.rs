@@ -16,9 +16,10 @@
 //! | `waas_process_resident_memory_bytes`, `waas_process_uptime_seconds` | | the process |
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::puppet::SessionState;
@@ -42,6 +43,23 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`] until
+/// `shutdown`. The recorder keeps each sample until then (or until a scrape), so
+/// without this a waas that nobody scrapes would grow by every attempt it makes.
+pub async fn upkeep(shutdown: CancellationToken) {
+    let Some(handle) = install() else { return };
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// The Prometheus text exposition, state gauges refreshed first.

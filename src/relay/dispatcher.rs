@@ -47,6 +47,15 @@ pub struct Lane {
 }
 
 impl Lane {
+    /// Takes up to `n` deliveries, oldest first. What is left stays here and counts
+    /// against [`HANDOFF_CAP`], so a webhook slower than ingest makes new deliveries go
+    /// through the store instead of piling up in memory.
+    fn take(&self, n: usize) -> Vec<DueDelivery> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let n = n.min(queue.len());
+        queue.drain(..n).collect()
+    }
+
     fn take_all(&self) -> VecDeque<DueDelivery> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -269,7 +278,7 @@ impl Dispatcher {
         let mut dirty = true;
         let mut next_due: Option<i64> = None;
         loop {
-            ready.extend(target.lane.take_all());
+            ready.extend(target.lane.take(prefetch.saturating_sub(ready.len())));
             if target.is_disabled() {
                 for d in ready.drain(..) {
                     if let Err(e) = self.store.release_delivery(&d.id).await {

@@ -1,0 +1,711 @@
+//! The store's writer: one OS thread owning the only write connection.
+//!
+//! Every write goes through here and commits with whatever else has queued up, in a
+//! single transaction (group commit): under load one fsync covers hundreds of events,
+//! and with nothing queued a write commits alone at once. Callers get their answer only
+//! after the commit.
+//!
+//! The connection is driven directly through SQLite's C API (rusqlite), on this thread:
+//! each statement is a function call on a cached prepared statement, not a message to
+//! another thread, which is what made the writer the relay's serial stage before.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Synchronous;
+use crate::store::{
+    Appended, AttemptRecord, Claim, DueDelivery, Enqueued, Millis, NewDelivery, NewEvent, NewSend,
+    Ordering, Outcome, Result, SendOutcome, SendStatus, SendView, StoreError,
+};
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Prepared statements kept by the connection: every statement the writer runs.
+const STATEMENT_CACHE: usize = 64;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A claimed delivery before its event is read: (id, attempts, event seq).
+pub(super) type ClaimedRow = (String, u32, i64);
+
+pub(super) struct RequeueRequest {
+    pub webhook: String,
+    pub after_seq: Option<i64>,
+    pub since: Option<Millis>,
+    pub now: Millis,
+}
+
+pub(super) struct ClaimRequest {
+    pub webhook: String,
+    pub ordering: Ordering,
+    pub limit: usize,
+    pub now: Millis,
+}
+
+pub(super) enum Write {
+    Append(NewEvent, Vec<NewDelivery>, Reply<Appended>),
+    Claim(ClaimRequest, Reply<Claim<ClaimedRow>>),
+    Release(String, Reply<()>),
+    Finish(
+        Box<(DueDelivery, AttemptRecord, Outcome, Vec<NewSend>)>,
+        Reply<()>,
+    ),
+    Enqueue(NewSend, Reply<Enqueued>),
+    FinishSend(String, SendOutcome, Millis, Reply<()>),
+    Defer(String, Millis, Reply<()>),
+    Retry(String, Millis, Reply<Option<String>>),
+    Requeue(RequeueRequest, Reply<u64>),
+    Disable(String, Option<String>, Millis, Reply<()>),
+    Failing(String, Option<Millis>, Reply<()>),
+    Prune(Millis, Reply<u64>),
+}
+
+/// Opens the write connection on `path` (already migrated) and starts the writer
+/// thread; it ends when every sender is dropped.
+pub(super) fn spawn(path: &str, synchronous: Synchronous) -> Result<mpsc::Sender<Write>> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            mode,
+            "SQLite refused WAL mode; readers will wait for writes"
+        );
+    }
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+
+    let (tx, rx) = mpsc::channel(4096);
+    // An OS thread of its own: it is the one serial stage, and on the shared runtime it
+    // would wait behind HTTP work between its statements.
+    std::thread::Builder::new()
+        .name("waas-store-writer".into())
+        .spawn(move || run(conn, rx))
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    Ok(tx)
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(op) = rx.blocking_recv() {
+        batch.push(op);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let (size, started) = (ops.len(), Instant::now());
+        let careful = match fast_batch(&mut conn, ops) {
+            Some(ops) => {
+                slow_batch(&mut conn, ops);
+                true
+            }
+            None => false,
+        };
+        tracing::trace!(
+            ops = size,
+            careful,
+            us = started.elapsed().as_micros() as u64,
+            "write batch committed"
+        );
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the store's write connection failed");
+    }
+}
+
+/// Runs a statement that returns no rows, from the statement cache.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
+}
+
+/// Appends, claims and plain attempt results: the hot path, written without a
+/// savepoint per operation.
+fn is_bulk(op: &Write) -> bool {
+    match op {
+        Write::Append(..) | Write::Claim(..) => true,
+        Write::Finish(f, _) => f.3.is_empty() && !matches!(f.2, Outcome::Disabled { .. }),
+        _ => false,
+    }
+}
+
+/// The fast path: a batch of appends, attempt results and claims in one transaction,
+/// without savepoints. Returns the operations untouched when it cannot (another kind of
+/// operation in the batch, or any error), for the careful path.
+fn fast_batch(conn: &mut Connection, ops: Vec<Write>) -> Option<Vec<Write>> {
+    if !ops.iter().all(is_bulk) {
+        return Some(ops);
+    }
+    if exec(conn, "BEGIN IMMEDIATE", []).is_err() {
+        return Some(ops);
+    }
+    let written = (|| {
+        let mut appended = Vec::with_capacity(ops.len());
+        let mut health = Health::default();
+        for op in &ops {
+            match op {
+                Write::Append(event, deliveries, _) => {
+                    appended.push(append(conn, event, deliveries)?);
+                }
+                Write::Finish(f, _) => {
+                    record_attempt(conn, &f.0, &f.1, &f.2)?;
+                    health.note(&f.0, &f.1, &f.2);
+                }
+                _ => {}
+            }
+        }
+        health.write(conn)?;
+        // Claims last, so they see what this batch appended and finished.
+        let mut claimed = Vec::new();
+        for op in &ops {
+            if let Write::Claim(request, _) = op {
+                claimed.push(claim(conn, request)?);
+            }
+        }
+        exec(conn, "COMMIT", [])?;
+        Ok::<_, StoreError>((appended, claimed))
+    })();
+    let (appended, claimed) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "batched write failed; writing each operation alone");
+            let _ = exec(conn, "ROLLBACK", []);
+            return Some(ops);
+        }
+    };
+    let mut appended = appended.into_iter();
+    let mut claimed = claimed.into_iter();
+    for op in ops {
+        match op {
+            Write::Claim(_, reply) => {
+                if let Some(c) = claimed.next() {
+                    let _ = reply.send(Ok(c));
+                }
+            }
+            Write::Append(_, _, reply) => {
+                if let Some(a) = appended.next() {
+                    let _ = reply.send(Ok(a));
+                }
+            }
+            Write::Finish(_, reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            other => fail(other, "not a bulk operation"),
+        }
+    }
+    None
+}
+
+/// Sends one operation's result once the commit is known (`Some(error)` if it failed).
+type Answer = Box<dyn FnOnce(Option<&str>)>;
+
+fn answer<T: 'static>(reply: Reply<T>, result: Result<T>) -> Answer {
+    Box::new(move |failed: Option<&str>| {
+        let _ = reply.send(match failed {
+            None => result,
+            Some(msg) => Err(StoreError::Commit(msg.to_string())),
+        });
+    })
+}
+
+/// Runs one operation in its own savepoint: if it fails, its writes are undone and the
+/// rest of the batch stands.
+fn step<T>(conn: &mut Connection, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    exec(conn, "SAVEPOINT op", [])?;
+    let result = work(conn);
+    if result.is_err() {
+        let _ = exec(conn, "ROLLBACK TO op", []);
+    }
+    let _ = exec(conn, "RELEASE op", []);
+    result
+}
+
+/// The careful path: every operation in its own savepoint, so one that fails does not
+/// undo the others; all committed together.
+fn slow_batch(conn: &mut Connection, batch: Vec<Write>) {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
+        let msg = e.to_string();
+        tracing::error!(error = %msg, "cannot begin a write transaction");
+        for op in batch {
+            fail(op, &msg);
+        }
+        return;
+    }
+    let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    for op in batch {
+        answers.push(match op {
+            Write::Append(event, deliveries, reply) => {
+                answer(reply, step(conn, |c| append(c, &event, &deliveries)))
+            }
+            Write::Claim(request, reply) => answer(reply, step(conn, |c| claim(c, &request))),
+            Write::Release(id, reply) => answer(reply, step(conn, |c| release(c, &id))),
+            Write::Finish(op, reply) => {
+                let (delivery, attempt, outcome, replies) = *op;
+                answer(
+                    reply,
+                    step(conn, |c| finish(c, &delivery, &attempt, &outcome, &replies)),
+                )
+            }
+            Write::Enqueue(send, reply) => answer(reply, step(conn, |c| enqueue(c, &send))),
+            Write::FinishSend(id, outcome, now, reply) => {
+                answer(reply, step(conn, |c| finish_send(c, &id, &outcome, now)))
+            }
+            Write::Defer(id, at, reply) => answer(reply, step(conn, |c| defer(c, &id, at))),
+            Write::Retry(id, now, reply) => answer(reply, step(conn, |c| retry(c, &id, now))),
+            Write::Requeue(request, reply) => answer(reply, step(conn, |c| requeue(c, &request))),
+            Write::Disable(name, reason, now, reply) => answer(
+                reply,
+                step(conn, |c| disable(c, &name, reason.as_deref(), now)),
+            ),
+            Write::Prune(before, reply) => answer(reply, step(conn, |c| prune(c, before))),
+            Write::Failing(name, since, reply) => {
+                answer(reply, step(conn, |c| failing_since(c, &name, since)))
+            }
+        });
+    }
+    match exec(conn, "COMMIT", []) {
+        Ok(_) => answers.into_iter().for_each(|a| a(None)),
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "commit failed; the batch is rolled back");
+            let _ = exec(conn, "ROLLBACK", []);
+            answers.into_iter().for_each(|a| a(Some(&msg)));
+        }
+    }
+}
+
+fn fail(op: Write, msg: &str) {
+    fn err<T>(msg: &str) -> Result<T> {
+        Err(StoreError::Commit(msg.to_string()))
+    }
+    let _ = match op {
+        Write::Append(_, _, r) => r.send(err(msg)).is_ok(),
+        Write::Claim(_, r) => r.send(err(msg)).is_ok(),
+        Write::Release(_, r) => r.send(err(msg)).is_ok(),
+        Write::Finish(_, r) => r.send(err(msg)).is_ok(),
+        Write::Enqueue(_, r) => r.send(err(msg)).is_ok(),
+        Write::FinishSend(.., r) => r.send(err(msg)).is_ok(),
+        Write::Defer(.., r) => r.send(err(msg)).is_ok(),
+        Write::Retry(_, _, r) => r.send(err(msg)).is_ok(),
+        Write::Requeue(_, r) => r.send(err(msg)).is_ok(),
+        Write::Disable(.., r) => r.send(err(msg)).is_ok(),
+        Write::Failing(.., r) => r.send(err(msg)).is_ok(),
+        Write::Prune(_, r) => r.send(err(msg)).is_ok(),
+    };
+}
+
+/// Stores an event and its deliveries; an event whose dedup key is already stored is
+/// answered with the stored one instead.
+fn append(conn: &Connection, e: &NewEvent, deliveries: &[NewDelivery]) -> Result<Appended> {
+    let inserted = exec(
+        conn,
+        "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (dedup_key) DO NOTHING",
+        params![
+            e.id,
+            e.event_type,
+            e.dedup_key,
+            e.conversation,
+            e.created_at,
+            e.bot_json,
+            e.data_json
+        ],
+    )?;
+    if inserted == 0 {
+        let (id, seq) = conn
+            .prepare_cached("SELECT id, seq FROM events WHERE dedup_key = ?1")?
+            .query_row([&e.dedup_key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        return Ok(Appended {
+            id,
+            seq,
+            duplicate: true,
+        });
+    }
+    let seq = conn.last_insert_rowid();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, claimed, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6, ?4)",
+    )?;
+    for d in deliveries {
+        insert.execute(params![
+            d.id,
+            seq,
+            d.webhook,
+            e.created_at,
+            d.conversation,
+            d.claimed
+        ])?;
+    }
+    Ok(Appended {
+        id: e.id.clone(),
+        seq,
+        duplicate: false,
+    })
+}
+
+/// Records an attempt and moves its delivery to the outcome's state.
+fn record_attempt(
+    conn: &Connection,
+    d: &DueDelivery,
+    a: &AttemptRecord,
+    outcome: &Outcome,
+) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            d.id,
+            a.at,
+            a.status_code,
+            a.error,
+            a.duration_ms,
+            a.response
+        ],
+    )?;
+    let now = a.at + a.duration_ms;
+    let (status, next) = match outcome {
+        Outcome::Delivered => ("delivered", None),
+        Outcome::Retry { at } => ("pending", Some(*at)),
+        Outcome::Dead => ("dead", None),
+        // Pending, to go again once the webhook is enabled.
+        Outcome::Disabled { .. } => ("pending", Some(now)),
+    };
+    exec(
+        conn,
+        "UPDATE deliveries SET status = ?1, attempts = attempts + 1, claimed = 0,
+                next_attempt_at = ?2, updated_at = ?3
+         WHERE id = ?4",
+        params![status, next, now, d.id],
+    )?;
+    Ok(())
+}
+
+/// The webhooks' health from a batch of attempts, written once per webhook: the newest
+/// success, the newest error.
+#[derive(Default)]
+struct Health(HashMap<String, WebhookHealth>);
+
+#[derive(Default)]
+struct WebhookHealth {
+    success: Option<Millis>,
+    error: Option<(Millis, String)>,
+}
+
+impl Health {
+    fn note(&mut self, d: &DueDelivery, a: &AttemptRecord, outcome: &Outcome) {
+        let at = a.at + a.duration_ms;
+        let health = self.0.entry(d.webhook.clone()).or_default();
+        if *outcome == Outcome::Delivered {
+            health.success = health.success.max(Some(at));
+        } else if health.error.as_ref().is_none_or(|(t, _)| *t <= at) {
+            health.error = Some((at, attempt_error(a)));
+        }
+    }
+
+    fn write(self, conn: &Connection) -> Result<()> {
+        for (webhook, WebhookHealth { success, error }) in self.0 {
+            if let Some(at) = success {
+                exec(
+                    conn,
+                    "INSERT INTO webhook_state (name, last_success_at) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET
+                         last_success_at = MAX(COALESCE(last_success_at, 0), excluded.last_success_at)",
+                    params![webhook, at],
+                )?;
+            }
+            if let Some((at, error)) = error {
+                exec(
+                    conn,
+                    "INSERT INTO webhook_state (name, last_error, last_error_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+                                                      last_error_at = excluded.last_error_at",
+                    params![webhook, error, at],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `last_error` says about a failed attempt.
+fn attempt_error(a: &AttemptRecord) -> String {
+    a.error
+        .clone()
+        .or_else(|| a.status_code.map(|c| format!("HTTP {c}")))
+        .unwrap_or_default()
+}
+
+/// An attempt with everything that follows from it: health, disabling the webhook,
+/// the replies its response asked for.
+fn finish(
+    conn: &Connection,
+    d: &DueDelivery,
+    a: &AttemptRecord,
+    outcome: &Outcome,
+    replies: &[NewSend],
+) -> Result<()> {
+    record_attempt(conn, d, a, outcome)?;
+    let mut health = Health::default();
+    health.note(d, a, outcome);
+    health.write(conn)?;
+    if let Outcome::Disabled { reason } = outcome {
+        disable(conn, &d.webhook, Some(*reason), a.at + a.duration_ms)?;
+    }
+    for send in replies {
+        match enqueue(conn, send) {
+            Ok(_) | Err(StoreError::IdempotencyConflict) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Marks up to `limit` due deliveries claimed, oldest due first. The order is the
+/// `deliveries_due` index's alone, so SQLite walks the index and stops at the limit
+/// instead of sorting every due row (ties fall in insertion order). Their events are
+/// read afterwards, from the read pool, to keep the writer's work short.
+fn claim(conn: &Connection, c: &ClaimRequest) -> Result<Claim<ClaimedRow>> {
+    let mut items = conn
+        .prepare_cached(match c.ordering {
+            Ordering::None => {
+                "UPDATE deliveries SET claimed = 1 WHERE id IN (
+                     SELECT id FROM deliveries
+                     WHERE webhook = ?1 AND status = 'pending' AND claimed = 0 AND next_attempt_at <= ?2
+                     ORDER BY next_attempt_at LIMIT ?3)
+                 RETURNING id, attempts, event_seq"
+            }
+            // Only the oldest pending delivery of each conversation may go (a claimed
+            // one still counts, so its followers wait); events without a conversation
+            // (login, scan…) are not ordered.
+            Ordering::Conversation => {
+                "UPDATE deliveries SET claimed = 1 WHERE id IN (
+                     SELECT d.id FROM deliveries d
+                     WHERE d.webhook = ?1 AND d.status = 'pending' AND d.claimed = 0
+                       AND d.next_attempt_at <= ?2
+                       AND NOT EXISTS (SELECT 1 FROM deliveries p
+                                       WHERE p.webhook = ?1 AND p.conversation = d.conversation
+                                         AND p.conversation IS NOT NULL
+                                         AND p.status = 'pending' AND p.event_seq < d.event_seq)
+                     ORDER BY d.next_attempt_at LIMIT ?3)
+                 RETURNING id, attempts, event_seq"
+            }
+        })?
+        .query_map(params![c.webhook, c.now, c.limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<ClaimedRow>>>()?;
+    items.sort_by_key(|(_, _, seq)| *seq);
+    let next_due = if items.len() == c.limit {
+        Some(c.now)
+    } else {
+        conn.prepare_cached(match c.ordering {
+            Ordering::None => {
+                "SELECT MIN(next_attempt_at) FROM deliveries
+                 WHERE webhook = ?1 AND status = 'pending' AND claimed = 0"
+            }
+            Ordering::Conversation => {
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d
+                 WHERE d.webhook = ?1 AND d.status = 'pending' AND d.claimed = 0
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p
+                                   WHERE p.webhook = ?1 AND p.conversation = d.conversation
+                                     AND p.conversation IS NOT NULL
+                                     AND p.status = 'pending' AND p.event_seq < d.event_seq)"
+            }
+        })?
+        .query_row([&c.webhook], |r| r.get(0))?
+    };
+    Ok(Claim { items, next_due })
+}
+
+fn release(conn: &Connection, id: &str) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE deliveries SET claimed = 0 WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
+fn enqueue(conn: &Connection, s: &NewSend) -> Result<Enqueued> {
+    if let Some(key) = &s.idempotency_key {
+        let existing = conn
+            .prepare_cached(
+                "SELECT id, status, error, message_id, request_hash FROM sends WHERE idempotency_key = ?1",
+            )?
+            .query_row([key], |r| Ok((send_view(r)?, r.get::<_, String>(4)?)))
+            .optional()?;
+        if let Some((send, hash)) = existing {
+            if hash != s.request_hash {
+                return Err(StoreError::IdempotencyConflict);
+            }
+            return Ok(Enqueued {
+                send,
+                replayed: true,
+            });
+        }
+    }
+    exec(
+        conn,
+        "INSERT INTO sends (id, idempotency_key, request_hash, request, conversation, status, attempts, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6)",
+        params![
+            s.id,
+            s.idempotency_key,
+            s.request_hash,
+            s.request_json,
+            s.conversation,
+            s.created_at
+        ],
+    )?;
+    Ok(Enqueued {
+        send: SendView {
+            id: s.id.clone(),
+            status: SendStatus::Queued,
+            error: None,
+            message_id: None,
+        },
+        replayed: false,
+    })
+}
+
+/// A send from `id, status, error, message_id` columns.
+fn send_view(row: &Row) -> rusqlite::Result<SendView> {
+    Ok(SendView {
+        id: row.get(0)?,
+        status: send_status(&row.get::<_, String>(1)?),
+        error: row.get(2)?,
+        message_id: row.get(3)?,
+    })
+}
+
+/// A send's `status` column.
+pub(super) fn send_status(status: &str) -> SendStatus {
+    match status {
+        "sent" => SendStatus::Sent,
+        "failed" => SendStatus::Failed,
+        _ => SendStatus::Queued,
+    }
+}
+
+fn finish_send(conn: &Connection, id: &str, outcome: &SendOutcome, now: Millis) -> Result<()> {
+    let (status, next, error, message_id, finished) = match outcome {
+        SendOutcome::Sent { message_id } => (
+            "sent",
+            now,
+            None,
+            Some(message_id).filter(|m| !m.is_empty()),
+            Some(now),
+        ),
+        SendOutcome::Retry { at, error } => ("queued", *at, Some(error), None, None),
+        SendOutcome::Failed { error } => ("failed", now, Some(error), None, Some(now)),
+    };
+    exec(
+        conn,
+        "UPDATE sends SET status = ?1, attempts = attempts + 1, next_attempt_at = ?2, error = ?3,
+                message_id = ?4, finished_at = ?5
+         WHERE id = ?6",
+        params![status, next, error, message_id, finished, id],
+    )?;
+    Ok(())
+}
+
+fn defer(conn: &Connection, id: &str, at: Millis) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE sends SET next_attempt_at = ?1 WHERE id = ?2",
+        params![at, id],
+    )?;
+    Ok(())
+}
+
+fn requeue(conn: &Connection, r: &RequeueRequest) -> Result<u64> {
+    let done = exec(
+        conn,
+        "UPDATE deliveries SET status = 'pending', claimed = 0, next_attempt_at = ?1, updated_at = ?1
+         WHERE webhook = ?2 AND status != 'pending'
+           AND event_seq > COALESCE(?3, 0)
+           AND event_seq IN (SELECT seq FROM events WHERE created_at >= COALESCE(?4, 0))",
+        params![r.now, r.webhook, r.after_seq, r.since],
+    )?;
+    Ok(done as u64)
+}
+
+fn retry(conn: &Connection, id: &str, now: Millis) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1
+             WHERE id = ?2 RETURNING webhook",
+        )?
+        .query_row(params![now, id], |r| r.get(0))
+        .optional()?)
+}
+
+fn disable(conn: &Connection, name: &str, reason: Option<&str>, now: Millis) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO webhook_state (name, disabled_at, disabled_reason) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET disabled_at = excluded.disabled_at,
+                                          disabled_reason = excluded.disabled_reason",
+        params![name, reason.map(|_| now), reason],
+    )?;
+    Ok(())
+}
+
+fn failing_since(conn: &Connection, name: &str, since: Option<Millis>) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO webhook_state (name, failing_since) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET failing_since = excluded.failing_since",
+        params![name, since],
+    )?;
+    Ok(())
+}
+
+fn prune(conn: &Connection, before: Millis) -> Result<u64> {
+    // An event goes once every delivery of it succeeded; dead ones are kept for
+    // inspection and manual retry. Each statement scans a table at most once.
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS prune_seq (seq INTEGER PRIMARY KEY);
+         DELETE FROM prune_seq;
+         CREATE TEMP TABLE IF NOT EXISTS open_seq (seq INTEGER PRIMARY KEY);
+         DELETE FROM open_seq;
+         -- Events with an unfinished delivery stay; the open deliveries come from
+         -- their partial index.
+         INSERT OR IGNORE INTO open_seq
+             SELECT event_seq FROM deliveries WHERE status != 'delivered';",
+    )?;
+    let events = conn.execute(
+        "INSERT INTO prune_seq SELECT seq FROM events
+         WHERE created_at < ?1 AND seq NOT IN (SELECT seq FROM open_seq)",
+        [before],
+    )?;
+    if events > 0 {
+        conn.execute_batch(
+            "DELETE FROM attempts WHERE delivery_id IN (
+                 SELECT d.id FROM deliveries d JOIN prune_seq p ON d.event_seq = p.seq);
+             DELETE FROM deliveries WHERE event_seq IN (SELECT seq FROM prune_seq);
+             DELETE FROM events WHERE seq IN (SELECT seq FROM prune_seq);",
+        )?;
+    }
+    conn.execute(
+        "DELETE FROM sends WHERE status != 'queued' AND finished_at < ?1",
+        [before],
+    )?;
+    Ok(events as u64)
+}
