@@ -683,3 +683,55 @@ fn describe(e: &reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredEvent;
+
+    fn delivery(n: usize) -> DueDelivery {
+        DueDelivery {
+            id: format!("dlv_{n}"),
+            webhook: "hook".into(),
+            attempts: 0,
+            event: StoredEvent {
+                id: format!("evt_{n}"),
+                event_type: "message".into(),
+                seq: n as i64,
+                created_at: 0,
+                bot_json: "{}".into(),
+                data_json: "{}".into(),
+            },
+        }
+    }
+
+    /// A webhook slower than ingest: its loop takes only what it can start soon, the
+    /// rest stays in the lane, and once the lane is full new deliveries go through the
+    /// store: what waits in memory stays under `HANDOFF_CAP` + the prefetch.
+    #[test]
+    fn deliveries_waiting_in_memory_are_bounded() {
+        let lanes = Lanes::default();
+        let lane = lanes.register("hook", true);
+        let prefetch = PREFETCH_MIN;
+        // The loop's queue of deliveries waiting for a slot; no slot ever frees here.
+        let mut ready: Vec<DueDelivery> = Vec::new();
+        let mut handed = 0;
+        for n in 0..4 * HANDOFF_CAP {
+            if lanes.can_hand_off("hook") {
+                lanes.hand_off(delivery(n));
+                handed += 1;
+            }
+            ready.extend(lane.take(prefetch.saturating_sub(ready.len())));
+        }
+        assert_eq!(ready.len(), prefetch);
+        assert_eq!(ready[0].id, "dlv_0", "oldest first");
+        assert_eq!(handed, HANDOFF_CAP + prefetch);
+        assert!(!lanes.can_hand_off("hook"));
+
+        let rest = lane.take(usize::MAX);
+        assert_eq!(rest.len(), HANDOFF_CAP);
+        assert_eq!(rest[0].id, format!("dlv_{prefetch}"));
+        assert!(lanes.can_hand_off("hook"));
+        assert!(!lanes.can_hand_off("other"), "unknown webhooks get nothing");
+    }
+}
