@@ -117,6 +117,9 @@ impl Lanes {
 /// One webhook as the dispatcher drives it.
 pub struct Target {
     pub settings: WebhookSettings,
+    /// `settings.url`, parsed once (validated with the configuration).
+    url: reqwest::Url,
+    meters: Meters,
     keys: Vec<SigningKey>,
     lane: Arc<Lane>,
     slots: Arc<Semaphore>,
@@ -125,6 +128,41 @@ pub struct Target {
     failing_since: Mutex<Option<i64>>,
     /// Cancelled when a reload replaces this webhook.
     stop: CancellationToken,
+}
+
+/// This webhook's metric handles, looked up once instead of by label on every attempt.
+struct Meters {
+    delivered: metrics::Counter,
+    retry: metrics::Counter,
+    dead: metrics::Counter,
+    disabled: metrics::Counter,
+    attempt_seconds: metrics::Histogram,
+}
+
+impl Meters {
+    fn new(webhook: &str) -> Meters {
+        let outcome = |outcome: &'static str| {
+            metrics::counter!("waas_deliveries_total", "webhook" => webhook.to_string(), "outcome" => outcome)
+        };
+        Meters {
+            delivered: outcome("delivered"),
+            retry: outcome("retry"),
+            dead: outcome("dead"),
+            disabled: outcome("disabled"),
+            attempt_seconds: metrics::histogram!("waas_delivery_attempt_seconds", "webhook" => webhook.to_string()),
+        }
+    }
+
+    fn record(&self, outcome: Outcome, duration_ms: i64) {
+        match outcome {
+            Outcome::Delivered => &self.delivered,
+            Outcome::Retry { .. } => &self.retry,
+            Outcome::Dead => &self.dead,
+            Outcome::Disabled { .. } => &self.disabled,
+        }
+        .increment(1);
+        self.attempt_seconds.record(duration_ms as f64 / 1000.0);
+    }
 }
 
 impl Target {
@@ -368,7 +406,7 @@ impl Dispatcher {
         let started = Instant::now();
         let request = self
             .client
-            .post(&hook.url)
+            .post(target.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &delivery.event.id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -448,29 +486,21 @@ impl Dispatcher {
             }
         };
         self.log_outcome(hook, &delivery, &attempt, outcome, failures);
-        let outcome_label = match outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Dead => "dead",
-            Outcome::Disabled { .. } => "disabled",
-        };
-        metrics::counter!("waas_deliveries_total", "webhook" => hook.name.clone(), "outcome" => outcome_label)
-            .increment(1);
-        metrics::histogram!("waas_delivery_attempt_seconds", "webhook" => hook.name.clone())
-            .record(duration_ms as f64 / 1000.0);
+        target.meters.record(outcome, duration_ms);
         if let Outcome::Disabled { .. } = outcome {
             target.lane.direct.store(false, AtomicOrdering::Relaxed);
             target.disabled.store(true, AtomicOrdering::Relaxed);
         }
         self.track_failure(&target, outcome).await;
         let queued_replies = !replies.is_empty();
+        let id = delivery.id.clone();
         if let Err(e) = self
             .store
-            .finish_attempt(&delivery, attempt, outcome, replies)
+            .finish_attempt(delivery, attempt, outcome, replies)
             .await
         {
             // The delivery stays as it was in the store and is claimed again.
-            tracing::error!(webhook = %hook.name, delivery = %delivery.id, error = %e, "cannot record an attempt");
+            tracing::error!(webhook = %hook.name, delivery = %id, error = %e, "cannot record an attempt");
         }
         if queued_replies {
             self.sender_wake.notify_one();
@@ -620,10 +650,20 @@ fn build_targets(
 ) -> Vec<Arc<Target>> {
     webhooks
         .iter()
-        .map(|w| {
+        .filter_map(|w| {
+            let url = match reqwest::Url::parse(&w.url) {
+                Ok(url) => url,
+                Err(e) => {
+                    // Unreachable: the configuration is validated before it is used.
+                    tracing::error!(webhook = %w.name, error = %e, "not a URL; webhook skipped");
+                    return None;
+                }
+            };
             let state = stats.get(&w.name).cloned().unwrap_or_default();
             let disabled = state.disabled_reason.is_some();
-            Arc::new(Target {
+            Some(Arc::new(Target {
+                url,
+                meters: Meters::new(&w.name),
                 failing_since: Mutex::new(state.failing_since),
                 keys: w
                     .secret
@@ -636,7 +676,7 @@ fn build_targets(
                 disabled: AtomicBool::new(disabled),
                 stop: CancellationToken::new(),
                 settings: w.clone(),
-            })
+            }))
         })
         .collect()
 }

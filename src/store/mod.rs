@@ -309,7 +309,7 @@ pub trait Store: Send + Sync + 'static {
     /// asked for (in the same transaction), and releases the claim.
     async fn finish_attempt(
         &self,
-        delivery: &DueDelivery,
+        delivery: DueDelivery,
         attempt: AttemptRecord,
         outcome: Outcome,
         replies: Vec<NewSend>,

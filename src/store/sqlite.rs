@@ -207,12 +207,12 @@ impl Store for SqliteStore {
 
     async fn finish_attempt(
         &self,
-        delivery: &DueDelivery,
+        delivery: DueDelivery,
         attempt: AttemptRecord,
         outcome: Outcome,
         replies: Vec<NewSend>,
     ) -> Result<()> {
-        let finish = Box::new((delivery.clone(), attempt, outcome, replies));
+        let finish = Box::new((delivery, attempt, outcome, replies));
         self.write(|r| Write::Finish(finish, r)).await
     }
 
@@ -567,7 +567,7 @@ mod tests {
             .claim_due("a", Ordering::None, 10, 10_000)
             .await
             .unwrap();
-        for d in &claim.items {
+        for d in claim.items {
             let outcome = if d.event.id == "evt_old_dead" {
                 Outcome::Dead
             } else {
