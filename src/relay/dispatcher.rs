@@ -31,6 +31,13 @@ const PREFETCH_MIN: usize = 256;
 /// How much of a response is read at all (a reply may carry a small file).
 const RESPONSE_CAP: usize = 1 << 20;
 
+const WEBHOOK_ID: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("webhook-signature");
+
 /// Most deliveries waiting in one lane before new ones go through the store instead.
 const HANDOFF_CAP: usize = 4096;
 
@@ -141,9 +148,7 @@ struct Meters {
 
 impl Meters {
     fn new(webhook: &str) -> Meters {
-        let outcome = |outcome: &'static str| {
-            metrics::counter!("waas_deliveries_total", "webhook" => webhook.to_string(), "outcome" => outcome)
-        };
+        let outcome = |outcome: &'static str| metrics::counter!("waas_deliveries_total", "webhook" => webhook.to_string(), "outcome" => outcome);
         Meters {
             delivered: outcome("delivered"),
             retry: outcome("retry"),
@@ -408,9 +413,9 @@ impl Dispatcher {
             .client
             .post(target.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("webhook-id", &delivery.event.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
+            .header(WEBHOOK_ID, &delivery.event.id)
+            .header(WEBHOOK_TIMESTAMP, timestamp.to_string())
+            .header(WEBHOOK_SIGNATURE, signature)
             .body(body);
         let answer = tokio::time::timeout(hook.timeout, async {
             let mut response = request.send().await?;
@@ -505,7 +510,11 @@ impl Dispatcher {
         if queued_replies {
             self.sender_wake.notify_one();
         }
-        target.lane.notify.notify_one();
+        // A recorded attempt changes what is due only when it scheduled a retry, or when
+        // it lets the next delivery of the same conversation go.
+        if outcome != Outcome::Delivered || hook.ordering == Ordering::Conversation {
+            target.lane.notify.notify_one();
+        }
     }
 
     /// Svix's rule: when deliveries keep dying for `disable_after` with no success in
