@@ -13,6 +13,7 @@ use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, SignedMessageId};
 use crate::event::{Conversation, now_millis};
 use crate::puppet::PuppetError;
 use crate::relay::dispatcher::new_send;
+use crate::relay::signing::WEBHOOK_ID;
 use crate::send::{Content, Recipient, SendBody, SendRequest};
 use crate::store::{SendStatus, SendView};
 
@@ -87,7 +88,7 @@ pub(super) async fn send(
     let wait = parse_wait(&app, query.wait.as_deref())?;
     let SendRequest { to, content } = body.into_request().map_err(|e| ApiError::invalid(e.0))?;
     // Idempotency-Key, else the (verified) webhook-id of a signed request.
-    let header = |name| {
+    let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -95,7 +96,7 @@ pub(super) async fn send(
     };
     let key = header("idempotency-key")
         .or(signed.map(|Extension(SignedMessageId(id))| id))
-        .or_else(|| header("webhook-id"));
+        .or_else(|| header(WEBHOOK_ID.as_str()));
     let mut view = queue_send(&app, to, content, key).await?;
     if let Some(wait) = wait
         && view.status == SendStatus::Queued

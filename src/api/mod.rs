@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -24,7 +24,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::app::{App, Auth};
-use crate::relay::signing::{VerifyError, verify};
+use crate::relay::signing::{
+    VerifyError, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, verify,
+};
 use crate::store::StoreError;
 
 pub type AppState = Arc<App>;
@@ -152,7 +154,7 @@ async fn require_auth(State(app): State<AppState>, request: Request, next: Next)
     if !auth.is_configured() || bearer_ok(&auth, request.headers()) {
         return next.run(request).await;
     }
-    let signed = request.headers().contains_key("webhook-signature");
+    let signed = request.headers().contains_key(&WEBHOOK_SIGNATURE);
     if signed && request.method() == Method::POST && !auth.signing_keys.is_empty() {
         return match verify_signed(&app, &auth, request).await {
             Ok(request) => next.run(request).await,
@@ -185,7 +187,7 @@ async fn verify_signed(app: &App, auth: &Auth, request: Request) -> Result<Reque
             "the body is larger than server.body_limit",
         )
     })?;
-    let header = |name: &str| {
+    let header = |name: &HeaderName| {
         parts
             .headers
             .get(name)
@@ -194,9 +196,9 @@ async fn verify_signed(app: &App, auth: &Auth, request: Request) -> Result<Reque
             .to_string()
     };
     let (id, timestamp, signature) = (
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
+        header(&WEBHOOK_ID),
+        header(&WEBHOOK_TIMESTAMP),
+        header(&WEBHOOK_SIGNATURE),
     );
     let unauthorized = |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
     if id.is_empty() || timestamp.is_empty() {

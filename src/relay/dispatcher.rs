@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::retry::{next_delay, parse_retry_after};
-use super::signing::{SigningKey, signature_header};
+use super::signing::{
+    SigningKey, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, signature_header,
+};
 use crate::config::{Ordering, WebhookSettings};
 use crate::event::{Conversation, MessageData, now_millis};
 use crate::send::{Recipient, SendRequest, parse_replies};
@@ -30,13 +32,6 @@ const RESPONSE_PREFIX: usize = 1024;
 const PREFETCH_MIN: usize = 256;
 /// How much of a response is read at all (a reply may carry a small file).
 const RESPONSE_CAP: usize = 1 << 20;
-
-const WEBHOOK_ID: reqwest::header::HeaderName =
-    reqwest::header::HeaderName::from_static("webhook-id");
-const WEBHOOK_TIMESTAMP: reqwest::header::HeaderName =
-    reqwest::header::HeaderName::from_static("webhook-timestamp");
-const WEBHOOK_SIGNATURE: reqwest::header::HeaderName =
-    reqwest::header::HeaderName::from_static("webhook-signature");
 
 /// Most deliveries waiting in one lane before new ones go through the store instead.
 const HANDOFF_CAP: usize = 4096;

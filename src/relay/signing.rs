@@ -2,6 +2,7 @@
 //! with the base64 bytes after `whsec_`, sent as `v1,<base64>`; several space-separated
 //! when a secret is being rotated. Verification compares in constant time.
 
+use axum::http::HeaderName;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
@@ -11,6 +12,12 @@ use subtle::ConstantTimeEq;
 type HmacSha256 = Hmac<Sha256>;
 
 const PREFIX: &str = "whsec_";
+
+/// The Standard Webhooks headers: the message id, its Unix time in seconds, and the
+/// signatures.
+pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// A decoded Standard Webhooks secret.
 #[derive(Clone)]
