@@ -40,6 +40,8 @@ pub struct App {
     /// Cancelled when shutdown begins, so long polls and streams end and the server
     /// can drain.
     pub stopping: CancellationToken,
+    /// The address the listener is bound to.
+    pub bound: SocketAddr,
 }
 
 /// The credentials the API accepts, decoded once.
@@ -93,8 +95,14 @@ impl App {
         if new.puppet.kind != old.puppet.kind {
             ignored.push("puppet.kind");
         }
-        if !new.server.listen.ip().is_loopback() && !new.auth.is_configured() {
-            anyhow::bail!("the new configuration has no auth while listening on a public address");
+        // The address that counts is the one bound at start (a new `listen` is ignored
+        // until a restart), not the new file's.
+        if !self.bound.ip().is_loopback() && !new.auth.is_configured() {
+            anyhow::bail!(
+                "the new configuration has no auth, and waas listens on {}, which is not \
+                 loopback: keep auth.tokens or auth.signing_secrets configured",
+                self.bound
+            );
         }
         let stats = self.store.webhook_stats().await?;
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Auth::new(&new.auth));
@@ -129,6 +137,7 @@ impl Application {
             );
         }
         crate::metrics::install();
+        crate::server::raise_fd_limit();
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&settings.storage.url, settings.storage.synchronous)
                 .await
@@ -176,8 +185,10 @@ impl Application {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+        let bound = listener.local_addr().unwrap_or(listen);
         Ok(Application {
             app: Arc::new(App {
+                bound,
                 stopping: CancellationToken::new(),
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,
@@ -220,15 +231,23 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, puppet = app.settings.puppet.kind.as_str(), webhooks = app.settings.webhooks.len(), "waas listening");
         let router = crate::api::router(app.clone());
-        let stop = shutdown.clone();
-        let stopping = app.stopping.clone();
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                stopping.cancel();
-            })
-            .await
-            .context("the HTTP server failed")?;
+        let limits = crate::server::Limits::from_settings(&app.settings.server);
+        let http = tokio::spawn(crate::server::serve(
+            self.listener,
+            router,
+            limits,
+            shutdown.clone(),
+        ));
+        shutdown.cancelled().await;
+        // Long polls and streams end, so their connections can close.
+        app.stopping.cancel();
+        match tokio::time::timeout(SHUTDOWN_GRACE, http).await {
+            Ok(Ok(result)) => result.context("the HTTP server failed")?,
+            Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
+            Err(_) => {
+                tracing::warn!("some connections were still open at the end of the grace period")
+            }
+        }
 
         work.cancel();
         tracker.close();

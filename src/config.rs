@@ -49,6 +49,19 @@ pub struct ServerSettings {
     /// Longest any API request may take before it is answered with an error.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A connection must send a complete request head within this long (slow or
+    /// half-open clients are closed).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no traffic for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; past it new ones are closed with a warning.
+    pub max_connections: usize,
+    /// Most event streams and long polls open at once, across all clients (429 past it).
+    pub max_streams: usize,
+    /// Most event streams and long polls open at once with one credential (429 past it).
+    pub max_streams_per_credential: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -78,6 +91,9 @@ pub struct AuthSettings {
     pub tokens: Vec<SecretValue>,
     /// Standard Webhooks secrets (`whsec_…`) accepted on signed POSTs.
     pub signing_secrets: Vec<SecretValue>,
+    /// Bearer token for `GET /metrics`; unset, `/metrics` needs no credential.
+    #[serde(default)]
+    pub metrics_token: Option<SecretValue>,
 }
 
 impl AuthSettings {
@@ -203,6 +219,10 @@ pub struct SendSettings {
     pub min_interval: Duration,
     /// Sends allowed into one conversation at once before pacing starts.
     pub burst: u32,
+    /// Let send content (`file.url`, `link.thumbnail_url`) point at loopback and private
+    /// addresses. Off by default: a caller must not make the gateway fetch from inside
+    /// your network.
+    pub allow_private_urls: bool,
 }
 
 /// One webhook endpoint.

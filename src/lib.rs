@@ -17,7 +17,8 @@
 //! - [`ingest`]: puppet events → stored events with their deliveries.
 //! - [`store`]: the durable outbox and send queue.
 //! - [`relay`]: the dispatcher, retry schedule, signatures and sender.
-//! - [`api`]: the HTTP routes; [`app`] wires everything together.
+//! - [`api`]: the HTTP routes; [`server`] the listener and its connection limits;
+//!   [`app`] wires everything together.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod puppet;
 pub mod relay;
 pub mod send;
+pub mod server;
 pub mod soak;
 pub mod store;
 pub mod tail;

@@ -130,8 +130,10 @@ async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested; finishing in-flight work");
+        // Stop first, log second: nothing that logging does may stand between a signal
+        // and the shutdown.
         trigger.cancel();
+        tracing::info!("shutdown requested; finishing in-flight work");
     });
     app.run(shutdown).await
 }

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, SignedMessageId};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, SignedMessageId, idempotency_key};
 use crate::event::{Conversation, now_millis};
 use crate::puppet::PuppetError;
 use crate::relay::dispatcher::new_send;
@@ -42,15 +42,8 @@ pub fn parse_wait(app: &AppState, raw: Option<&str>) -> Result<Option<Duration>,
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Ok(None);
     };
-    let wait = match raw.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
-        Ok(_) => return Err(ApiError::invalid("`wait` must not be negative")),
-        Err(_) => humantime::parse_duration(raw).map_err(|_| {
-            ApiError::invalid(format!(
-                "`wait`: `{raw}` is not seconds (10) or a duration (10s)"
-            ))
-        })?,
-    };
+    let wait = parse_seconds_or_duration(raw)
+        .map_err(|why| ApiError::invalid(format!("`wait`: `{raw}` {why}")))?;
     let ceiling = app
         .settings
         .server
@@ -58,6 +51,23 @@ pub fn parse_wait(app: &AppState, raw: Option<&str>) -> Result<Option<Duration>,
         .saturating_sub(Duration::from_secs(1))
         .min(MAX_WAIT);
     Ok(Some(wait.min(ceiling)))
+}
+
+/// `10`, `2.5` (seconds) or a duration such as `10s`, `500ms`. Never panics: huge,
+/// infinite, negative and not-a-number values are errors that say what to write.
+pub fn parse_seconds_or_duration(raw: &str) -> Result<Duration, &'static str> {
+    const HINT: &str = "is not seconds (10) or a duration (10s, 500ms)";
+    let raw = raw.trim();
+    // Only plain decimal numbers count as seconds: `1e20`, `inf` and `NaN` parse as
+    // f64 but are no way to write a wait.
+    if !raw.is_empty() && raw.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let secs: f64 = raw.parse().map_err(|_| HINT)?;
+        return Duration::try_from_secs_f64(secs).map_err(|_| "is too long");
+    }
+    if raw.starts_with('-') {
+        return Err("must not be negative");
+    }
+    humantime::parse_duration(raw).map_err(|_| HINT)
 }
 
 /// Queues a message; it is committed before this answers. 202 `queued`, or with
@@ -87,16 +97,19 @@ pub(super) async fn send(
 ) -> Result<(StatusCode, Json<SendView>), ApiError> {
     let wait = parse_wait(&app, query.wait.as_deref())?;
     let SendRequest { to, content } = body.into_request().map_err(|e| ApiError::invalid(e.0))?;
-    // Idempotency-Key, else the (verified) webhook-id of a signed request.
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+    // A signed request's verified webhook-id is its key, always (a captured request
+    // replayed with a fresh Idempotency-Key must not send again); else Idempotency-Key;
+    // else an unsigned webhook-id.
+    let given = idempotency_key(&headers)?;
+    let key = match signed {
+        Some(Extension(SignedMessageId(id))) => Some(id),
+        None => given.or_else(|| {
+            headers
+                .get(WEBHOOK_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        }),
     };
-    let key = header("idempotency-key")
-        .or(signed.map(|Extension(SignedMessageId(id))| id))
-        .or_else(|| header(WEBHOOK_ID.as_str()));
     let mut view = queue_send(&app, to, content, key).await?;
     if let Some(wait) = wait
         && view.status == SendStatus::Queued

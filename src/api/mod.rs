@@ -24,10 +24,11 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::app::{App, Auth};
+use crate::event::now_millis;
 use crate::relay::signing::{
     VerifyError, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, verify,
 };
-use crate::store::StoreError;
+use crate::store::{RecordedAnswer, SignedBegin, SignedRequest, StoreError};
 
 pub type AppState = Arc<App>;
 
@@ -52,8 +53,20 @@ pub fn router(app: AppState) -> Router {
             app.settings.server.body_limit.0 as usize,
         ))
         .layer(middleware::from_fn_with_state(app.clone(), time_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
+}
+
+/// A handler that panicked still answers, in the contract's shape; the panic is
+/// logged (inside the request's span, so with its id).
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::internal(format!("a request handler panicked: {detail}")).into_response()
 }
 
 /// Answers 503 in the contract's shape when a request takes longer than
@@ -157,7 +170,7 @@ async fn require_auth(State(app): State<AppState>, request: Request, next: Next)
     let signed = request.headers().contains_key(&WEBHOOK_SIGNATURE);
     if signed && request.method() == Method::POST && !auth.signing_keys.is_empty() {
         return match verify_signed(&app, &auth, request).await {
-            Ok(request) => next.run(request).await,
+            Ok(request) => serve_signed_once(&app, request, next).await,
             Err(e) => e.into_response(),
         };
     }
@@ -168,6 +181,139 @@ async fn require_auth(State(app): State<AppState>, request: Request, next: Next)
          Standard Webhooks headers signed with one of auth.signing_secrets",
     )
     .into_response()
+}
+
+/// Largest answer kept for the replays of a signed request.
+const REPLAY_BODY_CAP: usize = 1 << 20;
+
+/// Serves a verified signed request once: its `webhook-id` is reserved in the store
+/// first, so a replay (on this route or any other, now or after a restart) is answered
+/// with the first answer and acts no second time. A 5xx answer is not kept: the sender
+/// may retry with the same id and be served afresh.
+async fn serve_signed_once(app: &App, request: Request, next: Next) -> Response {
+    let Some(SignedMessageId(id)) = request.extensions().get::<SignedMessageId>().cloned() else {
+        return next.run(request).await;
+    };
+    let key = match idempotency_key(request.headers()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let seen = app
+        .store
+        .begin_signed(SignedRequest {
+            webhook_id: id.clone(),
+            method: request.method().to_string(),
+            path: redact_path(request.uri().path()),
+            idempotency_key: key,
+            at: now_millis(),
+        })
+        .await;
+    match seen {
+        Ok(SignedBegin::New) => {}
+        Ok(SignedBegin::Answered(answer)) => {
+            tracing::info!(webhook_id = %id, "signed request replayed; answering the first answer");
+            return replayed(answer);
+        }
+        Ok(SignedBegin::InProgress) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "a request with this webhook-id is still being served; retry in a moment to get its answer",
+            )
+            .into_response();
+        }
+        Ok(SignedBegin::Conflict) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "this webhook-id was already used with another Idempotency-Key; a signed request's webhook-id is its idempotency key",
+            )
+            .into_response();
+        }
+        Err(e) => return ApiError::store_unavailable(e).into_response(),
+    }
+    let mut reservation = Reservation {
+        store: app.store.clone(),
+        id: Some(id),
+    };
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    if parts.status.is_server_error() {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match axum::body::to_bytes(body, REPLAY_BODY_CAP).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ApiError::internal(format!("cannot read a response: {e}")).into_response();
+        }
+    };
+    let answer = RecordedAnswer {
+        status: parts.status.as_u16(),
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: bytes.to_vec(),
+    };
+    if let Some(id) = reservation.id.take()
+        && let Err(e) = app.store.finish_signed(&id, Some(answer)).await
+    {
+        tracing::error!(webhook_id = %id, error = %e, "cannot keep the answer of a signed request; a replay will be told it is still in progress");
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// A reserved `webhook-id` whose request did not finish with an answer to keep (a 5xx,
+/// or a request cut off by the time limit): forgotten, so a retry is served afresh.
+struct Reservation {
+    store: Arc<dyn crate::store::Store>,
+    id: Option<String>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.finish_signed(&id, None).await {
+                    tracing::warn!(webhook_id = %id, error = %e, "cannot release a signed request's reservation");
+                }
+            });
+        }
+    }
+}
+
+/// The first answer again, marked as a replay (as Stripe marks them).
+fn replayed(answer: RecordedAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, answer.body).into_response();
+    let headers = response.headers_mut();
+    if let Some(ct) = answer
+        .content_type
+        .and_then(|ct| header::HeaderValue::from_str(&ct).ok())
+    {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
+    headers.insert(
+        HeaderName::from_static("idempotent-replayed"),
+        header::HeaderValue::from_static("true"),
+    );
+    response
+}
+
+/// The `Idempotency-Key` header: absent, or 1–255 printable ASCII characters (422
+/// otherwise, never silently ignored).
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.trim().is_empty() && key.len() <= 255 => Ok(Some(key.trim().to_string())),
+        _ => Err(ApiError::invalid(
+            "`Idempotency-Key` must be 1 to 255 printable ASCII characters (a UUID or a ULID works)",
+        )),
+    }
 }
 
 /// The `webhook-id` of a request whose Standard Webhooks signature verified; it is the
@@ -238,7 +384,7 @@ fn bearer_ok(auth: &Auth, headers: &HeaderMap) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
     else {
         return false;
     };
@@ -246,6 +392,13 @@ fn bearer_ok(auth: &Auth, headers: &HeaderMap) -> bool {
     auth.tokens.iter().fold(false, |ok, t| {
         ok | bool::from(t.as_bytes().ct_eq(given.trim().as_bytes()))
     })
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110, 11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// An error as the contract shapes it.
@@ -276,6 +429,16 @@ impl ApiError {
 
     pub fn not_ready(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+    }
+
+    /// The store cannot take the request now (a full disk, a locked database).
+    pub fn store_unavailable(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %error, "the store refused a request's write");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the store cannot take writes right now; nothing was done, retry later",
+        )
     }
 
     /// An unexpected failure: logged in full, answered with a generic message.
@@ -314,6 +477,7 @@ impl From<StoreError> for ApiError {
                 "idempotency_conflict",
                 "this idempotency key was already used with a different request",
             ),
+            other if other.is_transient() => ApiError::store_unavailable(other),
             other => ApiError::internal(other),
         }
     }

@@ -5,7 +5,7 @@
 //! At start it shows a QR code (`scan`), then logs in (`login`, `ready`) at once, or
 //! when `POST /v1/mock/scan` confirms the scan if `auto_login = false`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -23,6 +23,10 @@ use crate::event::{
 use crate::ingest::{Ingest, Recorded};
 use crate::send::{Content, FileRef, Link, Recipient};
 use crate::store::StoreError;
+
+/// How many sent messages the mock remembers for `GET /v1/mock/sent`: a long-running
+/// mock must not grow without bound.
+pub const SENT_KEPT: usize = 10_000;
 
 /// A message the bot sent, as `GET /v1/mock/sent` lists it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -78,7 +82,8 @@ pub struct MockPuppet {
     session: SessionHandle,
     scan_confirmed: Notify,
     ingest: OnceLock<Arc<Ingest>>,
-    sent: Mutex<Vec<SentMessage>>,
+    /// The newest [`SENT_KEPT`] messages the bot sent, oldest first.
+    sent: Mutex<VecDeque<SentMessage>>,
 }
 
 fn contact(id: &str, name: &str, alias: Option<String>, is_self: bool) -> Contact {
@@ -118,10 +123,15 @@ impl MockPuppet {
                 .collect(),
             bot,
             auto_login: settings.auto_login,
-            session,
+            // Logging itself in, the mock never asks anyone to scan.
+            session: if settings.auto_login {
+                session.quiet()
+            } else {
+                session
+            },
             scan_confirmed: Notify::new(),
             ingest: OnceLock::new(),
-            sent: Mutex::new(Vec::new()),
+            sent: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -153,9 +163,10 @@ impl MockPuppet {
         }
     }
 
-    /// Everything the bot sent, oldest first.
+    /// What the bot sent, oldest first (the newest [`SENT_KEPT`]).
     pub fn sent(&self) -> Vec<SentMessage> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.iter().cloned().collect()
     }
 
     /// Simulates an inbound message; returns once it is stored.
@@ -376,10 +387,11 @@ impl Puppet for MockPuppet {
         }
         let id = sent.id.clone();
         tracing::debug!(to = ?to, message = %id, "mock puppet sent a message");
-        self.sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sent);
+        let mut kept = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= SENT_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(sent);
         Ok(id)
     }
 }

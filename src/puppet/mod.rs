@@ -73,30 +73,46 @@ fn ser_since<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error>
 /// The shared, observable session state. Puppets write it; the API, `/readyz` and the
 /// sender read or watch it.
 #[derive(Clone)]
-pub struct SessionHandle(Arc<watch::Sender<Session>>);
+pub struct SessionHandle {
+    state: Arc<watch::Sender<Session>>,
+    /// Whether this handle tells the person at the terminal to scan a new QR code (not
+    /// for the mock that logs itself in).
+    announce: bool,
+}
 
 impl SessionHandle {
     pub fn new(kind: PuppetKind) -> SessionHandle {
-        SessionHandle(Arc::new(watch::Sender::new(Session {
-            state: SessionState::Starting,
-            puppet: kind.as_str(),
-            qr: None,
-            user: None,
-            since: now_millis(),
-            reason: Some("the puppet is starting".into()),
-        })))
+        SessionHandle {
+            state: Arc::new(watch::Sender::new(Session {
+                state: SessionState::Starting,
+                puppet: kind.as_str(),
+                qr: None,
+                user: None,
+                since: now_millis(),
+                reason: Some("the puppet is starting".into()),
+            })),
+            announce: true,
+        }
+    }
+
+    /// The same session, through a handle that never asks a person to scan.
+    pub fn quiet(&self) -> SessionHandle {
+        SessionHandle {
+            state: self.state.clone(),
+            announce: false,
+        }
     }
 
     pub fn get(&self) -> Session {
-        self.0.borrow().clone()
+        self.state.borrow().clone()
     }
 
     pub fn state(&self) -> SessionState {
-        self.0.borrow().state
+        self.state.borrow().state
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Session> {
-        self.0.subscribe()
+        self.state.subscribe()
     }
 
     /// Moves to `state`; `since` changes only when the state does.
@@ -107,13 +123,14 @@ impl SessionHandle {
         user: Option<Contact>,
         reason: Option<String>,
     ) {
-        if state == SessionState::WaitingForScan
+        if self.announce
+            && state == SessionState::WaitingForScan
             && let Some(qr) = &qr
-            && self.0.borrow().qr.as_ref() != Some(qr)
+            && self.state.borrow().qr.as_ref() != Some(qr)
         {
             announce_qr(&qr.payload);
         }
-        self.0.send_modify(|s| {
+        self.state.send_modify(|s| {
             if s.state != state {
                 s.since = now_millis();
                 tracing::info!(from = ?s.state, to = ?state, "session state changed");
@@ -129,7 +146,7 @@ impl SessionHandle {
 /// Tells the person at the terminal to scan: the QR code itself when stderr is a
 /// terminal, and always a log line pointing at `/v1/session/qr.svg`.
 fn announce_qr(payload: &str) {
-    use std::io::IsTerminal;
+    use std::io::{IsTerminal, Write};
     tracing::info!(
         "scan the QR code with the WeChat app to log in (GET /v1/session/qr.svg shows it)"
     );
@@ -140,7 +157,8 @@ fn announce_qr(payload: &str) {
             .render::<qrcode::render::unicode::Dense1x2>()
             .quiet_zone(true)
             .build();
-        eprintln!("{art}");
+        // Not eprintln!: it panics when stderr is closed.
+        let _ = writeln!(std::io::stderr(), "{art}");
     }
 }
 

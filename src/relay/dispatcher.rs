@@ -24,7 +24,9 @@ use super::signing::{
 use crate::config::{Ordering, WebhookSettings};
 use crate::event::{Conversation, MessageData, now_millis};
 use crate::send::{Recipient, SendRequest, parse_replies};
-use crate::store::{AttemptRecord, Claim, DueDelivery, NewSend, Outcome, Store, WebhookStats};
+use crate::store::{
+    AttemptRecord, Claim, DueDelivery, FinishedAttempt, NewSend, Outcome, Store, WebhookStats,
+};
 
 /// How much of a response is kept in the attempt record.
 const RESPONSE_PREFIX: usize = 1024;
@@ -337,7 +339,12 @@ impl Dispatcher {
                     break;
                 };
                 if let Some(delivery) = ready.pop_front() {
-                    tracker.spawn(self.clone().deliver(target.clone(), delivery, permit));
+                    tracker.spawn(self.clone().deliver(
+                        target.clone(),
+                        delivery,
+                        permit,
+                        shutdown.clone(),
+                    ));
                 }
             }
             let wake_at = if claiming.is_none() { next_due } else { None };
@@ -396,6 +403,7 @@ impl Dispatcher {
         target: Arc<Target>,
         delivery: DueDelivery,
         permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
     ) {
         let hook = &target.settings;
         let body = delivery.event.body();
@@ -452,13 +460,11 @@ impl Dispatcher {
                 let prefix = &bytes[..bytes.len().min(RESPONSE_PREFIX)];
                 attempt.response = Some(String::from_utf8_lossy(prefix).into_owned());
                 if status.is_success() {
-                    if delivery.event.event_type == "message" {
-                        match reply_sends(&delivery, &bytes) {
-                            Ok(sends) => replies = sends,
-                            Err(why) => {
-                                tracing::warn!(webhook = %hook.name, event = %delivery.event.id, reason = %why, "ignoring the reply in the webhook response");
-                                attempt.error = Some(format!("reply ignored: {why}"));
-                            }
+                    match reply_sends(&delivery, &bytes) {
+                        Ok(sends) => replies = sends,
+                        Err(why) => {
+                            tracing::warn!(webhook = %hook.name, event_id = %delivery.event.id, reason = %why, "ignoring the reply in the webhook response");
+                            attempt.error = Some(format!("reply ignored: {why}"));
                         }
                     }
                     Outcome::Delivered
@@ -493,14 +499,22 @@ impl Dispatcher {
         }
         self.track_failure(&target, outcome).await;
         let queued_replies = !replies.is_empty();
-        let id = delivery.id.clone();
-        if let Err(e) = self
-            .store
-            .finish_attempt(delivery, attempt, outcome, replies)
-            .await
+        let finished = FinishedAttempt {
+            delivery_id: delivery.id,
+            webhook: delivery.webhook,
+            attempt,
+            outcome,
+            replies,
+        };
+        // Until it is recorded the delivery stays claimed; once the store recovers the
+        // record goes in, without a restart. Stopped first, it stays claimed in the
+        // store and goes out again after the next start (same webhook-id).
+        let what = format!("the attempt at delivery {}", finished.delivery_id);
+        if let Some(Err(e)) =
+            crate::store::until_stored(&what, &shutdown, || self.store.finish_attempt(&finished))
+                .await
         {
-            // The delivery stays as it was in the store and is claimed again.
-            tracing::error!(webhook = %hook.name, delivery = %id, error = %e, "cannot record an attempt");
+            tracing::error!(webhook = %hook.name, delivery = %finished.delivery_id, error = %e, "cannot record an attempt");
         }
         if queued_replies {
             self.sender_wake.notify_one();
@@ -612,11 +626,18 @@ impl Dispatcher {
 }
 
 /// Turns a reply in a webhook response into sends into the event's conversation, keyed
-/// by the event id so that a repeated delivery never sends twice.
+/// by the event and the webhook, so that a repeated delivery never sends twice and two
+/// webhooks that both answer each get their reply sent.
 fn reply_sends(delivery: &DueDelivery, body: &[u8]) -> Result<Vec<NewSend>, String> {
     let contents = parse_replies(body).map_err(|e| e.to_string())?;
     if contents.is_empty() {
         return Ok(Vec::new());
+    }
+    if delivery.event.event_type != "message" {
+        return Err(format!(
+            "replies answer `message` events only, and this is a `{}` event",
+            delivery.event.event_type
+        ));
     }
     let message: MessageData = serde_json::from_str(&delivery.event.data_json)
         .map_err(|e| format!("the event is not a message: {e}"))?;
@@ -631,8 +652,8 @@ fn reply_sends(delivery: &DueDelivery, body: &[u8]) -> Result<Vec<NewSend>, Stri
         .enumerate()
         .map(|(i, content)| {
             let key = match i {
-                0 => delivery.event.id.clone(),
-                i => format!("{}#{i}", delivery.event.id),
+                0 => format!("{}:{}", delivery.event.id, delivery.webhook),
+                i => format!("{}:{}#{i}", delivery.event.id, delivery.webhook),
             };
             new_send(
                 SendRequest {

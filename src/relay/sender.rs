@@ -116,13 +116,18 @@ impl Sender {
             }
             let mut next_due = None;
             let free = self.slots.available_permits();
-            if free > 0 {
+            // A send whose outcome cannot be recorded might be sent again: take none
+            // while the store cannot write (it is probed every second).
+            if let Some(why) = self.store.write_failure() {
+                tracing::debug!(reason = %why, "the store cannot write; no new sends are taken");
+                next_due = Some(now_millis() + 1000);
+            } else if free > 0 {
                 let now = now_millis();
                 match self.store.claim_sends(free, now).await {
                     Ok(claim) => {
                         next_due = claim.next_due;
                         for send in claim.items {
-                            next_due = self.start(send, &tracker, next_due).await;
+                            next_due = self.start(send, &tracker, next_due, &shutdown).await;
                         }
                     }
                     Err(e) => {
@@ -156,6 +161,7 @@ impl Sender {
         send: QueuedSend,
         tracker: &TaskTracker,
         next_due: Option<i64>,
+        shutdown: &CancellationToken,
     ) -> Option<i64> {
         let paced = self
             .pacer
@@ -172,14 +178,19 @@ impl Sender {
         }
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                tracker.spawn(self.clone().attempt(send, permit));
+                tracker.spawn(self.clone().attempt(send, permit, shutdown.clone()));
             }
             Err(_) => self.store.release_send(&send.id).await,
         }
         next_due
     }
 
-    async fn attempt(self: Arc<Self>, send: QueuedSend, _permit: OwnedSemaphorePermit) {
+    async fn attempt(
+        self: Arc<Self>,
+        send: QueuedSend,
+        _permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
         let result = match serde_json::from_str::<SendRequest>(&send.request_json) {
             Ok(request) => match self.puppet.resolve(&request.to).await {
                 Ok(conversation) => self.puppet.send(&conversation, &request.content).await,
@@ -224,8 +235,23 @@ impl Sender {
             SendOutcome::Failed { .. } => "failed",
         };
         metrics::counter!("waas_sends_total", "outcome" => label).increment(1);
-        if let Err(e) = self.store.finish_send(&send, outcome, now).await {
-            tracing::error!(send = %send.id, error = %e, "cannot record a send outcome");
+        // The send stays claimed until its outcome is recorded, however long the store
+        // takes to recover: releasing it would send it again.
+        let what = format!("the outcome of send {}", send.id);
+        match crate::store::until_stored(&what, &shutdown, || {
+            self.store.finish_send(&send, outcome.clone(), now)
+        })
+        .await
+        {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::error!(send = %send.id, error = %e, "cannot record a send outcome")
+            }
+            None if matches!(outcome, SendOutcome::Sent { .. }) => tracing::error!(
+                send = %send.id,
+                "stopped before the store recorded this send as sent: it is still queued there and will go out again after the restart"
+            ),
+            None => {}
         }
         self.finished.send_modify(|n| *n += 1);
         self.notify.notify_one();
@@ -241,6 +267,7 @@ mod tests {
         let mut pacer = Pacer::new(&SendSettings {
             min_interval: Duration::from_secs(1),
             burst: 2,
+            allow_private_urls: false,
         });
         let t0 = Instant::now();
         assert!(pacer.take("a", t0).is_ok());
@@ -256,6 +283,7 @@ mod tests {
         let mut pacer = Pacer::new(&SendSettings {
             min_interval: Duration::ZERO,
             burst: 1,
+            allow_private_urls: false,
         });
         let t0 = Instant::now();
         for _ in 0..100 {

@@ -32,7 +32,61 @@ pub enum StoreError {
     IdempotencyConflict,
 }
 
+impl StoreError {
+    /// Whether the same write may succeed later (a full disk, a locked or unreachable
+    /// database), as opposed to a request that will never be accepted.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(_) | StoreError::Sqlite(_) | StoreError::Commit(_)
+        )
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Runs a write until the store takes it: the first failure is logged at error, each
+/// retry waits twice as long as the last (100 ms up to 5 s), and the recovery is logged.
+/// For outcomes that must not be lost or acted on twice (a send that went out, an
+/// attempt that was made, an event the puppet handed over). Gives up only on an error
+/// that will not go away, or when `stop` is cancelled (`None`).
+pub async fn until_stored<T, F, Fut>(
+    what: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    mut write: F,
+) -> Option<Result<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut delay = std::time::Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match write().await {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!(what, retries = failures, "the store took the write again");
+                }
+                return Some(Ok(v));
+            }
+            Err(e) if e.is_transient() => {
+                if failures == 0 {
+                    tracing::error!(what, error = %e, "the store refused a write; holding it and retrying until the store recovers");
+                }
+                failures += 1;
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => {
+                tracing::error!(what, "shutting down with a write the store never took");
+                return None;
+            }
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
 
 /// The path of a `sqlite://PATH` URL.
 pub fn sqlite_path(url: &str) -> Option<&str> {
@@ -112,6 +166,17 @@ pub struct DueDelivery {
     /// Attempts made before this one.
     pub attempts: u32,
     pub event: StoredEvent,
+}
+
+/// An attempt at a delivery, with what follows from it, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub delivery_id: String,
+    pub webhook: String,
+    pub attempt: AttemptRecord,
+    pub outcome: Outcome,
+    /// Sends the response's reply asked for, queued in the same transaction.
+    pub replies: Vec<NewSend>,
 }
 
 /// Claimed work, and when the next not-yet-due item becomes due.
@@ -285,6 +350,38 @@ pub enum SendOutcome {
     Failed { error: String },
 }
 
+/// A verified signed request, about to be served.
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    pub webhook_id: String,
+    pub method: String,
+    pub path: String,
+    /// The `Idempotency-Key` header it came with.
+    pub idempotency_key: Option<String>,
+    pub at: Millis,
+}
+
+/// The answer a signed request got, kept for its replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What [`Store::begin_signed`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignedBegin {
+    /// First sight of this `webhook-id`: serve it, then [`Store::finish_signed`].
+    New,
+    /// The first request with this id is still being served.
+    InProgress,
+    /// Seen and answered before: answer the same, do nothing.
+    Answered(RecordedAnswer),
+    /// Seen before with another `Idempotency-Key`.
+    Conflict,
+}
+
 /// What the rest of waas needs from durable storage.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -307,13 +404,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an attempt and its outcome, queues the sends a reply in the response
     /// asked for (in the same transaction), and releases the claim.
-    async fn finish_attempt(
-        &self,
-        delivery: DueDelivery,
-        attempt: AttemptRecord,
-        outcome: Outcome,
-        replies: Vec<NewSend>,
-    ) -> Result<()>;
+    async fn finish_attempt(&self, finished: &FinishedAttempt) -> Result<()>;
 
     /// Gives up a claim on a delivery without recording anything.
     async fn release_delivery(&self, delivery_id: &str) -> Result<()>;
@@ -379,6 +470,18 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how many events were pruned.
     async fn prune(&self, before: Millis) -> Result<u64>;
 
-    /// Answers when the store is usable (`/readyz`).
+    /// Answers when the store is usable (`/readyz`): it can be read, and its last
+    /// write did not fail.
     async fn ping(&self) -> Result<()>;
+
+    /// Reserves a signed request's `webhook-id`, or tells how it was answered before.
+    async fn begin_signed(&self, request: SignedRequest) -> Result<SignedBegin>;
+
+    /// Keeps the answer of a signed request for its replays (`Some`), or forgets the
+    /// reservation (`None`: it failed in a way a retry may fix, such as a 5xx).
+    async fn finish_signed(&self, webhook_id: &str, answer: Option<RecordedAnswer>) -> Result<()>;
+
+    /// Why writes are failing now (a full disk, a locked database), or `None` while they
+    /// succeed. Workers stop taking new work while it is `Some`.
+    fn write_failure(&self) -> Option<String>;
 }

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,13 +25,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 use crate::config::Synchronous;
+use crate::event::now_millis;
 
 mod writer;
 
-use writer::{ClaimRequest, Reply, RequeueRequest, Write};
+use writer::{ClaimRequest, Reply, RequeueRequest, Write, WriteHealth};
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Write>,
+    /// Whether the writer's last transaction committed.
+    health: Arc<WriteHealth>,
+    /// Held for the store's lifetime: one waas process per database file.
+    _lock: std::fs::File,
     pool: SqlitePool,
     /// Sends claimed by this process and not yet finished.
     in_flight: Mutex<HashSet<String>>,
@@ -45,17 +50,8 @@ impl SqliteStore {
     /// and starts the writer task.
     pub async fn open(url: &str, synchronous: Synchronous) -> Result<SqliteStore> {
         let path = sqlite_path(url).unwrap_or(url);
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Database(sqlx::Error::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot create {}: {e}", dir.display()),
-                )))
-            })?;
-        }
+        let lock =
+            prepare_files(Path::new(path)).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -84,7 +80,9 @@ impl SqliteStore {
             );
         }
         conn.close().await?;
-        let tx = writer::spawn(path, synchronous)?;
+        let health = Arc::new(WriteHealth::default());
+        let tx = writer::spawn(path, synchronous, health.clone())?;
+        tokio::spawn(probe_while_failing(tx.downgrade(), health.clone()));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -92,6 +90,8 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore {
             writer: tx,
+            health,
+            _lock: lock,
             pool,
             in_flight: Mutex::new(HashSet::new()),
             claim_gate: tokio::sync::Mutex::new(()),
@@ -116,6 +116,85 @@ impl SqliteStore {
     async fn unclaim(&self, id: &str) {
         let _gate = self.claim_gate.lock().await;
         self.in_flight().remove(id);
+    }
+}
+
+/// Creates the database's folder (0700) and file (0600) when missing, so events and
+/// messages are not readable by other users, and takes the lock that keeps a second
+/// waas off the same file.
+fn prepare_files(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+    }
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+    }
+    let lock_path = {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".lock");
+        std::path::PathBuf::from(p)
+    };
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", lock_path.display()),
+            )
+        })?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
+            ErrorKind::WouldBlock,
+            format!(
+                "another waas is already using {} (it holds {}); stop it first, or give this \
+                 one its own storage.url",
+                path.display(),
+                lock_path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::new(
+            e.kind(),
+            format!("cannot lock {}: {e}", lock_path.display()),
+        )),
+    }
+}
+
+/// While writes fail, writes a probe row every second, so that the store is seen to
+/// recover even when no other work is writing (the workers wait for exactly that).
+async fn probe_while_failing(writer: mpsc::WeakSender<Write>, health: Arc<WriteHealth>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if health.failure().is_none() {
+            continue;
+        }
+        let Some(writer) = writer.upgrade() else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        if writer.send(Write::Probe(now_millis(), tx)).await.is_err() {
+            return;
+        }
+        drop(writer);
+        let _ = rx.await;
     }
 }
 
@@ -205,14 +284,8 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn finish_attempt(
-        &self,
-        delivery: DueDelivery,
-        attempt: AttemptRecord,
-        outcome: Outcome,
-        replies: Vec<NewSend>,
-    ) -> Result<()> {
-        let finish = Box::new((delivery, attempt, outcome, replies));
+    async fn finish_attempt(&self, finished: &FinishedAttempt) -> Result<()> {
+        let finish = Box::new(finished.clone());
         self.write(|r| Write::Finish(finish, r)).await
     }
 
@@ -435,7 +508,12 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let id = send.id.clone();
         let result = self.write(|r| Write::FinishSend(id, outcome, now, r)).await;
-        self.unclaim(&send.id).await;
+        // A send whose outcome is not recorded stays claimed: it went out (or was
+        // tried), and claiming it again would send it again. The caller retries the
+        // write.
+        if result.is_ok() {
+            self.unclaim(&send.id).await;
+        }
         result
     }
 
@@ -463,12 +541,33 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, before: Millis) -> Result<u64> {
-        self.write(|r| Write::Prune(before, r)).await
+        let pruned = self.write(|r| Write::Prune(before, r)).await?;
+        // Give the space back: the WAL is copied in and truncated.
+        if let Err(e) = self.write(Write::Checkpoint).await {
+            tracing::warn!(error = %e, "cannot checkpoint the write-ahead log");
+        }
+        Ok(pruned)
     }
 
     async fn ping(&self) -> Result<()> {
+        if let Some(why) = self.health.failure() {
+            return Err(StoreError::Commit(why));
+        }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn begin_signed(&self, request: SignedRequest) -> Result<SignedBegin> {
+        self.write(|r| Write::BeginSigned(request, r)).await
+    }
+
+    async fn finish_signed(&self, webhook_id: &str, answer: Option<RecordedAnswer>) -> Result<()> {
+        let id = webhook_id.to_string();
+        self.write(|r| Write::FinishSigned(id, answer, r)).await
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.health.failure()
     }
 }
 
@@ -574,7 +673,13 @@ mod tests {
                 Outcome::Delivered
             };
             store
-                .finish_attempt(d, attempt(6_000), outcome, vec![])
+                .finish_attempt(&FinishedAttempt {
+                    delivery_id: d.id,
+                    webhook: d.webhook,
+                    attempt: attempt(6_000),
+                    outcome,
+                    replies: vec![],
+                })
                 .await
                 .unwrap();
         }

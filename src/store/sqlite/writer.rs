@@ -10,6 +10,7 @@
 //! another thread, which is what made the writer the relay's serial stage before.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -17,9 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Synchronous;
 use crate::store::{
-    Appended, AttemptRecord, Claim, DueDelivery, Enqueued, Millis, NewDelivery, NewEvent, NewSend,
-    Ordering, Outcome, Result, SendOutcome, SendStatus, SendView, StoreError,
+    Appended, AttemptRecord, Claim, Enqueued, FinishedAttempt, Millis, NewDelivery, NewEvent,
+    NewSend, Ordering, Outcome, RecordedAnswer, Result, SendOutcome, SendStatus, SendView,
+    SignedBegin, SignedRequest, StoreError,
 };
+
+/// What the WAL is truncated to after a checkpoint (bytes).
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -50,10 +55,7 @@ pub(super) enum Write {
     Append(NewEvent, Vec<NewDelivery>, Reply<Appended>),
     Claim(ClaimRequest, Reply<Claim<ClaimedRow>>),
     Release(String, Reply<()>),
-    Finish(
-        Box<(DueDelivery, AttemptRecord, Outcome, Vec<NewSend>)>,
-        Reply<()>,
-    ),
+    Finish(Box<FinishedAttempt>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
     FinishSend(String, SendOutcome, Millis, Reply<()>),
     Defer(String, Millis, Reply<()>),
@@ -62,11 +64,70 @@ pub(super) enum Write {
     Disable(String, Option<String>, Millis, Reply<()>),
     Failing(String, Option<Millis>, Reply<()>),
     Prune(Millis, Reply<u64>),
+    /// A tiny write that tells whether the store takes writes again after a failure.
+    Probe(Millis, Reply<()>),
+    BeginSigned(SignedRequest, Reply<SignedBegin>),
+    /// Copies the WAL into the database and truncates it (outside any transaction).
+    Checkpoint(Reply<()>),
+    FinishSigned(String, Option<RecordedAnswer>, Reply<()>),
+}
+
+/// Whether the writer's last transaction committed; read by `/readyz` and by the
+/// workers that stop taking new work while the store cannot record what they do.
+#[derive(Default)]
+pub(super) struct WriteHealth {
+    failure: Mutex<Option<String>>,
+}
+
+impl WriteHealth {
+    pub(super) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, failure: Option<String>) {
+        let mut current = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*current, &failure) {
+            (None, Some(why)) => {
+                tracing::error!(error = %why, "the store cannot write; new sends and claims wait until it can")
+            }
+            (Some(_), None) => tracing::info!("the store writes again"),
+            _ => {}
+        }
+        *current = failure;
+    }
+}
+
+/// Whether an error says the database cannot take writes now (as opposed to one
+/// operation being wrong).
+fn is_resource_error(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode::*;
+    let code = match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f.code,
+        StoreError::Commit(_) => return true,
+        _ => return false,
+    };
+    matches!(
+        code,
+        DiskFull
+            | SystemIoFailure
+            | DatabaseBusy
+            | DatabaseLocked
+            | ReadOnly
+            | CannotOpen
+            | OutOfMemory
+    )
 }
 
 /// Opens the write connection on `path` (already migrated) and starts the writer
 /// thread; it ends when every sender is dropped.
-pub(super) fn spawn(path: &str, synchronous: Synchronous) -> Result<mpsc::Sender<Write>> {
+pub(super) fn spawn(
+    path: &str,
+    synchronous: Synchronous,
+    health: Arc<WriteHealth>,
+) -> Result<mpsc::Sender<Write>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -85,6 +146,9 @@ pub(super) fn spawn(path: &str, synchronous: Synchronous) -> Result<mpsc::Sender
         },
     )?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Checkpoints truncate the WAL back to this size, so one burst does not leave a
+    // large file behind for good.
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
 
     let (tx, rx) = mpsc::channel(4096);
@@ -92,12 +156,12 @@ pub(super) fn spawn(path: &str, synchronous: Synchronous) -> Result<mpsc::Sender
     // would wait behind HTTP work between its statements.
     std::thread::Builder::new()
         .name("waas-store-writer".into())
-        .spawn(move || run(conn, rx))
+        .spawn(move || run(conn, rx, health))
         .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
     Ok(tx)
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>, health: Arc<WriteHealth>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.blocking_recv() {
         batch.push(op);
@@ -107,14 +171,38 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
+        // A caller that stopped waiting (its request timed out and was answered so)
+        // no longer wants the work done: drop it rather than commit it unseen.
+        batch.retain(|op| !op_abandoned(op));
+        if batch.iter().any(|op| matches!(op, Write::Checkpoint(_))) {
+            let mut rest = Vec::with_capacity(batch.len());
+            for op in batch.drain(..) {
+                match op {
+                    Write::Checkpoint(reply) => {
+                        let done = conn
+                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                            .map_err(StoreError::from);
+                        let _ = reply.send(done);
+                    }
+                    other => rest.push(other),
+                }
+            }
+            batch = rest;
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let (size, started) = (ops.len(), Instant::now());
         let careful = match fast_batch(&mut conn, ops) {
             Some(ops) => {
-                slow_batch(&mut conn, ops);
+                health.set(slow_batch(&mut conn, ops));
                 true
             }
-            None => false,
+            None => {
+                health.set(None);
+                false
+            }
         };
         tracing::trace!(
             ops = size,
@@ -138,7 +226,9 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u
 fn is_bulk(op: &Write) -> bool {
     match op {
         Write::Append(..) | Write::Claim(..) => true,
-        Write::Finish(f, _) => f.3.is_empty() && !matches!(f.2, Outcome::Disabled { .. }),
+        Write::Finish(f, _) => {
+            f.replies.is_empty() && !matches!(f.outcome, Outcome::Disabled { .. })
+        }
         _ => false,
     }
 }
@@ -162,8 +252,8 @@ fn fast_batch(conn: &mut Connection, ops: Vec<Write>) -> Option<Vec<Write>> {
                     appended.push(append(conn, event, deliveries)?);
                 }
                 Write::Finish(f, _) => {
-                    record_attempt(conn, &f.0, &f.1, &f.2)?;
-                    health.note(&f.0, &f.1, &f.2);
+                    record_attempt(conn, f)?;
+                    health.note(f);
                 }
                 _ => {}
             }
@@ -213,7 +303,8 @@ fn fast_batch(conn: &mut Connection, ops: Vec<Write>) -> Option<Vec<Write>> {
 /// Sends one operation's result once the commit is known (`Some(error)` if it failed).
 type Answer = Box<dyn FnOnce(Option<&str>)>;
 
-fn answer<T: 'static>(reply: Reply<T>, result: Result<T>) -> Answer {
+fn answer<T: 'static>(failure: &mut Option<String>, reply: Reply<T>, result: Result<T>) -> Answer {
+    track(failure, &result);
     Box::new(move |failed: Option<&str>| {
         let _ = reply.send(match failed {
             None => result,
@@ -236,56 +327,186 @@ fn step<T>(conn: &mut Connection, work: impl FnOnce(&mut Connection) -> Result<T
 
 /// The careful path: every operation in its own savepoint, so one that fails does not
 /// undo the others; all committed together.
-fn slow_batch(conn: &mut Connection, batch: Vec<Write>) {
+fn slow_batch(conn: &mut Connection, batch: Vec<Write>) -> Option<String> {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
         let msg = e.to_string();
         tracing::error!(error = %msg, "cannot begin a write transaction");
         for op in batch {
             fail(op, &msg);
         }
-        return;
+        return Some(msg);
     }
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    // The first error that says the database cannot write, if any.
+    let mut resource_failure: Option<String> = None;
     for op in batch {
         answers.push(match op {
-            Write::Append(event, deliveries, reply) => {
-                answer(reply, step(conn, |c| append(c, &event, &deliveries)))
+            Write::Append(event, deliveries, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| append(c, &event, &deliveries)),
+            ),
+            Write::Claim(request, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| claim(c, &request)),
+            ),
+            Write::Release(id, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| release(c, &id)),
+            ),
+            Write::Finish(f, reply) => {
+                answer(&mut resource_failure, reply, step(conn, |c| finish(c, &f)))
             }
-            Write::Claim(request, reply) => answer(reply, step(conn, |c| claim(c, &request))),
-            Write::Release(id, reply) => answer(reply, step(conn, |c| release(c, &id))),
-            Write::Finish(op, reply) => {
-                let (delivery, attempt, outcome, replies) = *op;
-                answer(
-                    reply,
-                    step(conn, |c| finish(c, &delivery, &attempt, &outcome, &replies)),
-                )
-            }
-            Write::Enqueue(send, reply) => answer(reply, step(conn, |c| enqueue(c, &send))),
-            Write::FinishSend(id, outcome, now, reply) => {
-                answer(reply, step(conn, |c| finish_send(c, &id, &outcome, now)))
-            }
-            Write::Defer(id, at, reply) => answer(reply, step(conn, |c| defer(c, &id, at))),
-            Write::Retry(id, now, reply) => answer(reply, step(conn, |c| retry(c, &id, now))),
-            Write::Requeue(request, reply) => answer(reply, step(conn, |c| requeue(c, &request))),
+            Write::Enqueue(send, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| enqueue(c, &send)),
+            ),
+            Write::FinishSend(id, outcome, now, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| finish_send(c, &id, &outcome, now)),
+            ),
+            Write::Defer(id, at, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| defer(c, &id, at)),
+            ),
+            Write::Retry(id, now, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| retry(c, &id, now)),
+            ),
+            Write::Requeue(request, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| requeue(c, &request)),
+            ),
             Write::Disable(name, reason, now, reply) => answer(
+                &mut resource_failure,
                 reply,
                 step(conn, |c| disable(c, &name, reason.as_deref(), now)),
             ),
-            Write::Prune(before, reply) => answer(reply, step(conn, |c| prune(c, before))),
-            Write::Failing(name, since, reply) => {
-                answer(reply, step(conn, |c| failing_since(c, &name, since)))
+            Write::Prune(before, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| prune(c, before)),
+            ),
+            Write::Failing(name, since, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| failing_since(c, &name, since)),
+            ),
+            Write::Probe(now, reply) => {
+                answer(&mut resource_failure, reply, step(conn, |c| probe(c, now)))
             }
+            Write::BeginSigned(request, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| begin_signed(c, &request)),
+            ),
+            Write::Checkpoint(reply) => answer(&mut resource_failure, reply, Ok(())),
+            Write::FinishSigned(id, recorded, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| finish_signed(c, &id, recorded.as_ref())),
+            ),
         });
     }
     match exec(conn, "COMMIT", []) {
-        Ok(_) => answers.into_iter().for_each(|a| a(None)),
+        Ok(_) => {
+            answers.into_iter().for_each(|a| a(None));
+            resource_failure
+        }
         Err(e) => {
             let msg = e.to_string();
             tracing::error!(error = %msg, "commit failed; the batch is rolled back");
             let _ = exec(conn, "ROLLBACK", []);
             answers.into_iter().for_each(|a| a(Some(&msg)));
+            Some(msg)
         }
     }
+}
+
+/// Notes the first resource error among a batch's results.
+fn track<T>(failure: &mut Option<String>, result: &Result<T>) {
+    if failure.is_none()
+        && let Err(e) = result
+        && is_resource_error(e)
+    {
+        *failure = Some(e.to_string());
+    }
+}
+
+/// An append or an enqueue whose caller stopped waiting before the writer got to it.
+fn op_abandoned(op: &Write) -> bool {
+    match op {
+        Write::Append(_, _, reply) => reply.is_closed(),
+        Write::Enqueue(_, reply) => reply.is_closed(),
+        _ => false,
+    }
+}
+
+fn begin_signed(conn: &Connection, r: &SignedRequest) -> Result<SignedBegin> {
+    let inserted = exec(
+        conn,
+        "INSERT INTO signed_requests (webhook_id, method, path, idempotency_key, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (webhook_id) DO NOTHING",
+        params![r.webhook_id, r.method, r.path, r.idempotency_key, r.at],
+    )?;
+    if inserted == 1 {
+        return Ok(SignedBegin::New);
+    }
+    type Seen = (Option<u16>, Option<String>, Option<Vec<u8>>, Option<String>);
+    let (status, content_type, body, key): Seen = conn
+        .prepare_cached(
+            "SELECT status, content_type, response, idempotency_key FROM signed_requests
+             WHERE webhook_id = ?1",
+        )?
+        .query_row([&r.webhook_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+    if key != r.idempotency_key {
+        return Ok(SignedBegin::Conflict);
+    }
+    Ok(match status {
+        None => SignedBegin::InProgress,
+        Some(status) => SignedBegin::Answered(RecordedAnswer {
+            status,
+            content_type,
+            body: body.unwrap_or_default(),
+        }),
+    })
+}
+
+fn finish_signed(conn: &Connection, id: &str, answer: Option<&RecordedAnswer>) -> Result<()> {
+    match answer {
+        Some(a) => exec(
+            conn,
+            "UPDATE signed_requests SET status = ?1, content_type = ?2, response = ?3
+             WHERE webhook_id = ?4",
+            params![a.status, a.content_type, a.body, id],
+        )?,
+        None => exec(
+            conn,
+            "DELETE FROM signed_requests WHERE webhook_id = ?1",
+            [id],
+        )?,
+    };
+    Ok(())
+}
+
+fn probe(conn: &Connection, now: Millis) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO store_probe (id, at) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        [now],
+    )?;
+    Ok(())
 }
 
 fn fail(op: Write, msg: &str) {
@@ -305,6 +526,10 @@ fn fail(op: Write, msg: &str) {
         Write::Disable(.., r) => r.send(err(msg)).is_ok(),
         Write::Failing(.., r) => r.send(err(msg)).is_ok(),
         Write::Prune(_, r) => r.send(err(msg)).is_ok(),
+        Write::Probe(_, r) => r.send(err(msg)).is_ok(),
+        Write::BeginSigned(_, r) => r.send(err(msg)).is_ok(),
+        Write::FinishSigned(.., r) => r.send(err(msg)).is_ok(),
+        Write::Checkpoint(r) => r.send(err(msg)).is_ok(),
     };
 }
 
@@ -359,18 +584,14 @@ fn append(conn: &Connection, e: &NewEvent, deliveries: &[NewDelivery]) -> Result
 }
 
 /// Records an attempt and moves its delivery to the outcome's state.
-fn record_attempt(
-    conn: &Connection,
-    d: &DueDelivery,
-    a: &AttemptRecord,
-    outcome: &Outcome,
-) -> Result<()> {
+fn record_attempt(conn: &Connection, f: &FinishedAttempt) -> Result<()> {
+    let a = &f.attempt;
     exec(
         conn,
         "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
-            d.id,
+            f.delivery_id,
             a.at,
             a.status_code,
             a.error,
@@ -379,9 +600,9 @@ fn record_attempt(
         ],
     )?;
     let now = a.at + a.duration_ms;
-    let (status, next) = match outcome {
+    let (status, next) = match f.outcome {
         Outcome::Delivered => ("delivered", None),
-        Outcome::Retry { at } => ("pending", Some(*at)),
+        Outcome::Retry { at } => ("pending", Some(at)),
         Outcome::Dead => ("dead", None),
         // Pending, to go again once the webhook is enabled.
         Outcome::Disabled { .. } => ("pending", Some(now)),
@@ -391,7 +612,7 @@ fn record_attempt(
         "UPDATE deliveries SET status = ?1, attempts = attempts + 1, claimed = 0,
                 next_attempt_at = ?2, updated_at = ?3
          WHERE id = ?4",
-        params![status, next, now, d.id],
+        params![status, next, now, f.delivery_id],
     )?;
     Ok(())
 }
@@ -408,10 +629,11 @@ struct WebhookHealth {
 }
 
 impl Health {
-    fn note(&mut self, d: &DueDelivery, a: &AttemptRecord, outcome: &Outcome) {
+    fn note(&mut self, f: &FinishedAttempt) {
+        let a = &f.attempt;
         let at = a.at + a.duration_ms;
-        let health = self.0.entry(d.webhook.clone()).or_default();
-        if *outcome == Outcome::Delivered {
+        let health = self.0.entry(f.webhook.clone()).or_default();
+        if f.outcome == Outcome::Delivered {
             health.success = health.success.max(Some(at));
         } else if health.error.as_ref().is_none_or(|(t, _)| *t <= at) {
             health.error = Some((at, attempt_error(a)));
@@ -453,23 +675,29 @@ fn attempt_error(a: &AttemptRecord) -> String {
 
 /// An attempt with everything that follows from it: health, disabling the webhook,
 /// the replies its response asked for.
-fn finish(
-    conn: &Connection,
-    d: &DueDelivery,
-    a: &AttemptRecord,
-    outcome: &Outcome,
-    replies: &[NewSend],
-) -> Result<()> {
-    record_attempt(conn, d, a, outcome)?;
+fn finish(conn: &Connection, f: &FinishedAttempt) -> Result<()> {
+    record_attempt(conn, f)?;
     let mut health = Health::default();
-    health.note(d, a, outcome);
+    health.note(f);
     health.write(conn)?;
-    if let Outcome::Disabled { reason } = outcome {
-        disable(conn, &d.webhook, Some(*reason), a.at + a.duration_ms)?;
+    if let Outcome::Disabled { reason } = f.outcome {
+        disable(
+            conn,
+            &f.webhook,
+            Some(reason),
+            f.attempt.at + f.attempt.duration_ms,
+        )?;
     }
-    for send in replies {
+    for send in &f.replies {
         match enqueue(conn, send) {
-            Ok(_) | Err(StoreError::IdempotencyConflict) => {}
+            Ok(_) => {}
+            // A redelivery whose response asks for something else than the first time:
+            // the first reply stands.
+            Err(StoreError::IdempotencyConflict) => tracing::warn!(
+                webhook = %f.webhook,
+                delivery_id = %f.delivery_id,
+                "reply ignored: an earlier response to this event already queued a different reply"
+            ),
             Err(e) => return Err(e),
         }
     }
@@ -705,6 +933,12 @@ fn prune(conn: &Connection, before: Millis) -> Result<u64> {
     }
     conn.execute(
         "DELETE FROM sends WHERE status != 'queued' AND finished_at < ?1",
+        [before],
+    )?;
+    // Signed requests older than retention are far outside the signature's 5-minute
+    // window: a replay of one is refused as stale before the cache is asked.
+    conn.execute(
+        "DELETE FROM signed_requests WHERE created_at < ?1",
         [before],
     )?;
     Ok(events as u64)
