@@ -35,6 +35,12 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub sender: Arc<Sender>,
     pub lanes: Arc<Lanes>,
+    /// Replays started by hand, with their progress.
+    pub replays: crate::relay::replay::Replays,
+    /// Stored events, broadcast to streams and long polls.
+    pub feed: Arc<crate::feed::Feed>,
+    /// How many streams and long polls may be open.
+    pub listeners: Arc<crate::feed::Listeners>,
     /// Who may call the API; replaced on reload.
     auth: RwLock<Arc<Auth>>,
     /// Cancelled when shutdown begins, so long polls and streams end and the server
@@ -50,6 +56,8 @@ pub struct Auth {
     pub tokens: Vec<String>,
     /// Keys for Standard Webhooks signed requests.
     pub signing_keys: Vec<SigningKey>,
+    /// The bearer token `/metrics` requires, when one is configured.
+    pub metrics_token: Option<String>,
 }
 
 impl Auth {
@@ -65,6 +73,10 @@ impl Auth {
                 .iter()
                 .filter_map(|s| SigningKey::parse(s.expose()).ok())
                 .collect(),
+            metrics_token: settings
+                .metrics_token
+                .as_ref()
+                .map(|t| t.expose().to_string()),
         }
     }
 
@@ -168,6 +180,7 @@ impl Application {
             &stats,
             &lanes,
             sender_wake.clone(),
+            settings.send.allow_private_urls,
         ));
         let ingest = Arc::new(Ingest::new(
             store.clone(),
@@ -186,6 +199,10 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
         let bound = listener.local_addr().unwrap_or(listen);
+        let listeners = Arc::new(crate::feed::Listeners::new(
+            settings.server.max_streams,
+            settings.server.max_streams_per_credential,
+        ));
         Ok(Application {
             app: Arc::new(App {
                 bound,
@@ -200,6 +217,9 @@ impl Application {
                 dispatcher,
                 sender,
                 lanes,
+                replays: Default::default(),
+                feed: Default::default(),
+                listeners,
             }),
             listener,
         })
@@ -227,9 +247,14 @@ impl Application {
         tracker.spawn(app.sender.clone().run(tracker.clone(), work.clone()));
         tracker.spawn(prune_loop(app.clone(), work.clone()));
         tracker.spawn(crate::metrics::upkeep(work.clone()));
+        tracker.spawn(
+            app.feed
+                .clone()
+                .run(app.store.clone(), app.ingest.last_seq(), work.clone()),
+        );
 
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, puppet = app.settings.puppet.kind.as_str(), webhooks = app.settings.webhooks.len(), "waas listening");
+        announce(&app, addr);
         let router = crate::api::router(app.clone());
         let limits = crate::server::Limits::from_settings(&app.settings.server);
         let http = tokio::spawn(crate::server::serve(
@@ -315,6 +340,37 @@ impl Embedded {
         self.shutdown.cancel();
         let _ = self.task.await;
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The start-up banner: what runs, where, and what a newcomer should know first.
+fn announce(app: &App, addr: SocketAddr) {
+    let settings = &app.settings;
+    let store = crate::store::sqlite_path(&settings.storage.url).unwrap_or(&settings.storage.url);
+    let auth = app.auth();
+    let access = if auth.is_configured() {
+        format!(
+            "{} token(s), {} signing secret(s)",
+            auth.tokens.len(),
+            auth.signing_keys.len()
+        )
+    } else {
+        "open: no auth configured (loopback only)".to_string()
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        store,
+        puppet = settings.puppet.kind.as_str(),
+        accounts = 1,
+        webhooks = settings.webhooks.len(),
+        auth = %access,
+        "waas {} listening on http://{addr} (open it in a browser for the session and the QR code)",
+        env!("CARGO_PKG_VERSION"),
+    );
+    if settings.webhooks.is_empty() {
+        tracing::info!(
+            "0 webhooks: events are stored and can be pulled (GET /v1/events) or streamed (waas tail), nothing is pushed; add [[webhooks]] to push them"
+        );
     }
 }
 

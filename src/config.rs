@@ -479,6 +479,71 @@ pub enum ConfigError {
     Load(String),
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
+    /// Several problems, one per line.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
+}
+
+/// The longest duration any setting takes; longer ones overflow time arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A `tracing` filter in which every bare word is a level: `verbose` would be read as
+/// a target name and silence every log line.
+fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains('=');
+        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}` is not a level: use trace, debug, info, warn, error or off, or a filter like \"waas=debug,info\""
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("not a filter: {e} (like \"info\" or \"waas=debug,info\")"))
+}
+
+/// What the `config` crate says about a bad file, made readable and safe to log: key
+/// paths as `webhooks[0].url` (it writes `webhooks[0]url`), an example of a valid
+/// duration, and never the offending line (it may hold a secret).
+fn load_error(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    let mut out = String::new();
+    for line in text.lines() {
+        // TOML parse errors quote the source line (`3 | tokens = ["…"]`) and point at
+        // it (`  |     ^`): drop both.
+        let t = line.trim_start();
+        let quoted = t.starts_with('|')
+            || t.split_once('|').is_some_and(|(n, _)| {
+                !n.trim().is_empty() && n.trim().chars().all(|c| c.is_ascii_digit())
+            });
+        if quoted || t.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(t);
+    }
+    let mut fixed = String::with_capacity(out.len());
+    let mut chars = out.chars().peekable();
+    while let Some(c) = chars.next() {
+        fixed.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_ascii_alphabetic() || *n == '_')
+        {
+            fixed.push('.');
+        }
+    }
+    if fixed.contains("expected a duration")
+        || fixed.contains("duration") && fixed.contains("invalid type")
+    {
+        fixed.push_str(" (write a duration like \"15s\", \"500ms\" or \"2m\")");
+    }
+    ConfigError::Load(fixed)
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -539,12 +604,8 @@ impl Settings {
     fn from_layers(
         builder: config::ConfigBuilder<config::builder::DefaultState>,
     ) -> Result<Settings, ConfigError> {
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder.build().map_err(load_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -552,46 +613,127 @@ impl Settings {
     /// Checks what serde cannot: cross-field rules, secret formats, URLs, and resolves
     /// `env:`/`file:` secrets.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.check(&mut problems);
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Many(problems)),
+        }
+    }
+
+    /// Every rule, each broken one noted (not only the first).
+    fn check(&mut self, problems: &mut Vec<ConfigError>) {
+        let mut problem = |key: &str, reason: String| problems.push(invalid(key, reason));
         if !self.server.public_url.starts_with("http://")
             && !self.server.public_url.starts_with("https://")
         {
-            return Err(invalid(
+            problem(
                 "server.public_url",
-                "must start with http:// or https://",
-            ));
+                "must start with http:// or https:// (like \"http://127.0.0.1:3010\")".into(),
+            );
         }
         if self.server.body_limit.0 < 1024 {
-            return Err(invalid("server.body_limit", "must be at least 1KiB"));
+            problem(
+                "server.body_limit",
+                "must be at least 1KiB (like \"1MiB\")".into(),
+            );
+        }
+        for (key, value) in [
+            ("server.request_timeout", self.server.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                problem(key, "must be between 1s and 30 days (like \"30s\")".into());
+            }
+        }
+        for (key, value) in [
+            ("server.max_connections", self.server.max_connections),
+            ("server.max_streams", self.server.max_streams),
+            (
+                "server.max_streams_per_credential",
+                self.server.max_streams_per_credential,
+            ),
+        ] {
+            if value == 0 || value > 1_000_000 {
+                problem(key, "must be between 1 and 1000000".into());
+            }
         }
         if crate::store::sqlite_path(&self.storage.url).is_none() {
-            return Err(invalid(
+            problem(
                 "storage.url",
                 format!(
-                    "`{}` is not supported: use sqlite://PATH (Postgres is planned)",
+                    "`{}` is not supported: use sqlite://PATH (like \"sqlite://data/waas.db\")",
                     self.storage.url
                 ),
-            ));
+            );
+        }
+        if let Err(why) = check_log_level(&self.log.level) {
+            problem("log.level", why);
         }
         for (i, token) in self.auth.tokens.iter_mut().enumerate() {
             let key = format!("auth.tokens[{i}]");
-            token.resolve().map_err(|r| invalid(&key, r))?;
-            if token.expose().len() < 16 {
-                return Err(invalid(key, "a token must be at least 16 characters"));
+            match token.resolve() {
+                Err(r) => problem(&key, r),
+                Ok(()) if token.expose().len() < 16 => problem(
+                    &key,
+                    "a token must be at least 16 characters (`waas secret` makes a good one)"
+                        .into(),
+                ),
+                Ok(()) => {}
+            }
+        }
+        if let Some(token) = &mut self.auth.metrics_token {
+            match token.resolve() {
+                Err(r) => problem("auth.metrics_token", r),
+                Ok(()) if token.expose().len() < 16 => problem(
+                    "auth.metrics_token",
+                    "a token must be at least 16 characters".into(),
+                ),
+                Ok(()) => {}
             }
         }
         for (i, secret) in self.auth.signing_secrets.iter_mut().enumerate() {
             let key = format!("auth.signing_secrets[{i}]");
-            secret.resolve().map_err(|r| invalid(&key, r))?;
-            SigningKey::parse(secret.expose()).map_err(|e| invalid(key, e.to_string()))?;
+            match secret.resolve() {
+                Err(r) => problem(&key, r),
+                Ok(()) => {
+                    if let Err(e) = SigningKey::parse(secret.expose()) {
+                        problem(&key, e.to_string());
+                    }
+                }
+            }
+        }
+        // The same refusal `serve` makes, so check-config passes only what serve runs.
+        let listen = self.server.listen;
+        if !listen.ip().is_loopback() && !self.auth.is_configured() {
+            problem(
+                "server.listen",
+                format!(
+                    "{listen} is not a loopback address and no auth.tokens or auth.signing_secrets are configured: anyone who can reach it could send as your bot (configure [auth], or listen on 127.0.0.1)"
+                ),
+            );
         }
         if self.puppet.kind == PuppetKind::Service {
-            self.validate_service()?;
+            self.check_service(problems);
         }
-        self.validate_mock()?;
+        self.check_mock(problems);
+        let mut problem = |key: &str, reason: String| problems.push(invalid(key, reason));
         if self.send.burst == 0 {
-            return Err(invalid("send.burst", "must be at least 1"));
+            problem("send.burst", "must be at least 1".into());
+        }
+        if self.send.min_interval > MAX_DURATION {
+            problem(
+                "send.min_interval",
+                "must be at most 30 days (like \"1s\")".into(),
+            );
         }
         let mut names = std::collections::HashSet::new();
+        let listen = self.server.listen;
         for (i, hook) in self.webhooks.iter_mut().enumerate() {
             let at = |field: &str| format!("webhooks[{i}].{field}");
             if hook.name.is_empty()
@@ -600,55 +742,80 @@ impl Settings {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return Err(invalid(
-                    at("name"),
-                    "must be non-empty and use only letters, digits, `-` and `_`",
-                ));
-            }
-            if !names.insert(hook.name.clone()) {
-                return Err(invalid(
-                    at("name"),
+                problem(
+                    &at("name"),
+                    "must be non-empty and use only letters, digits, `-` and `_` (like \"bot\")"
+                        .into(),
+                );
+            } else if !names.insert(hook.name.clone()) {
+                problem(
+                    &at("name"),
                     format!("`{}` is used by two webhooks", hook.name),
-                ));
+                );
             }
             match reqwest::Url::parse(&hook.url) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
-                Ok(_) => return Err(invalid(at("url"), "must be an http:// or https:// URL")),
-                Err(e) => return Err(invalid(at("url"), format!("not a URL: {e}"))),
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                    if let Some(why) = crate::address::webhook_target_problem(&url, listen) {
+                        problem(&at("url"), why);
+                    }
+                }
+                Ok(_) => problem(&at("url"), "must be an http:// or https:// URL".into()),
+                Err(e) => problem(
+                    &at("url"),
+                    format!("not a URL: {e} (like \"https://example.com/hook\")"),
+                ),
             }
             if hook.secret.as_slice().is_empty() {
-                return Err(invalid(at("secret"), "at least one secret is required"));
+                problem(
+                    &at("secret"),
+                    "at least one secret is required (make one with `waas secret`)".into(),
+                );
             }
             let mut secrets = hook.secret.as_slice().to_vec();
             for (j, secret) in secrets.iter_mut().enumerate() {
                 let key = format!("webhooks[{i}].secret[{j}]");
-                secret.resolve().map_err(|r| invalid(&key, r))?;
-                SigningKey::parse(secret.expose()).map_err(|e| invalid(key, e.to_string()))?;
+                match secret.resolve() {
+                    Err(r) => problem(&key, r),
+                    Ok(()) => {
+                        if let Err(e) = SigningKey::parse(secret.expose()) {
+                            problem(&key, e.to_string());
+                        }
+                    }
+                }
             }
             hook.secret = OneOrMany::Many(secrets);
             if hook.format != WebhookFormat::Standard {
-                return Err(invalid(
-                    at("format"),
-                    "only `standard` is available in this build (slack is planned)",
-                ));
+                problem(
+                    &at("format"),
+                    "only `standard` is available in this build (slack is planned)".into(),
+                );
             }
             if hook.events.contains(&EventType::WebhookTest) {
-                return Err(invalid(
-                    at("events"),
-                    "`webhook.test` is sent by the test endpoint only",
-                ));
+                problem(
+                    &at("events"),
+                    "`webhook.test` is sent by the test endpoint only".into(),
+                );
             }
-            if hook.timeout.is_zero() {
-                return Err(invalid(at("timeout"), "must be more than 0s"));
+            if hook.timeout.is_zero() || hook.timeout > MAX_DURATION {
+                problem(
+                    &at("timeout"),
+                    "must be between 1ms and 30 days (like \"15s\")".into(),
+                );
+            }
+            if hook.retry.iter().any(|d| *d > MAX_DURATION) {
+                problem(
+                    &at("retry"),
+                    "each step must be at most 30 days (like [\"5s\", \"1m\", \"1h\"])".into(),
+                );
             }
             if hook.max_in_flight == 0 || hook.max_in_flight > 1024 {
-                return Err(invalid(at("max_in_flight"), "must be between 1 and 1024"));
+                problem(&at("max_in_flight"), "must be between 1 and 1024".into());
             }
         }
-        Ok(())
     }
 
-    fn validate_service(&mut self) -> Result<(), ConfigError> {
+    fn check_service(&mut self, problems: &mut Vec<ConfigError>) {
+        let mut problem = |key: &str, reason: String| problems.push(invalid(key, reason));
         let service = &mut self.puppet.service;
         let endpoint = service.endpoint.trim();
         let authority_ok = !endpoint.is_empty()
@@ -657,77 +824,80 @@ impl Settings {
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !authority_ok {
-            return Err(invalid(
+            problem(
                 "puppet.service.endpoint",
                 format!(
                     "`{endpoint}` is not HOST:PORT (for example 127.0.0.1:8788; no scheme, `tls` chooses it)"
                 ),
-            ));
+            );
         }
         if service.token.is_empty() {
-            return Err(invalid(
+            problem(
                 "puppet.service.token",
-                "the puppet service needs its token (a value, env:NAME or file:PATH)",
-            ));
-        }
-        service
-            .token
-            .resolve()
-            .map_err(|r| invalid("puppet.service.token", r))?;
-        if service.token.expose().is_empty() {
-            return Err(invalid("puppet.service.token", "is empty"));
+                "the puppet service needs its token (a value, env:NAME or file:PATH)".into(),
+            );
+        } else {
+            match service.token.resolve() {
+                Err(r) => problem("puppet.service.token", r),
+                Ok(()) if service.token.expose().is_empty() => {
+                    problem("puppet.service.token", "is empty".into())
+                }
+                Ok(()) => {}
+            }
         }
         if !service.tls && (service.tls_ca.is_some() || service.tls_server_name.is_some()) {
-            return Err(invalid(
+            problem(
                 "puppet.service.tls",
-                "`tls_ca` or `tls_server_name` is set but `tls = false`; set `tls = true` to use them",
-            ));
+                "`tls_ca` or `tls_server_name` is set but `tls = false`; set `tls = true` to use them".into(),
+            );
         }
         if let Some(ca) = &service.tls_ca
             && let Err(e) = std::fs::metadata(ca)
         {
-            return Err(invalid(
+            problem(
                 "puppet.service.tls_ca",
                 format!("cannot read {}: {e}", ca.display()),
-            ));
+            );
         }
         let reconnect = &service.reconnect;
-        if reconnect.initial.is_zero() || reconnect.initial > reconnect.max {
-            return Err(invalid(
+        if reconnect.initial.is_zero()
+            || reconnect.initial > reconnect.max
+            || reconnect.max > MAX_DURATION
+        {
+            problem(
                 "puppet.service.reconnect",
-                "`initial` must be above zero and at most `max`",
-            ));
+                "`initial` must be above zero and at most `max` (like { initial = \"500ms\", max = \"30s\" })".into(),
+            );
         }
-        Ok(())
     }
 
-    fn validate_mock(&self) -> Result<(), ConfigError> {
+    fn check_mock(&self, problems: &mut Vec<ConfigError>) {
+        let mut problem = |key: String, reason: String| problems.push(invalid(key, reason));
         let mock = &self.puppet.mock;
         let mut ids = std::collections::HashSet::new();
         ids.insert(mock.bot.id.as_str());
         for (i, c) in mock.contacts.iter().enumerate() {
             if c.id.is_empty() || !ids.insert(c.id.as_str()) {
-                return Err(invalid(
+                problem(
                     format!("puppet.mock.contacts[{i}].id"),
-                    "must be non-empty and unique",
-                ));
+                    "must be non-empty and unique".into(),
+                );
             }
         }
         for (i, room) in mock.rooms.iter().enumerate() {
             if !room.id.contains('@') {
-                return Err(invalid(
+                problem(
                     format!("puppet.mock.rooms[{i}].id"),
-                    "room ids contain `@` (like `room1@chatroom`)",
-                ));
+                    "room ids contain `@` (like \"room1@chatroom\")".into(),
+                );
             }
             if let Some(m) = room.members.iter().find(|m| !ids.contains(m.as_str())) {
-                return Err(invalid(
+                problem(
                     format!("puppet.mock.rooms[{i}].members"),
                     format!("`{m}` is not the bot or one of puppet.mock.contacts"),
-                ));
+                );
             }
         }
-        Ok(())
     }
 
     /// The effective configuration as TOML, secrets redacted.

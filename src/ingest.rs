@@ -130,7 +130,7 @@ impl Ingest {
             }
             let age = OffsetDateTime::now_utc() - m.sent_at;
             if age > self.skip_older_than {
-                tracing::debug!(message = %m.id, age = %age, "dropping a stale message");
+                tracing::debug!(message_id = %m.id, age = %age, "dropping a stale message");
                 return Ok(Recorded::Skipped("older than puppet.skip_older_than"));
             }
         }
@@ -202,7 +202,7 @@ impl Ingest {
         let appended = self.store.append_event(event, deliveries.clone()).await?;
         if !appended.duplicate {
             metrics::counter!("waas_events_stored_total", "type" => event_type).increment(1);
-            tracing::debug!(event = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
+            tracing::debug!(event_id = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
             let mut to_wake = Vec::new();
             for d in deliveries {
                 match &handed {

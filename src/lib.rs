@@ -11,9 +11,11 @@
 //!       relay::dispatcher ──► signed POST ──► reply in the response
 //! ```
 //!
+//! - [`address`]: which addresses waas may call, and URLs shown without secrets.
 //! - [`config`]: settings, layered defaults → file → environment.
 //! - [`event`]: the event model every webhook receives.
 //! - [`puppet`]: the session trait, the mock account and the Puppet Service client.
+//! - [`feed`]: stored events broadcast once to every stream and long poll.
 //! - [`ingest`]: puppet events → stored events with their deliveries.
 //! - [`store`]: the durable outbox and send queue.
 //! - [`relay`]: the dispatcher, retry schedule, signatures and sender.
@@ -21,11 +23,13 @@
 //!   [`app`] wires everything together.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod api;
 pub mod app;
 pub mod bench;
 pub mod config;
 pub mod event;
+pub mod feed;
 pub mod ingest;
 pub mod metrics;
 pub mod puppet;

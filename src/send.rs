@@ -113,14 +113,66 @@ impl ContentBody {
                     "`file` needs exactly one of `url` or `base64`".into(),
                 ));
             }
-            if file.name.trim().is_empty() {
-                return Err(InvalidSend("`file.name` must not be empty".into()));
+            check_file_name(&file.name)?;
+            if let Some(data) = &file.base64 {
+                use base64::Engine;
+                use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+                const LENIENT: GeneralPurpose = GeneralPurpose::new(
+                    &base64::alphabet::STANDARD,
+                    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+                );
+                let compact: String = data
+                    .chars()
+                    .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n'))
+                    .collect();
+                if LENIENT.decode(compact.as_bytes()).is_err() {
+                    return Err(InvalidSend(
+                        "`file.base64` is not valid base64 (standard alphabet, with padding)"
+                            .into(),
+                    ));
+                }
             }
             return Ok(Content::File(file));
         }
         match self.contact_card {
             Some(id) if !id.is_empty() => Ok(Content::ContactCard(id)),
             _ => Err(InvalidSend("`contact_card` must be a contact id".into())),
+        }
+    }
+}
+
+/// A file name is a name, not a path: no separators, no `..`, no control characters.
+fn check_file_name(name: &str) -> Result<(), InvalidSend> {
+    if name.trim().is_empty() {
+        return Err(InvalidSend("`file.name` must not be empty".into()));
+    }
+    if name.chars().count() > 255
+        || name.contains(['/', '\\'])
+        || name.chars().all(|c| c == '.' || c.is_whitespace())
+        || name.chars().any(char::is_control)
+    {
+        return Err(InvalidSend(
+            "`file.name` must be a plain file name (at most 255 bytes, no `/`, `\\`, `..` or control characters), like `report.pdf`".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Content {
+    /// The URLs the gateway would fetch for this content must be http(s) and, unless
+    /// `allow_private`, not point inside the network (see [`crate::address`]).
+    pub fn check_urls(&self, allow_private: bool) -> Result<(), InvalidSend> {
+        let (field, url) = match self {
+            Content::File(FileRef { url: Some(url), .. }) => ("file.url", url),
+            Content::Link(Link {
+                thumbnail_url: Some(url),
+                ..
+            }) => ("link.thumbnail_url", url),
+            _ => return Ok(()),
+        };
+        match crate::address::content_url_problem(url, allow_private) {
+            Some(why) => Err(InvalidSend(format!("`{field}` {why}"))),
+            None => Ok(()),
         }
     }
 }

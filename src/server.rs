@@ -1,8 +1,9 @@
 //! The HTTP listener: accepts connections and serves the API on each, with the limits
 //! that keep idle and half-open sockets from exhausting file descriptors.
 //!
-//! - A connection that has sent no complete request within `server.header_read_timeout`
-//!   is closed (hyper applies the same timeout to every later request's headers).
+//! - A request head must arrive whole within `server.header_read_timeout` of its first
+//!   byte, and a new connection must send one within that long: slow and half-open
+//!   clients are closed.
 //! - A connection with no request in progress and no bytes either way for
 //!   `server.idle_timeout` is closed (keep-alive included). Streams stay open: their
 //!   keep-alive comments are traffic.
@@ -72,10 +73,12 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timeout would also run between keep-alive requests and cut
+    // every idle connection at it; ours (below) tells a head in progress from idling.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let mut refused = Throttled::new(Duration::from_secs(10));
     let mut accept_errors = Throttled::new(Duration::from_secs(10));
@@ -185,6 +188,9 @@ struct Activity {
     busy: AtomicUsize,
     /// Requests seen at all.
     requests: AtomicU64,
+    /// Milliseconds after `opened`, plus one, of the first byte of a request head not
+    /// yet complete; 0 when none is arriving.
+    head_since: AtomicU64,
 }
 
 impl Activity {
@@ -194,46 +200,65 @@ impl Activity {
             last: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last.store(ms, Ordering::Relaxed);
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes came in: between requests, they start a request head.
+    fn read(&self) {
+        self.touch();
+        if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.busy.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
         Busy(self.clone())
     }
 
-    /// How long this connection may stay quiet now: until its first request, the
-    /// header-read timeout; between requests, the idle timeout; never while a request
-    /// is being served (the request timeout bounds that).
-    fn allowance(&self, limits: Limits) -> Option<Duration> {
+    /// When this connection is to be closed unless something happens first: a head in
+    /// progress gets the header-read timeout from its first byte; a new connection the
+    /// same from its opening; a connection between requests the idle timeout from its
+    /// last byte; one serving a request never (the request timeout bounds that).
+    fn close_at(&self, limits: Limits) -> Option<u64> {
         if self.busy.load(Ordering::Relaxed) > 0 {
-            None
-        } else if self.requests.load(Ordering::Relaxed) == 0 {
-            Some(limits.header_read_timeout)
+            return None;
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        let header = limits.header_read_timeout.as_millis() as u64;
+        if head > 0 {
+            return Some(head - 1 + header);
+        }
+        let last = self.last.load(Ordering::Relaxed);
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            Some(last + header)
         } else {
-            Some(limits.idle_timeout)
+            Some(last + limits.idle_timeout.as_millis() as u64)
         }
     }
 
     fn deadline(&self, limits: Limits) -> Option<Instant> {
         // While busy, look again now and then: the request may end at any time.
-        let allowance = self.allowance(limits).unwrap_or(limits.idle_timeout);
-        let last = self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed));
-        Some((last + allowance).max(Instant::now() + Duration::from_millis(10)))
+        let at = self
+            .close_at(limits)
+            .unwrap_or(self.now_ms() + limits.idle_timeout.as_millis() as u64);
+        let at = self.opened + Duration::from_millis(at);
+        Some(at.max(Instant::now() + Duration::from_millis(10)))
     }
 
     fn expired(&self, limits: Limits) -> bool {
-        let Some(allowance) = self.allowance(limits) else {
-            return false;
-        };
-        let quiet = self.opened.elapsed().as_millis() as u64 - self.last.load(Ordering::Relaxed);
-        Duration::from_millis(quiet) >= allowance
+        self.close_at(limits).is_some_and(|at| self.now_ms() >= at)
     }
 }
 
@@ -262,7 +287,7 @@ impl AsyncRead for Metered {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read();
         }
         result
     }

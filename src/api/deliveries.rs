@@ -67,10 +67,18 @@ pub(super) async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid("`limit` must be between 1 and 500"));
     }
+    let webhook = q.webhook.filter(|w| !w.is_empty());
+    if let Some(name) = &webhook
+        && app.dispatcher.target(name).is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "no webhook named `{name}` is configured (GET /v1/webhooks lists them)"
+        )));
+    }
     let deliveries = app
         .store
         .list_deliveries(DeliveryFilter {
-            webhook: q.webhook.filter(|w| !w.is_empty()),
+            webhook,
             status,
             limit,
         })
@@ -93,7 +101,7 @@ pub(super) async fn retry(
     let Some(webhook) = app.store.retry_delivery(&id, now_millis()).await? else {
         return Err(ApiError::not_found(format!("no delivery `{id}`")));
     };
-    tracing::info!(delivery = %id, webhook = %webhook, "delivery re-queued by hand");
+    tracing::info!(delivery_id = %id, webhook = %webhook, "delivery re-queued by hand");
     app.lanes.wake(std::slice::from_ref(&webhook));
     Ok((
         StatusCode::ACCEPTED,

@@ -1,13 +1,16 @@
 //! Reading events without a webhook: a cursor pull with long-polling, and the same as
-//! Server-Sent Events. Both read the store, so nothing is missed across reconnects:
-//! the cursor is `seq`, and a client resumes from the last one it saw.
+//! Server-Sent Events. Both catch up from the store, then follow the live feed
+//! ([`crate::feed`]), so nothing is missed across reconnects: the cursor is `seq`, and a
+//! client resumes from the last one it saw. Without a cursor a stream starts from the
+//! oldest stored event.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,9 +19,11 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use super::messages::parse_wait;
-use super::{ApiError, ApiQuery, AppState};
+use tokio::sync::broadcast;
+
+use super::{ApiError, ApiQuery, AppState, Credential};
 use crate::event::EventType;
-use crate::store::StoredEvent;
+use crate::feed::{FeedEvent, Listening};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -122,6 +127,7 @@ fn parse_types(raw: Option<&str>) -> Result<HashSet<String>, ApiError> {
 )]
 pub(super) async fn pull(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     ApiQuery(q): ApiQuery<PullQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(100);
@@ -132,38 +138,95 @@ pub(super) async fn pull(
     let wait = parse_wait(&app, q.wait.as_deref())?.unwrap_or_default();
     let deadline = tokio::time::Instant::now() + wait;
     let mut after = q.after.unwrap_or(0).max(0);
-    // Subscribe before reading, so an event committed in between still wakes us.
-    let mut newest = app.ingest.last_seq();
+    let matches = |t: &str| types.is_empty() || types.contains(t);
+    // Subscribe before reading, so an event committed in between still arrives.
+    let mut live = app.feed.subscribe();
+    let batch = app.store.events_after(after, limit).await?;
+    if let Some(last) = batch.last() {
+        after = last.seq;
+    }
+    let matching: Vec<FeedEvent> = batch
+        .iter()
+        .filter(|e| matches(&e.event_type))
+        .map(FeedEvent::from)
+        .collect();
+    if !matching.is_empty() || batch.len() as u32 == limit || wait.is_zero() {
+        return Ok(events_response(&matching, after));
+    }
+    // Waiting: a long poll holds a place like a stream does.
+    let _place = app.listeners.admit(&credential_of(credential))?;
+    let mut found: Vec<Arc<FeedEvent>> = Vec::new();
     loop {
-        newest.borrow_and_update();
-        let batch = app.store.events_after(after, limit).await?;
-        if let Some(last) = batch.last() {
-            after = last.seq;
-        }
-        let matching: Vec<&StoredEvent> = batch
-            .iter()
-            .filter(|e| types.is_empty() || types.contains(&e.event_type))
-            .collect();
-        let full = batch.len() as u32 == limit;
-        if !matching.is_empty() || full {
-            return Ok(events_response(&matching, after));
-        }
-        tokio::select! {
-            changed = newest.changed() => if changed.is_err() { break },
+        let next = tokio::select! {
+            next = live.recv() => next,
             _ = tokio::time::sleep_until(deadline) => break,
             _ = app.stopping.cancelled() => break,
+        };
+        match next {
+            Ok(event) if event.seq <= after => {}
+            Ok(event) => {
+                after = event.seq;
+                if matches(&event.event_type) {
+                    found.push(event);
+                }
+                // Take what else is already here, then answer.
+                while found.len() < limit as usize
+                    && let Ok(event) = live.try_recv()
+                {
+                    if event.seq > after {
+                        after = event.seq;
+                        if matches(&event.event_type) {
+                            found.push(event);
+                        }
+                    }
+                }
+                if !found.is_empty() {
+                    break;
+                }
+            }
+            // Too far behind the broadcast: read the store once, from the cursor.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let batch = app.store.events_after(after, limit).await?;
+                if let Some(last) = batch.last() {
+                    after = last.seq;
+                }
+                let matching: Vec<FeedEvent> = batch
+                    .iter()
+                    .filter(|e| matches(&e.event_type))
+                    .map(FeedEvent::from)
+                    .collect();
+                if !matching.is_empty() || batch.len() as u32 == limit {
+                    return Ok(events_response(&matching, after));
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
         }
     }
-    Ok(events_response(&[], after))
+    let found: Vec<&FeedEvent> = found.iter().map(|e| e.as_ref()).collect();
+    Ok(events_response(&found, after))
 }
 
-fn events_response(events: &[&StoredEvent], next_after: i64) -> Response {
-    // The stored bodies are JSON already; splice them rather than re-encode.
-    let bodies: Vec<String> = events.iter().map(|e| e.body()).collect();
-    let body = format!(
-        r#"{{"events":[{}],"next_after":{next_after}}}"#,
-        bodies.join(",")
+/// The credential a request came with, for the per-credential limits.
+fn credential_of(credential: Option<Extension<Credential>>) -> String {
+    credential.map_or_else(|| "open".into(), |Extension(Credential(c))| c)
+}
+
+fn events_response<E: std::borrow::Borrow<FeedEvent>>(events: &[E], next_after: i64) -> Response {
+    // The bodies are JSON already; splice them rather than re-encode.
+    let mut body = String::with_capacity(
+        64 + events
+            .iter()
+            .map(|e| e.borrow().body.len() + 1)
+            .sum::<usize>(),
     );
+    body.push_str(r#"{"events":["#);
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&e.borrow().body);
+    }
+    body.push_str(&format!(r#"],"next_after":{next_after}}}"#));
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -191,6 +254,7 @@ pub struct StreamQuery {
 )]
 pub(super) async fn stream(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -205,19 +269,25 @@ pub(super) async fn stream(
         })
         .transpose()?;
     let after = resume.or(q.after).unwrap_or(0).max(0);
+    let place = app.listeners.admit(&credential_of(credential))?;
     struct Cursor {
         app: AppState,
         after: i64,
-        buffered: VecDeque<StoredEvent>,
+        /// Reading the store (at the start, and after falling behind the broadcast).
+        catching_up: bool,
+        buffered: VecDeque<Arc<FeedEvent>>,
         types: HashSet<String>,
-        newest: tokio::sync::watch::Receiver<i64>,
+        live: broadcast::Receiver<Arc<FeedEvent>>,
+        _place: Listening,
     }
     let cursor = Cursor {
-        newest: app.ingest.last_seq(),
+        live: app.feed.subscribe(),
         app,
         after,
+        catching_up: true,
         buffered: VecDeque::new(),
         types,
+        _place: place,
     };
     let events = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
@@ -225,29 +295,42 @@ pub(super) async fn stream(
                 let event = SseEvent::default()
                     .id(e.seq.to_string())
                     .event(e.event_type.clone())
-                    .data(e.body());
+                    .data(e.body.clone());
                 return Some((Ok(event), c));
             }
-            c.newest.borrow_and_update();
-            match c.app.store.events_after(c.after, 200).await {
-                Ok(batch) if !batch.is_empty() => {
-                    c.after = batch.last().map_or(c.after, |e| e.seq);
-                    c.buffered.extend(
-                        batch
-                            .into_iter()
-                            .filter(|e| c.types.is_empty() || c.types.contains(&e.event_type)),
-                    );
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "event stream cannot read the store; closing it");
-                    return None;
+            if c.catching_up {
+                match c.app.store.events_after(c.after, 200).await {
+                    Ok(batch) if !batch.is_empty() => {
+                        c.after = batch.last().map_or(c.after, |e| e.seq);
+                        c.buffered.extend(
+                            batch
+                                .iter()
+                                .filter(|e| c.types.is_empty() || c.types.contains(&e.event_type))
+                                .map(|e| Arc::new(FeedEvent::from(e))),
+                        );
+                        continue;
+                    }
+                    Ok(_) => c.catching_up = false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "event stream cannot read the store; closing it");
+                        return None;
+                    }
                 }
             }
-            tokio::select! {
-                changed = c.newest.changed() => if changed.is_err() { return None },
+            let next = tokio::select! {
+                next = c.live.recv() => next,
                 _ = c.app.stopping.cancelled() => return None,
+            };
+            match next {
+                Ok(e) if e.seq <= c.after => {}
+                Ok(e) => {
+                    c.after = e.seq;
+                    if c.types.is_empty() || c.types.contains(&e.event_type) {
+                        c.buffered.push_back(e);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => c.catching_up = true,
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });

@@ -30,14 +30,34 @@ pub struct Health {
     tag = "health",
     responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String))
 )]
-pub(super) async fn metrics(State(app): State<AppState>) -> impl axum::response::IntoResponse {
-    (
+pub(super) async fn metrics(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    if let Some(token) = &app.auth().metrics_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::bearer_token)
+            .unwrap_or_default();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            token.as_bytes(),
+            given.as_bytes(),
+        )) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <auth.metrics_token>` to read /metrics",
+            ));
+        }
+    }
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         crate::metrics::render(&app).await,
-    )
+    ))
 }
 
 /// 200 while the process runs.
@@ -54,6 +74,11 @@ pub(super) async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, description = "Not ready; the message says why", body = super::openapi::ErrorBody))
 )]
 pub(super) async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
+    if let Some(why) = app.store.write_failure() {
+        return Err(ApiError::not_ready(format!(
+            "the store cannot write ({why}); new sends wait until it can"
+        )));
+    }
     if let Err(e) = app.store.ping().await {
         tracing::warn!(error = %e, "readiness: the store does not answer");
         return Err(ApiError::not_ready("the store does not answer"));

@@ -9,7 +9,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -35,10 +35,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/message",
             get(|s: State<AppState>| open(s, messages)).post(
-                |s: State<AppState>, b: Bytes| async move {
+                |s: State<AppState>, h: HeaderMap, b: Bytes| async move {
                     match refuse_open(&s.0) {
                         Some(refused) => refused,
-                        None => post_message(s.0, b).await,
+                        None => post_message(s.0, &h, b).await,
                     }
                 },
             ),
@@ -54,10 +54,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/t/{token}/api/message",
             get(|s: State<AppState>, t: Path<String>| with_token(s, t, messages)).post(
-                |s: State<AppState>, t: Path<String>, b: Bytes| async move {
+                |s: State<AppState>, t: Path<String>, h: HeaderMap, b: Bytes| async move {
                     match check_token(&s.0, &t.0) {
                         Some(refused) => refused,
-                        None => post_message(s.0, b).await,
+                        None => post_message(s.0, &h, b).await,
                     }
                 },
             ),
@@ -166,7 +166,24 @@ struct LegacySend {
 }
 
 /// `{name?, topic?, text}`: to a room by topic, else to a contact by name.
-async fn post_message(app: AppState, body: Bytes) -> Legacy {
+async fn post_message(app: AppState, headers: &HeaderMap, body: Bytes) -> Legacy {
+    // JSON only (the original client posts JSON): a `text/plain` form from a web page
+    // must not make the bot send.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as JSON with content-type: application/json",
+        );
+    }
+    let key = match super::idempotency_key(headers) {
+        Ok(key) => key,
+        Err(e) => return failure(e.status(), e.message()),
+    };
     let send: LegacySend = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => return failure(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -183,7 +200,7 @@ async fn post_message(app: AppState, body: Bytes) -> Legacy {
         text,
         mentions: Vec::new(),
     };
-    match super::messages::queue_send(&app, to, content, None).await {
+    match super::messages::queue_send(&app, to, content, key).await {
         Ok(_) => (StatusCode::OK, Json(json!({"ok": true}))),
         Err(e) if e.status() == StatusCode::NOT_FOUND => {
             failure(StatusCode::NOT_FOUND, "Contact or room not found")

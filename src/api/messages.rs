@@ -135,6 +135,9 @@ pub(super) async fn queue_send(
     content: Content,
     key: Option<String>,
 ) -> Result<SendView, ApiError> {
+    content
+        .check_urls(app.settings.send.allow_private_urls)
+        .map_err(|e| ApiError::invalid(e.0))?;
     let conversation = match app.puppet.resolve(&to).await {
         Ok(c) => c,
         Err(PuppetError::NotFound(_)) => {
@@ -158,7 +161,11 @@ pub(super) async fn queue_send(
         .enqueue_send(new_send(request, &conversation, key, now_millis()))
         .await?;
     if !enqueued.replayed {
-        tracing::info!(send = %enqueued.send.id, conversation = %conversation.key(), "message queued");
+        tracing::info!(send_id = %enqueued.send.id, conversation = %conversation.key(), "message queued");
+    }
+    // Also on a replay: the first request may have committed after its caller gave up
+    // (a timeout), before anyone woke the sender.
+    if enqueued.send.status == SendStatus::Queued {
         app.sender.wake();
     }
     Ok(enqueued.send)

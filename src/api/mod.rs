@@ -53,6 +53,7 @@ pub fn router(app: AppState) -> Router {
             app.settings.server.body_limit.0 as usize,
         ))
         .layer(middleware::from_fn_with_state(app.clone(), time_limit))
+        .layer(middleware::from_fn_with_state(app.clone(), guard_open_mode))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
@@ -71,20 +72,125 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Answers 503 in the contract's shape when a request takes longer than
 /// `server.request_timeout` (until its response starts: streams may run on).
-async fn time_limit(State(app): State<AppState>, request: Request, next: Next) -> Response {
+///
+/// A request cut off this way may still be committed a moment later, so its outcome is
+/// unknown. A POST that came without an `Idempotency-Key` (and unsigned) is given one
+/// here, and the 503 names it: retrying with it answers the first outcome instead of
+/// acting twice.
+async fn time_limit(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let limit = app.settings.server.request_timeout;
+    let assigned = (request.method() == Method::POST
+        && !request.headers().contains_key("idempotency-key")
+        && !request.headers().contains_key(&WEBHOOK_SIGNATURE))
+    .then(|| format!("idem_{}", ulid::Ulid::new()));
+    if let Some(key) = &assigned
+        && let Ok(value) = header::HeaderValue::from_str(key)
+    {
+        request.headers_mut().insert("idempotency-key", value);
+    }
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!(
-                "the request took longer than server.request_timeout ({})",
-                humantime::format_duration(limit)
-            ),
-        )
-        .into_response(),
+        Err(_) => {
+            let retry = match assigned {
+                Some(key) => format!(
+                    "; it may still complete: retry with the header `Idempotency-Key: {key}` to learn its outcome without doing it twice"
+                ),
+                None => "; it may still complete: retry with the same Idempotency-Key (or webhook-id) to learn its outcome".into(),
+            };
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request took longer than server.request_timeout ({}) and its outcome is unknown{retry}",
+                    humantime::format_duration(limit)
+                ),
+            )
+            .into_response()
+        }
     }
+}
+
+/// With no credentials configured the API is open to anything that can reach the
+/// loopback listener, including a web page the operator has open: a foreign page may
+/// not make the bot act (cross-origin writes), nor read through a rebound DNS name
+/// (a `Host` that is not loopback or `server.public_url`'s host).
+async fn guard_open_mode(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if app.auth().is_configured() || path == "/healthz" || path == "/readyz" {
+        return next.run(request).await;
+    }
+    let public_host = reqwest::Url::parse(&app.settings.server.public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let allowed = |host: &str| {
+        let host = host.to_ascii_lowercase();
+        is_loopback_host(&host) || public_host.as_deref() == Some(host.as_str())
+    };
+    let headers = request.headers();
+    if let Some(host) = headers.get(header::HOST) {
+        let host = host
+            .to_str()
+            .ok()
+            .map(host_without_port)
+            .unwrap_or_default();
+        if !allowed(host) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "with no auth configured, waas answers only requests addressed to a loopback host or to server.public_url's host, not `{host}` (configure [auth] to serve other names)"
+                ),
+            )
+            .into_response();
+        }
+    }
+    let writes = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if writes {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(|o| {
+                reqwest::Url::parse(o)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or_default()
+            });
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        if cross_site || origin.as_deref().is_some_and(|o| !allowed(o)) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "with no auth configured, waas refuses writes from another web origin (a page in a browser must not make the bot act); configure [auth] and send a token",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `host:port`, `[v6]:port` or `host` → the host.
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+/// `localhost`, `*.localhost`, 127.0.0.0/8 and ::1 (without brackets).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Gives every request an id (the caller's `x-request-id` when it is sane, else a new
@@ -137,6 +243,17 @@ fn redact_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn hosts_are_read_without_their_port() {
+        use super::{host_without_port, is_loopback_host};
+        assert_eq!(host_without_port("127.0.0.1:3010"), "127.0.0.1");
+        assert_eq!(host_without_port("[::1]:3010"), "::1");
+        assert_eq!(host_without_port("localhost"), "localhost");
+        assert!(is_loopback_host("localhost") && is_loopback_host("127.9.9.9"));
+        assert!(is_loopback_host("::1") && is_loopback_host("app.localhost"));
+        assert!(!is_loopback_host("evil.example") && !is_loopback_host("localhost.evil.example"));
+    }
+
+    #[test]
     fn tokens_in_paths_are_not_logged() {
         assert_eq!(
             super::redact_path("/t/s3cret-token/api/message"),
@@ -162,9 +279,16 @@ async fn method_not_allowed() -> ApiError {
 /// `/v1` needs `Authorization: Bearer <token>` when tokens are configured. With no
 /// credentials configured at all the API is open (waas then refuses to listen on
 /// anything but loopback).
-async fn require_auth(State(app): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_auth(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let auth = app.auth();
-    if !auth.is_configured() || bearer_ok(&auth, request.headers()) {
+    if !auth.is_configured() {
+        request.extensions_mut().insert(Credential("open".into()));
+        return next.run(request).await;
+    }
+    if let Some(i) = bearer_match(&auth, request.headers()) {
+        request
+            .extensions_mut()
+            .insert(Credential(format!("token#{i}")));
         return next.run(request).await;
     }
     let signed = request.headers().contains_key(&WEBHOOK_SIGNATURE);
@@ -380,17 +504,25 @@ async fn verify_signed(app: &App, auth: &Auth, request: Request) -> Result<Reque
     }
 }
 
-fn bearer_ok(auth: &Auth, headers: &HeaderMap) -> bool {
-    let Some(given) = headers
+/// Which credential a request came with (`token#N`, or `open` when the API is open),
+/// for the limits kept per credential. Never the secret itself.
+#[derive(Debug, Clone)]
+pub struct Credential(pub String);
+
+/// The index of the configured token the request's bearer token is, if any.
+fn bearer_match(auth: &Auth, headers: &HeaderMap) -> Option<usize> {
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-    else {
-        return false;
-    };
+        .and_then(bearer_token)?;
     // Compare against every token, without stopping early, in constant time each.
-    auth.tokens.iter().fold(false, |ok, t| {
-        ok | bool::from(t.as_bytes().ct_eq(given.trim().as_bytes()))
+    auth.tokens.iter().enumerate().fold(None, |found, (i, t)| {
+        let hit = bool::from(t.as_bytes().ct_eq(given.as_bytes()));
+        if hit && found.is_none() {
+            Some(i)
+        } else {
+            found
+        }
     })
 }
 
@@ -459,6 +591,12 @@ impl ApiError {
 
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+impl From<crate::feed::Refused> for ApiError {
+    fn from(r: crate::feed::Refused) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", r.to_string())
     }
 }
 

@@ -62,6 +62,7 @@ pub struct ErrorDetail {
         webhooks::list,
         webhooks::test,
         webhooks::replay,
+        webhooks::replay_progress,
         webhooks::enable,
         deliveries::list,
         deliveries::retry,
@@ -153,9 +154,9 @@ fn refine(schemas: &mut Value) {
         "required": ["name"],
         "additionalProperties": false,
         "properties": {
-            "url": {"type": "string"},
-            "base64": {"type": "string"},
-            "name": non_blank
+            "url": {"type": "string", "pattern": "^https?://", "description": "Fetched by the gateway: http(s), and not a loopback, private or link-local address unless `send.allow_private_urls`."},
+            "base64": {"type": "string", "pattern": "^([ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/])*([ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*(=[ \\t\\r\\n]*=|[A-Za-z0-9+/][ \\t\\r\\n]*=))?[ \\t\\r\\n]*$", "description": "Standard base64 with padding (spaces and line breaks are ignored)."},
+            "name": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/\\\\\\x00-\\x1f\\x7f-\\x9f]*[^/\\\\\\x00-\\x1f\\x7f-\\x9f.\\s][^/\\\\\\x00-\\x1f\\x7f-\\x9f]*$", "description": "A plain file name, like `report.pdf`: no `/`, `\\`, control characters, and not `.` or `..`."}
         },
         "oneOf": [{"required": ["url"]}, {"required": ["base64"]}]
     });

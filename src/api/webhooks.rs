@@ -10,12 +10,14 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{ApiError, ApiJson, ApiPath, AppState};
 use crate::event::{EventData, format_millis, now_millis};
+use crate::relay::replay::{ReplayProgress, ReplayRequest};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/webhooks", get(list))
         .route("/v1/webhooks/{name}/test", post(test))
         .route("/v1/webhooks/{name}/replay", post(replay))
+        .route("/v1/webhooks/{name}/replays/{id}", get(replay_progress))
         .route("/v1/webhooks/{name}/enable", post(enable))
 }
 
@@ -33,6 +35,9 @@ pub struct WebhookView {
     #[schema(format = DateTime)]
     last_success_at: Option<String>,
     last_error: Option<String>,
+    /// When `last_error` happened.
+    #[schema(format = DateTime)]
+    last_error_at: Option<String>,
     disabled_reason: Option<String>,
 }
 
@@ -47,13 +52,6 @@ pub struct TestQueued {
     webhook: String,
     event_id: String,
     seq: i64,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Replayed {
-    webhook: String,
-    /// Deliveries queued again.
-    requeued: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -92,7 +90,7 @@ pub(super) async fn test(
             vec![name.clone()],
         )
         .await?;
-    tracing::info!(webhook = %name, event = %appended.id, "test event queued");
+    tracing::info!(webhook = %name, event_id = %appended.id, "test event queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(TestQueued {
@@ -123,13 +121,13 @@ pub struct ReplayBody {
     tag = "webhooks",
     params(("name" = String, Path, description = "The webhook's `name`")),
     request_body = ReplayBody,
-    responses((status = 202, body = Replayed))
+    responses((status = 202, description = "Started; `done` already when it was small, else `running` (follow `GET /v1/webhooks/{name}/replays/{id}`)", body = ReplayProgress))
 )]
 pub(super) async fn replay(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ReplayBody>,
-) -> Result<(StatusCode, Json<Replayed>), ApiError> {
+) -> Result<(StatusCode, Json<ReplayProgress>), ApiError> {
     known(&app, &name)?;
     let since = match &body.since {
         Some(text) => Some(
@@ -146,19 +144,42 @@ pub(super) async fn replay(
             "give `after_seq` (a seq) or `since` (an RFC 3339 time)",
         ));
     }
-    let requeued = app
-        .store
-        .requeue(&name, body.after_seq, since, now_millis())
+    let progress = app
+        .replays
+        .start(
+            app.store.clone(),
+            app.lanes.clone(),
+            ReplayRequest {
+                webhook: name,
+                after_seq: body.after_seq,
+                since,
+            },
+        )
         .await?;
-    tracing::info!(webhook = %name, requeued, "deliveries replayed by hand");
-    app.lanes.wake(std::slice::from_ref(&name));
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Replayed {
-            webhook: name,
-            requeued,
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(progress)))
+}
+
+/// How far a replay has come.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{name}/replays/{id}", operation_id = "get_replay",
+    tag = "webhooks",
+    params(
+        ("name" = String, Path, description = "The webhook's `name`"),
+        ("id" = String, Path, description = "The replay's id (`rpl_…`)"),
+    ),
+    responses((status = 200, body = ReplayProgress))
+)]
+pub(super) async fn replay_progress(
+    State(app): State<AppState>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> Result<Json<ReplayProgress>, ApiError> {
+    known(&app, &name)?;
+    app.replays.get(&name, &id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no replay `{id}` of webhook `{name}` (replays are kept until a restart)"
+        ))
+    })
 }
 
 /// Enables a webhook that was disabled (by a 410 Gone); its waiting deliveries go out.
@@ -196,7 +217,7 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<WebhookList
         .map(|t| {
             let s = stats.get(&t.settings.name).cloned().unwrap_or_default();
             let failing = match (s.last_error_at, s.last_success_at) {
-                (Some(err), Some(ok)) => err > ok,
+                (Some(err), Some(ok)) => err >= ok,
                 (Some(_), None) => true,
                 _ => false,
             };
@@ -209,12 +230,13 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<WebhookList
             };
             WebhookView {
                 name: t.settings.name.clone(),
-                url: t.settings.url.clone(),
+                url: crate::address::redact_url(&t.settings.url),
                 state,
                 pending: s.pending,
                 dead: s.dead,
                 last_success_at: s.last_success_at.map(format_millis),
                 last_error: s.last_error,
+                last_error_at: s.last_error_at.map(format_millis),
                 disabled_reason: s.disabled_reason,
             }
         })

@@ -386,7 +386,7 @@ impl Puppet for MockPuppet {
             }
         }
         let id = sent.id.clone();
-        tracing::debug!(to = ?to, message = %id, "mock puppet sent a message");
+        tracing::debug!(to = ?to, message_id = %id, "mock puppet sent a message");
         let mut kept = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= SENT_KEPT {
             kept.pop_front();

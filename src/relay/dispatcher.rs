@@ -182,6 +182,48 @@ pub struct Dispatcher {
     running: Mutex<Option<(TaskTracker, CancellationToken)>>,
     /// Wakes the sender when a reply was queued.
     sender_wake: Arc<Notify>,
+    /// `send.allow_private_urls`, for the URLs in replies.
+    allow_private_urls: bool,
+    /// Successful attempts, logged as a summary at most every few seconds.
+    summary: DeliverySummary,
+}
+
+/// One info line per webhook per [`SUMMARY_EVERY`] with how many deliveries succeeded,
+/// instead of a line per delivery (hundreds a second under load) or none at all.
+#[derive(Default)]
+struct DeliverySummary(Mutex<(Option<Instant>, HashMap<String, u64>)>);
+
+/// How often delivered attempts are summed up in the log.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+impl DeliverySummary {
+    fn delivered(&self, webhook: &str) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, counts) = &mut *guard;
+        let now = Instant::now();
+        let Some(started) = *since else {
+            // The very first success is told at once: a newcomer sees it work.
+            *since = Some(now);
+            tracing::info!(
+                webhook,
+                "delivered; from now on successes are summed up every {}s",
+                SUMMARY_EVERY.as_secs()
+            );
+            return;
+        };
+        *counts.entry(webhook.to_string()).or_default() += 1;
+        if now.duration_since(started) >= SUMMARY_EVERY {
+            for (webhook, delivered) in counts.drain() {
+                tracing::info!(
+                    webhook = %webhook,
+                    delivered,
+                    seconds = now.duration_since(started).as_secs(),
+                    "deliveries succeeded"
+                );
+            }
+            *since = Some(now);
+        }
+    }
 }
 
 /// The HTTP client for webhooks: no redirects (a 3xx is a failure, as Svix does), our
@@ -193,6 +235,7 @@ pub fn http_client() -> reqwest::Client {
         .user_agent(concat!("waas/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
+        .dns_resolver(crate::address::resolver())
         .build()
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot build the configured HTTP client; using defaults");
@@ -208,6 +251,7 @@ impl Dispatcher {
         stats: &HashMap<String, WebhookStats>,
         lanes: &Lanes,
         sender_wake: Arc<Notify>,
+        allow_private_urls: bool,
     ) -> Dispatcher {
         Dispatcher {
             store,
@@ -215,6 +259,8 @@ impl Dispatcher {
             targets: RwLock::new(build_targets(webhooks, stats, lanes)),
             running: Mutex::new(None),
             sender_wake,
+            allow_private_urls,
+            summary: DeliverySummary::default(),
         }
     }
 
@@ -460,7 +506,7 @@ impl Dispatcher {
                 let prefix = &bytes[..bytes.len().min(RESPONSE_PREFIX)];
                 attempt.response = Some(String::from_utf8_lossy(prefix).into_owned());
                 if status.is_success() {
-                    match reply_sends(&delivery, &bytes) {
+                    match reply_sends(&delivery, &bytes, self.allow_private_urls) {
                         Ok(sends) => replies = sends,
                         Err(why) => {
                             tracing::warn!(webhook = %hook.name, event_id = %delivery.event.id, reason = %why, "ignoring the reply in the webhook response");
@@ -514,7 +560,7 @@ impl Dispatcher {
             crate::store::until_stored(&what, &shutdown, || self.store.finish_attempt(&finished))
                 .await
         {
-            tracing::error!(webhook = %hook.name, delivery = %finished.delivery_id, error = %e, "cannot record an attempt");
+            tracing::error!(webhook = %hook.name, delivery_id = %finished.delivery_id, error = %e, "cannot record an attempt");
         }
         if queued_replies {
             self.sender_wake.notify_one();
@@ -567,7 +613,7 @@ impl Dispatcher {
                 "deliveries kept dying for {} with no success",
                 humantime::format_duration(hook.disable_after)
             );
-            tracing::error!(webhook = %hook.name, %reason, "webhook disabled; re-enable with POST /v1/webhooks/{{name}}/enable");
+            tracing::error!(webhook = %hook.name, %reason, "webhook disabled; re-enable it with POST /v1/webhooks/{}/enable", hook.name);
             if let Err(e) = self
                 .store
                 .set_webhook_disabled(&hook.name, Some(reason), now)
@@ -606,20 +652,23 @@ impl Dispatcher {
             .or_else(|| attempt.status_code.map(|c| format!("HTTP {c}")))
             .unwrap_or_default();
         match outcome {
-            Outcome::Delivered => tracing::debug!(
-                webhook = %hook.name, delivery = %d.id, event = %d.event.id,
-                status = attempt.status_code, ms = attempt.duration_ms, "delivered"
-            ),
+            Outcome::Delivered => {
+                tracing::debug!(
+                    webhook = %hook.name, delivery_id = %d.id, event_id = %d.event.id,
+                    status = attempt.status_code, ms = attempt.duration_ms, "delivered"
+                );
+                self.summary.delivered(&hook.name);
+            }
             Outcome::Retry { at } => tracing::warn!(
-                webhook = %hook.name, delivery = %d.id, event = %d.event.id, attempt = failures,
+                webhook = %hook.name, delivery_id = %d.id, event_id = %d.event.id, attempt = failures,
                 reason = %reason, retry_in_ms = at - now_millis(), "delivery failed; retry scheduled"
             ),
             Outcome::Dead => tracing::error!(
-                webhook = %hook.name, delivery = %d.id, event = %d.event.id, attempts = failures,
-                reason = %reason, "delivery is dead: retries exhausted (retry it with POST /v1/deliveries/{{id}}/retry)"
+                webhook = %hook.name, delivery_id = %d.id, event_id = %d.event.id, attempts = failures,
+                reason = %reason, "delivery is dead: retries exhausted (retry it with POST /v1/deliveries/{}/retry)", d.id
             ),
             Outcome::Disabled { reason } => tracing::error!(
-                webhook = %hook.name, delivery = %d.id, reason, "webhook disabled; its deliveries wait"
+                webhook = %hook.name, delivery_id = %d.id, reason, "webhook disabled; its deliveries wait"
             ),
         }
     }
@@ -628,8 +677,17 @@ impl Dispatcher {
 /// Turns a reply in a webhook response into sends into the event's conversation, keyed
 /// by the event and the webhook, so that a repeated delivery never sends twice and two
 /// webhooks that both answer each get their reply sent.
-fn reply_sends(delivery: &DueDelivery, body: &[u8]) -> Result<Vec<NewSend>, String> {
+fn reply_sends(
+    delivery: &DueDelivery,
+    body: &[u8],
+    allow_private_urls: bool,
+) -> Result<Vec<NewSend>, String> {
     let contents = parse_replies(body).map_err(|e| e.to_string())?;
+    for content in &contents {
+        content
+            .check_urls(allow_private_urls)
+            .map_err(|e| e.to_string())?;
+    }
     if contents.is_empty() {
         return Ok(Vec::new());
     }

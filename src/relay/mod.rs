@@ -2,9 +2,11 @@
 //!
 //! - [`dispatcher`] claims due deliveries and POSTs them to webhooks, signed
 //!   ([`signing`]), deciding retries with [`retry`];
+//! - [`replay`] re-queues finished deliveries by hand, in chunks, as a job;
 //! - [`sender`] drains the send queue through the puppet, paced per conversation.
 
 pub mod dispatcher;
+pub mod replay;
 pub mod retry;
 pub mod sender;
 pub mod signing;

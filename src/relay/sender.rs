@@ -170,9 +170,9 @@ impl Sender {
             .take(&send.conversation, Instant::now());
         if let Err(wait) = paced {
             let at = now_millis() + wait.as_millis() as i64 + 1;
-            tracing::debug!(send = %send.id, conversation = %send.conversation, wait_ms = wait.as_millis() as u64, "send paced");
+            tracing::debug!(send_id = %send.id, conversation = %send.conversation, wait_ms = wait.as_millis() as u64, "send paced");
             if let Err(e) = self.store.defer_send(&send, at).await {
-                tracing::error!(send = %send.id, error = %e, "cannot defer a paced send");
+                tracing::error!(send_id = %send.id, error = %e, "cannot defer a paced send");
             }
             return Some(next_due.map_or(at, |n| n.min(at)));
         }
@@ -204,11 +204,11 @@ impl Sender {
         let attempts = send.attempts + 1;
         let outcome = match result {
             Ok(message_id) => {
-                tracing::info!(send = %send.id, conversation = %send.conversation, message = %message_id, "message sent");
+                tracing::info!(send_id = %send.id, conversation = %send.conversation, message_id = %message_id, "message sent");
                 SendOutcome::Sent { message_id }
             }
             Err(PuppetError::NotFound(error)) => {
-                tracing::warn!(send = %send.id, error = %error, "send failed: recipient or content not found");
+                tracing::warn!(send_id = %send.id, error = %error, "send failed: recipient or content not found");
                 SendOutcome::Failed { error }
             }
             // Offline only delays: the loop waits for the login before trying again.
@@ -217,12 +217,12 @@ impl Sender {
                 error: PuppetError::Offline.to_string(),
             },
             Err(PuppetError::Failed(error)) if attempts >= MAX_ATTEMPTS => {
-                tracing::error!(send = %send.id, attempts, error = %error, "send failed for good");
+                tracing::error!(send_id = %send.id, attempts, error = %error, "send failed for good");
                 SendOutcome::Failed { error }
             }
             Err(PuppetError::Failed(error)) => {
                 let backoff = Duration::from_secs((1u64 << attempts.min(8)).min(300));
-                tracing::warn!(send = %send.id, attempts, error = %error, retry_in = ?backoff, "send failed; retry scheduled");
+                tracing::warn!(send_id = %send.id, attempts, error = %error, retry_in = ?backoff, "send failed; retry scheduled");
                 SendOutcome::Retry {
                     at: now + backoff.as_millis() as i64,
                     error,
@@ -245,10 +245,10 @@ impl Sender {
         {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                tracing::error!(send = %send.id, error = %e, "cannot record a send outcome")
+                tracing::error!(send_id = %send.id, error = %e, "cannot record a send outcome")
             }
             None if matches!(outcome, SendOutcome::Sent { .. }) => tracing::error!(
-                send = %send.id,
+                send_id = %send.id,
                 "stopped before the store recorded this send as sent: it is still queued there and will go out again after the restart"
             ),
             None => {}

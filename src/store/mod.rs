@@ -350,6 +350,30 @@ pub enum SendOutcome {
     Failed { error: String },
 }
 
+/// One chunk of a replay: see [`Store::requeue`].
+#[derive(Debug, Clone)]
+pub struct RequeueChunk {
+    pub webhook: String,
+    pub after_seq: Option<i64>,
+    pub since: Option<Millis>,
+    pub now: Millis,
+    /// Where this chunk starts (opaque; 0 at first).
+    pub cursor: i64,
+    /// How many deliveries this chunk looks at.
+    pub rows: i64,
+}
+
+/// What one chunk of a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeued {
+    /// Deliveries queued again by this chunk.
+    pub requeued: u64,
+    /// Where the next chunk starts; `None` when this was the last.
+    pub cursor: Option<i64>,
+    /// How far the whole replay has to go, in the cursor's units (for progress).
+    pub end: i64,
+}
+
 /// A verified signed request, about to be served.
 #[derive(Debug, Clone)]
 pub struct SignedRequest {
@@ -416,14 +440,11 @@ pub trait Store: Send + Sync + 'static {
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>>;
 
     /// Re-queues, now, the finished (delivered or dead) deliveries to `webhook` of the
-    /// events after `after_seq` or created at or after `since`. Returns how many.
-    async fn requeue(
-        &self,
-        webhook: &str,
-        after_seq: Option<i64>,
-        since: Option<Millis>,
-        now: Millis,
-    ) -> Result<u64>;
+    /// events after `after_seq` or created at or after `since`, one bounded chunk at a
+    /// time (so a replay of millions never stalls other writes): those among the next
+    /// `rows` deliveries from `cursor` on. Start with `cursor = 0`, go on with the
+    /// answer's `cursor` until it is `None`.
+    async fn requeue(&self, chunk: RequeueChunk) -> Result<Requeued>;
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>>;
 
@@ -442,6 +463,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events with `seq > after`, oldest first.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
+
+    /// The newest event's `seq` (0 when there is none).
+    async fn last_seq(&self) -> Result<i64>;
 
     /// Events of one type created at or after `since`, oldest first, at most `limit`.
     async fn recent_events(

@@ -29,12 +29,14 @@ use crate::event::now_millis;
 
 mod writer;
 
-use writer::{ClaimRequest, Reply, RequeueRequest, Write, WriteHealth};
+use writer::{Backlog, ClaimRequest, Reply, Write, WriteHealth};
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Write>,
     /// Whether the writer's last transaction committed.
     health: Arc<WriteHealth>,
+    /// Pending and dead deliveries per webhook, kept by the writer.
+    backlog: Arc<Backlog>,
     /// Held for the store's lifetime: one waas process per database file.
     _lock: std::fs::File,
     pool: SqlitePool,
@@ -79,9 +81,27 @@ impl SqliteStore {
                 "released deliveries claimed before the last stop"
             );
         }
+        // The backlog is counted once here; the writer keeps it current from then on.
+        let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT webhook, status, COUNT(*) FROM deliveries
+             WHERE status != 'delivered' GROUP BY webhook, status",
+        )
+        .fetch_all(&mut conn)
+        .await?
+        {
+            let entry = counts.entry(row.try_get(0)?).or_default();
+            let n: i64 = row.try_get(2)?;
+            match row.try_get::<String, _>(1)?.as_str() {
+                "dead" => entry.1 += n,
+                _ => entry.0 += n,
+            }
+        }
+        let backlog = Arc::new(Backlog::default());
+        backlog.set(counts);
         conn.close().await?;
         let health = Arc::new(WriteHealth::default());
-        let tx = writer::spawn(path, synchronous, health.clone())?;
+        let tx = writer::spawn(path, synchronous, health.clone(), backlog.clone())?;
         tokio::spawn(probe_while_failing(tx.downgrade(), health.clone()));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -91,6 +111,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: tx,
             health,
+            backlog,
             _lock: lock,
             pool,
             in_flight: Mutex::new(HashSet::new()),
@@ -303,20 +324,8 @@ impl Store for SqliteStore {
         self.write(|r| Write::Retry(id, now, r)).await
     }
 
-    async fn requeue(
-        &self,
-        webhook: &str,
-        after_seq: Option<i64>,
-        since: Option<Millis>,
-        now: Millis,
-    ) -> Result<u64> {
-        let request = RequeueRequest {
-            webhook: webhook.to_string(),
-            after_seq,
-            since,
-            now,
-        };
-        self.write(|r| Write::Requeue(request, r)).await
+    async fn requeue(&self, chunk: RequeueChunk) -> Result<Requeued> {
+        self.write(|r| Write::Requeue(chunk, r)).await
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>> {
@@ -372,29 +381,10 @@ impl Store for SqliteStore {
 
     async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>> {
         let mut stats: HashMap<String, WebhookStats> = HashMap::new();
-        // One query per status, each answered from the `deliveries_open` partial index
-        // (whose condition the queries repeat so that SQLite sees it applies).
-        for (sql, dead) in [
-            (
-                "SELECT webhook, COUNT(*) FROM deliveries
-                 WHERE status != 'delivered' AND status = 'pending' GROUP BY webhook",
-                false,
-            ),
-            (
-                "SELECT webhook, COUNT(*) FROM deliveries
-                 WHERE status != 'delivered' AND status = 'dead' GROUP BY webhook",
-                true,
-            ),
-        ] {
-            for row in sqlx::query(sql).fetch_all(&self.pool).await? {
-                let entry = stats.entry(row.try_get(0)?).or_default();
-                let count: i64 = row.try_get(1)?;
-                if dead {
-                    entry.dead = count;
-                } else {
-                    entry.pending = count;
-                }
-            }
+        for (webhook, (pending, dead)) in self.backlog.get() {
+            let entry = stats.entry(webhook).or_default();
+            entry.pending = pending;
+            entry.dead = dead;
         }
         let rows = sqlx::query(
             "SELECT name, last_success_at, last_error, last_error_at, disabled_reason, failing_since
@@ -437,6 +427,14 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| stored_event(r, 0)).collect()
+    }
+
+    async fn last_seq(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn recent_events(

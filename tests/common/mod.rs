@@ -200,6 +200,16 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
     app
 }
 
+/// Spawns the app with its database at `db` (say, on a small tmpfs), without waiting
+/// for the login.
+pub async fn spawn_app_on(
+    dir: Arc<tempfile::TempDir>,
+    db: &std::path::Path,
+    toml: &str,
+) -> TestApp {
+    start_with(dir, Some(db), toml).await
+}
+
 /// Spawns the app without waiting for the login.
 pub async fn spawn_app_unready(toml: &str) -> TestApp {
     let app = start(Arc::new(tempfile::tempdir().unwrap()), toml).await;
@@ -216,8 +226,16 @@ pub async fn spawn_app_unready(toml: &str) -> TestApp {
 }
 
 async fn start(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
+    start_with(dir, None, toml).await
+}
+
+async fn start_with(
+    dir: Arc<tempfile::TempDir>,
+    db: Option<&std::path::Path>,
+    toml: &str,
+) -> TestApp {
     init_logs();
-    let db = dir.path().join("waas.db");
+    let db = db.map_or_else(|| dir.path().join("waas.db"), |p| p.to_path_buf());
     let mut settings = Settings::from_toml(toml).expect("test config is valid");
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.storage.url = format!("sqlite://{}", db.display());

@@ -918,10 +918,17 @@ impl ServicePuppet {
     }
 }
 
+/// Stores what the puppet reported. The stream has no acknowledgement to withhold, so
+/// an event the store refuses (a full disk) is held here and written again until the
+/// store takes it; the stream waits meanwhile, in order, rather than lose it.
 async fn record(ingest: &Ingest, data: EventData) {
     let kind = data.event_type();
-    if let Err(e) = ingest.record(data).await {
-        tracing::error!(event = %kind, error = %e, "could not store a puppet event");
+    let what = format!("a puppet `{kind}` event");
+    let never = CancellationToken::new();
+    if let Some(Err(e)) =
+        crate::store::until_stored(&what, &never, || ingest.record(data.clone())).await
+    {
+        tracing::error!(event_type = %kind, error = %e, "could not store a puppet event");
     }
 }
 

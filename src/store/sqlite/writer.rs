@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Synchronous;
 use crate::store::{
     Appended, AttemptRecord, Claim, Enqueued, FinishedAttempt, Millis, NewDelivery, NewEvent,
-    NewSend, Ordering, Outcome, RecordedAnswer, Result, SendOutcome, SendStatus, SendView,
-    SignedBegin, SignedRequest, StoreError,
+    NewSend, Ordering, Outcome, RecordedAnswer, RequeueChunk, Requeued, Result, SendOutcome,
+    SendStatus, SendView, SignedBegin, SignedRequest, StoreError,
 };
 
 /// What the WAL is truncated to after a checkpoint (bytes).
@@ -36,13 +36,6 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// A claimed delivery before its event is read: (id, attempts, event seq).
 pub(super) type ClaimedRow = (String, u32, i64);
-
-pub(super) struct RequeueRequest {
-    pub webhook: String,
-    pub after_seq: Option<i64>,
-    pub since: Option<Millis>,
-    pub now: Millis,
-}
 
 pub(super) struct ClaimRequest {
     pub webhook: String,
@@ -60,7 +53,7 @@ pub(super) enum Write {
     FinishSend(String, SendOutcome, Millis, Reply<()>),
     Defer(String, Millis, Reply<()>),
     Retry(String, Millis, Reply<Option<String>>),
-    Requeue(RequeueRequest, Reply<u64>),
+    Requeue(RequeueChunk, Reply<Requeued>),
     Disable(String, Option<String>, Millis, Reply<()>),
     Failing(String, Option<Millis>, Reply<()>),
     Prune(Millis, Reply<u64>),
@@ -100,6 +93,58 @@ impl WriteHealth {
     }
 }
 
+/// Deliveries pending and dead per webhook, kept up to date by the writer as it
+/// commits (counted once at start-up), so `/metrics` and `GET /v1/webhooks` never scan
+/// the delivery table.
+#[derive(Default)]
+pub(super) struct Backlog(Mutex<HashMap<String, (i64, i64)>>);
+
+impl Backlog {
+    pub(super) fn set(&self, counts: HashMap<String, (i64, i64)>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+    }
+
+    pub(super) fn get(&self) -> HashMap<String, (i64, i64)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn apply(&self, counts: Counts) {
+        if counts.0.is_empty() {
+            return;
+        }
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (webhook, (pending, dead)) in counts.0 {
+            let entry = all.entry(webhook).or_default();
+            entry.0 += pending;
+            entry.1 += dead;
+        }
+    }
+}
+
+/// Changes to the backlog made by a transaction, applied once it commits.
+#[derive(Default)]
+struct Counts(HashMap<String, (i64, i64)>);
+
+impl Counts {
+    fn add(&mut self, webhook: &str, pending: i64, dead: i64) {
+        match self.0.get_mut(webhook) {
+            Some(entry) => {
+                entry.0 += pending;
+                entry.1 += dead;
+            }
+            None => {
+                self.0.insert(webhook.to_string(), (pending, dead));
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Counts) {
+        for (webhook, (pending, dead)) in other.0 {
+            self.add(&webhook, pending, dead);
+        }
+    }
+}
+
 /// Whether an error says the database cannot take writes now (as opposed to one
 /// operation being wrong).
 fn is_resource_error(e: &StoreError) -> bool {
@@ -127,6 +172,7 @@ pub(super) fn spawn(
     path: &str,
     synchronous: Synchronous,
     health: Arc<WriteHealth>,
+    backlog: Arc<Backlog>,
 ) -> Result<mpsc::Sender<Write>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -156,12 +202,17 @@ pub(super) fn spawn(
     // would wait behind HTTP work between its statements.
     std::thread::Builder::new()
         .name("waas-store-writer".into())
-        .spawn(move || run(conn, rx, health))
+        .spawn(move || run(conn, rx, health, backlog))
         .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
     Ok(tx)
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>, health: Arc<WriteHealth>) {
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Write>,
+    health: Arc<WriteHealth>,
+    backlog: Arc<Backlog>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = rx.blocking_recv() {
         batch.push(op);
@@ -194,9 +245,9 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>, health: Arc<WriteHea
         }
         let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let (size, started) = (ops.len(), Instant::now());
-        let careful = match fast_batch(&mut conn, ops) {
+        let careful = match fast_batch(&mut conn, ops, &backlog) {
             Some(ops) => {
-                health.set(slow_batch(&mut conn, ops));
+                health.set(slow_batch(&mut conn, ops, &backlog));
                 true
             }
             None => {
@@ -236,7 +287,7 @@ fn is_bulk(op: &Write) -> bool {
 /// The fast path: a batch of appends, attempt results and claims in one transaction,
 /// without savepoints. Returns the operations untouched when it cannot (another kind of
 /// operation in the batch, or any error), for the careful path.
-fn fast_batch(conn: &mut Connection, ops: Vec<Write>) -> Option<Vec<Write>> {
+fn fast_batch(conn: &mut Connection, ops: Vec<Write>, backlog: &Backlog) -> Option<Vec<Write>> {
     if !ops.iter().all(is_bulk) {
         return Some(ops);
     }
@@ -246,13 +297,14 @@ fn fast_batch(conn: &mut Connection, ops: Vec<Write>) -> Option<Vec<Write>> {
     let written = (|| {
         let mut appended = Vec::with_capacity(ops.len());
         let mut health = Health::default();
+        let mut counts = Counts::default();
         for op in &ops {
             match op {
                 Write::Append(event, deliveries, _) => {
-                    appended.push(append(conn, event, deliveries)?);
+                    appended.push(append(conn, event, deliveries, &mut counts)?);
                 }
                 Write::Finish(f, _) => {
-                    record_attempt(conn, f)?;
+                    record_attempt(conn, f, &mut counts)?;
                     health.note(f);
                 }
                 _ => {}
@@ -267,10 +319,13 @@ fn fast_batch(conn: &mut Connection, ops: Vec<Write>) -> Option<Vec<Write>> {
             }
         }
         exec(conn, "COMMIT", [])?;
-        Ok::<_, StoreError>((appended, claimed))
+        Ok::<_, StoreError>((appended, claimed, counts))
     })();
     let (appended, claimed) = match written {
-        Ok(done) => done,
+        Ok((appended, claimed, counts)) => {
+            backlog.apply(counts);
+            (appended, claimed)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "batched write failed; writing each operation alone");
             let _ = exec(conn, "ROLLBACK", []);
@@ -327,7 +382,7 @@ fn step<T>(conn: &mut Connection, work: impl FnOnce(&mut Connection) -> Result<T
 
 /// The careful path: every operation in its own savepoint, so one that fails does not
 /// undo the others; all committed together.
-fn slow_batch(conn: &mut Connection, batch: Vec<Write>) -> Option<String> {
+fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Option<String> {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
         let msg = e.to_string();
         tracing::error!(error = %msg, "cannot begin a write transaction");
@@ -339,12 +394,27 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>) -> Option<String> {
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
     // The first error that says the database cannot write, if any.
     let mut resource_failure: Option<String> = None;
+    let mut counts = Counts::default();
+    // Runs one counted operation in its savepoint; its backlog changes count only if
+    // it stood.
+    fn counted<T>(
+        conn: &mut Connection,
+        counts: &mut Counts,
+        work: impl FnOnce(&mut Connection, &mut Counts) -> Result<T>,
+    ) -> Result<T> {
+        let mut mine = Counts::default();
+        let result = step(conn, |c| work(c, &mut mine));
+        if result.is_ok() {
+            counts.merge(mine);
+        }
+        result
+    }
     for op in batch {
         answers.push(match op {
             Write::Append(event, deliveries, reply) => answer(
                 &mut resource_failure,
                 reply,
-                step(conn, |c| append(c, &event, &deliveries)),
+                counted(conn, &mut counts, |c, n| append(c, &event, &deliveries, n)),
             ),
             Write::Claim(request, reply) => answer(
                 &mut resource_failure,
@@ -356,9 +426,11 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>) -> Option<String> {
                 reply,
                 step(conn, |c| release(c, &id)),
             ),
-            Write::Finish(f, reply) => {
-                answer(&mut resource_failure, reply, step(conn, |c| finish(c, &f)))
-            }
+            Write::Finish(f, reply) => answer(
+                &mut resource_failure,
+                reply,
+                counted(conn, &mut counts, |c, n| finish(c, &f, n)),
+            ),
             Write::Enqueue(send, reply) => answer(
                 &mut resource_failure,
                 reply,
@@ -377,12 +449,12 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>) -> Option<String> {
             Write::Retry(id, now, reply) => answer(
                 &mut resource_failure,
                 reply,
-                step(conn, |c| retry(c, &id, now)),
+                counted(conn, &mut counts, |c, n| retry(c, &id, now, n)),
             ),
             Write::Requeue(request, reply) => answer(
                 &mut resource_failure,
                 reply,
-                step(conn, |c| requeue(c, &request)),
+                counted(conn, &mut counts, |c, n| requeue(c, &request, n)),
             ),
             Write::Disable(name, reason, now, reply) => answer(
                 &mut resource_failure,
@@ -417,6 +489,7 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>) -> Option<String> {
     }
     match exec(conn, "COMMIT", []) {
         Ok(_) => {
+            backlog.apply(counts);
             answers.into_iter().for_each(|a| a(None));
             resource_failure
         }
@@ -535,7 +608,12 @@ fn fail(op: Write, msg: &str) {
 
 /// Stores an event and its deliveries; an event whose dedup key is already stored is
 /// answered with the stored one instead.
-fn append(conn: &Connection, e: &NewEvent, deliveries: &[NewDelivery]) -> Result<Appended> {
+fn append(
+    conn: &Connection,
+    e: &NewEvent,
+    deliveries: &[NewDelivery],
+    counts: &mut Counts,
+) -> Result<Appended> {
     let inserted = exec(
         conn,
         "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data)
@@ -575,6 +653,7 @@ fn append(conn: &Connection, e: &NewEvent, deliveries: &[NewDelivery]) -> Result
             d.conversation,
             d.claimed
         ])?;
+        counts.add(&d.webhook, 1, 0);
     }
     Ok(Appended {
         id: e.id.clone(),
@@ -584,7 +663,7 @@ fn append(conn: &Connection, e: &NewEvent, deliveries: &[NewDelivery]) -> Result
 }
 
 /// Records an attempt and moves its delivery to the outcome's state.
-fn record_attempt(conn: &Connection, f: &FinishedAttempt) -> Result<()> {
+fn record_attempt(conn: &Connection, f: &FinishedAttempt, counts: &mut Counts) -> Result<()> {
     let a = &f.attempt;
     exec(
         conn,
@@ -614,6 +693,11 @@ fn record_attempt(conn: &Connection, f: &FinishedAttempt) -> Result<()> {
          WHERE id = ?4",
         params![status, next, now, f.delivery_id],
     )?;
+    match f.outcome {
+        Outcome::Delivered => counts.add(&f.webhook, -1, 0),
+        Outcome::Dead => counts.add(&f.webhook, -1, 1),
+        Outcome::Retry { .. } | Outcome::Disabled { .. } => {}
+    }
     Ok(())
 }
 
@@ -675,8 +759,8 @@ fn attempt_error(a: &AttemptRecord) -> String {
 
 /// An attempt with everything that follows from it: health, disabling the webhook,
 /// the replies its response asked for.
-fn finish(conn: &Connection, f: &FinishedAttempt) -> Result<()> {
-    record_attempt(conn, f)?;
+fn finish(conn: &Connection, f: &FinishedAttempt, counts: &mut Counts) -> Result<()> {
+    record_attempt(conn, f, counts)?;
     let mut health = Health::default();
     health.note(f);
     health.write(conn)?;
@@ -862,26 +946,54 @@ fn defer(conn: &Connection, id: &str, at: Millis) -> Result<()> {
     Ok(())
 }
 
-fn requeue(conn: &Connection, r: &RequeueRequest) -> Result<u64> {
-    let done = exec(
-        conn,
-        "UPDATE deliveries SET status = 'pending', claimed = 0, next_attempt_at = ?1, updated_at = ?1
-         WHERE webhook = ?2 AND status != 'pending'
-           AND event_seq > COALESCE(?3, 0)
-           AND event_seq IN (SELECT seq FROM events WHERE created_at >= COALESCE(?4, 0))",
-        params![r.now, r.webhook, r.after_seq, r.since],
-    )?;
-    Ok(done as u64)
+/// One chunk of a replay: the deliveries with rowids in `(cursor, cursor + rows]`
+/// (rowids follow insertion, so a range is a cheap slice of the table).
+fn requeue(conn: &Connection, r: &RequeueChunk, counts: &mut Counts) -> Result<Requeued> {
+    let end: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM deliveries")?
+        .query_row([], |row| row.get(0))?;
+    let upto = r.cursor.saturating_add(r.rows.max(1));
+    let mut done = 0;
+    for (was, dead) in [("delivered", 0), ("dead", -1)] {
+        let n = exec(
+            conn,
+            "UPDATE deliveries SET status = 'pending', claimed = 0, next_attempt_at = ?1, updated_at = ?1
+             WHERE rowid > ?5 AND rowid <= ?6
+               AND webhook = ?2 AND status = ?7
+               AND event_seq > COALESCE(?3, 0)
+               AND event_seq IN (SELECT seq FROM events WHERE created_at >= COALESCE(?4, 0))",
+            params![r.now, r.webhook, r.after_seq, r.since, r.cursor, upto, was],
+        )? as i64;
+        counts.add(&r.webhook, n, dead * n);
+        done += n;
+    }
+    Ok(Requeued {
+        requeued: done as u64,
+        cursor: (upto < end).then_some(upto),
+        end,
+    })
 }
 
-fn retry(conn: &Connection, id: &str, now: Millis) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1
-             WHERE id = ?2 RETURNING webhook",
-        )?
-        .query_row(params![now, id], |r| r.get(0))
-        .optional()?)
+fn retry(conn: &Connection, id: &str, now: Millis, counts: &mut Counts) -> Result<Option<String>> {
+    let found: Option<(String, String)> = conn
+        .prepare_cached("SELECT webhook, status FROM deliveries WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((webhook, status)) = found else {
+        return Ok(None);
+    };
+    exec(
+        conn,
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1
+         WHERE id = ?2",
+        params![now, id],
+    )?;
+    match status.as_str() {
+        "dead" => counts.add(&webhook, 1, -1),
+        "delivered" => counts.add(&webhook, 1, 0),
+        _ => {}
+    }
+    Ok(Some(webhook))
 }
 
 fn disable(conn: &Connection, name: &str, reason: Option<&str>, now: Millis) -> Result<()> {
