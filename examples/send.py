@@ -29,7 +29,14 @@ to = {"contact_name": args.to_name} if args.to_name else {"room_topic": args.to_
 body = json.dumps({"to": to, "text": args.text})
 msg_id = f"msg_{uuid.uuid4().hex}"
 now = datetime.now(tz=timezone.utc)
-signature = Webhook(os.environ["WAAS_SIGNING_SECRET"]).sign(msg_id, now, body)
+secret = os.environ.get("WAAS_SIGNING_SECRET")
+if not secret:
+    parser.exit(
+        2,
+        "WAAS_SIGNING_SECRET is not set: export it as one of waas's auth.signing_secrets "
+        "(a whsec_… value; `waas secret` makes one, and waas must have it in [auth])\n",
+    )
+signature = Webhook(secret).sign(msg_id, now, body)
 
 response = requests.post(
     f"{args.url}/v1/messages?wait=10s",

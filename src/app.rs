@@ -48,6 +48,9 @@ pub struct App {
     pub stopping: CancellationToken,
     /// The address the listener is bound to.
     pub bound: SocketAddr,
+    /// Signs short-lived links (the QR code for clients without headers); lives only
+    /// in this process.
+    pub link_key: [u8; 32],
 }
 
 /// The credentials the API accepts, decoded once.
@@ -206,6 +209,7 @@ impl Application {
         Ok(Application {
             app: Arc::new(App {
                 bound,
+                link_key: rand::random(),
                 stopping: CancellationToken::new(),
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,

@@ -37,14 +37,22 @@ enum Command {
     Secret,
     /// Print the OpenAPI description of the HTTP API (as served at /openapi.json).
     Openapi,
-    /// Print Standard Webhooks headers for a body, for use with curl.
+    /// Sign a body for POST /v1/messages: prints the Standard Webhooks headers and a
+    /// ready curl command.
     Sign {
-        /// The `whsec_` secret.
-        #[arg(long)]
-        secret: String,
+        /// The `whsec_` secret (prefer --secret-file or WAAS_SIGNING_SECRET: a command
+        /// line is visible to other users of the machine).
+        #[arg(long, env = "WAAS_SIGNING_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// A file holding the `whsec_` secret.
+        #[arg(long, conflicts_with = "secret")]
+        secret_file: Option<PathBuf>,
         /// File holding the exact body to sign (`-` for stdin).
         #[arg(long)]
         body: PathBuf,
+        /// The waas to put in the curl command.
+        #[arg(long, default_value = "http://127.0.0.1:3010")]
+        url: String,
     },
     /// Print live events from a running instance.
     Tail(waas::tail::TailArgs),
@@ -65,7 +73,30 @@ fn main() -> ExitCode {
             print!("{}", waas::api::openapi::spec_json());
             ExitCode::SUCCESS
         }
-        Command::Sign { secret, body } => sign(&secret, &body),
+        Command::Sign {
+            secret,
+            secret_file,
+            body,
+            url,
+        } => {
+            let secret = match (secret, secret_file) {
+                (_, Some(path)) => match std::fs::read_to_string(&path) {
+                    Ok(s) => s.trim().to_string(),
+                    Err(e) => {
+                        eprintln!("error: --secret-file {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (Some(s), None) => s,
+                (None, None) => {
+                    eprintln!(
+                        "error: no secret: pass --secret-file PATH, set WAAS_SIGNING_SECRET, or --secret whsec_… (one of auth.signing_secrets)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            sign(&secret, &body, &url)
+        }
         Command::CheckConfig => match Settings::load(cli.config.as_deref()) {
             Ok(settings) => {
                 print!("{}", settings.to_redacted_toml());
@@ -173,11 +204,11 @@ async fn wait_for_signal() {
     }
 }
 
-fn sign(secret: &str, body: &std::path::Path) -> ExitCode {
+fn sign(secret: &str, body: &std::path::Path, url: &str) -> ExitCode {
     let key = match waas::relay::signing::SigningKey::parse(secret) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("error: --secret: {e}");
+            eprintln!("error: the secret: {e}");
             return ExitCode::from(2);
         }
     };
@@ -199,8 +230,26 @@ fn sign(secret: &str, body: &std::path::Path) -> ExitCode {
     };
     let id = format!("msg_{}", ulid::Ulid::new());
     let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = key.sign(&id, ts, &bytes);
     println!("webhook-id: {id}");
     println!("webhook-timestamp: {ts}");
-    println!("webhook-signature: {}", key.sign(&id, ts, &bytes));
+    println!("webhook-signature: {signature}");
+    // The exact bytes must be sent: --data-binary from the same file (stdin was read
+    // already, so it is written out for curl).
+    let data = if body.as_os_str() == "-" {
+        let path = std::env::temp_dir().join(format!("waas-signed-{id}.json"));
+        if std::fs::write(&path, &bytes).is_err() {
+            return ExitCode::SUCCESS;
+        }
+        path.display().to_string()
+    } else {
+        body.display().to_string()
+    };
+    println!();
+    println!("# valid for 5 minutes; send it with:");
+    println!(
+        "curl -sS {}/v1/messages -H 'content-type: application/json' -H 'webhook-id: {id}' -H 'webhook-timestamp: {ts}' -H 'webhook-signature: {signature}' --data-binary @{data}",
+        url.trim_end_matches('/')
+    );
     ExitCode::SUCCESS
 }

@@ -1,6 +1,7 @@
 //! `waas tail`: live events from a running instance, one readable line each, from the
 //! SSE stream; reconnects and resumes from the last event seen.
 
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 #[derive(clap::Args, Debug)]
 pub struct TailArgs {
-    /// Base URL of the running waas.
+    /// Base URL of the running waas (`http://` is assumed when no scheme is given).
     #[arg(long, default_value = "http://127.0.0.1:3010")]
     pub url: String,
     /// Bearer token (one of auth.tokens).
@@ -69,7 +70,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()?;
-    let base = args.url.trim_end_matches('/').to_string();
+    let base = base_url(&args.url)?;
     let mut last: Option<i64> = args.after;
     if last.is_none() {
         last = Some(newest_seq(&client, &base, &args).await?);
@@ -85,9 +86,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             request = request.header("last-event-id", seq.to_string());
         }
         match request.send().await {
-            Ok(resp) if resp.status() == 401 => {
-                anyhow::bail!("{base} refused the token (401): pass --token or set WAAS_API_TOKEN")
-            }
+            Ok(resp) if resp.status() == 401 => return Err(unauthorized(&base, &args)),
             Ok(resp) if !resp.status().is_success() => {
                 anyhow::bail!(
                     "{base} answered {}: {}",
@@ -97,6 +96,14 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             }
             Ok(mut resp) => {
                 backoff = Duration::from_millis(500);
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "connected to {base}; waiting for {} (Ctrl-C to stop)",
+                    match last {
+                        Some(seq) if seq > 0 => format!("events after #{seq}"),
+                        _ => "events".to_string(),
+                    }
+                );
                 let mut buf = String::new();
                 while let Ok(Some(chunk)) = resp.chunk().await {
                     buf.push_str(&String::from_utf8_lossy(&chunk));
@@ -111,16 +118,29 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                             continue;
                         };
                         last = event["seq"].as_i64().or(last);
-                        if args.json {
-                            println!("{event}");
+                        let line = if args.json {
+                            event.to_string()
                         } else {
-                            println!("{}", summarize(&event));
+                            summarize(&event)
+                        };
+                        // A closed stdout (`waas tail | head`) ends the tail quietly.
+                        if writeln!(std::io::stdout(), "{line}").is_err() {
+                            return Ok(());
                         }
                     }
                 }
-                eprintln!("stream closed; reconnecting from #{}", last.unwrap_or(0));
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "stream closed; reconnecting from #{}",
+                    last.unwrap_or(0)
+                );
             }
-            Err(e) => eprintln!("cannot reach {base} ({e}); retrying in {backoff:?}"),
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "cannot reach {base} ({e}); retrying in {backoff:?}"
+                );
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -142,7 +162,7 @@ async fn newest_seq(client: &reqwest::Client, base: &str, args: &TailArgs) -> an
         .await
         .with_context(|| format!("cannot reach {base}: is waas running?"))?
         .error_for_status()
-        .map_err(|e| refused(e, base))?
+        .map_err(|e| refused(e, base, args))?
         .json()
         .await?;
         match page["events"][0]["seq"].as_i64() {
@@ -160,10 +180,39 @@ fn authed(request: reqwest::RequestBuilder, args: &TailArgs) -> reqwest::Request
     }
 }
 
-fn refused(e: reqwest::Error, base: &str) -> anyhow::Error {
+fn refused(e: reqwest::Error, base: &str, args: &TailArgs) -> anyhow::Error {
     if e.status().is_some_and(|s| s == 401) {
-        anyhow::anyhow!("{base} refused the token (401): pass --token or set WAAS_API_TOKEN")
+        unauthorized(base, args)
     } else {
         anyhow::anyhow!("{base}: {e}")
     }
+}
+
+/// A 401, told apart: no token given, or the token given was refused.
+fn unauthorized(base: &str, args: &TailArgs) -> anyhow::Error {
+    match args.token {
+        None => anyhow::anyhow!(
+            "{base} needs a token and none was given: pass --token or set WAAS_API_TOKEN"
+        ),
+        Some(_) => {
+            anyhow::anyhow!("{base} refused the token (401): check it is one of auth.tokens")
+        }
+    }
+}
+
+/// `127.0.0.1:3010` or `http://127.0.0.1:3010/` → `http://127.0.0.1:3010`.
+fn base_url(raw: &str) -> anyhow::Result<String> {
+    let raw = raw.trim().trim_end_matches('/');
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| {
+        anyhow::anyhow!("--url {raw}: not a URL ({e}); give one like http://127.0.0.1:3010")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("--url {raw}: use http:// or https://");
+    }
+    Ok(with_scheme)
 }

@@ -304,3 +304,62 @@ async fn sends_into_one_chat_are_paced_not_dropped() {
         "spread {spread}"
     );
 }
+
+/// The Flask bot in `examples/` verifies waas's signature and answers in the response.
+#[tokio::test]
+async fn the_flask_example_bot_answers_through_its_response() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Bot(std::process::Child);
+    impl Drop for Bot {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _bot = Bot(
+        Command::new("python3")
+            .args(["examples/bot_flask.py", "--port", &port.to_string()])
+            .env("WAAS_WEBHOOK_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with flask and standardwebhooks (see .ci/run)"),
+    );
+    let app = spawn_app(&format!(
+        "[[webhooks]]\nname = \"flask\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\nevents = [\"message\"]\nretry = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]\n"
+    ))
+    .await;
+    app.inject("alice", None, "ping").await;
+    app.inject("bob", Some("Mock Room"), "echo hi room").await;
+    let sent = app
+        .eventually(20, "the bot's two answers", || async {
+            let sent = app.sent().await;
+            (sent.len() >= 2).then_some(sent)
+        })
+        .await;
+    let answers: Vec<(Value, Value)> = sent
+        .iter()
+        .map(|m| (m["to"].clone(), m["text"].clone()))
+        .collect();
+    assert!(answers.contains(&(json!({"contact": "alice"}), json!("pong"))), "{answers:?}");
+    assert!(
+        answers.contains(&(json!({"room": "room1@chatroom"}), json!("hi room"))),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn send_py_says_when_the_secret_is_missing() {
+    let out = Command::new("python3")
+        .args(["examples/send.py", "--to-name", "Bob", "hi"])
+        .env_remove("WAAS_SIGNING_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WAAS_SIGNING_SECRET is not set"), "{err}");
+}

@@ -66,3 +66,71 @@ async fn a_wrong_token_is_a_clear_error_retried_slowly() {
     assert!(after >= 1.0);
     app.stop().await;
 }
+
+/// What the puppet says reaches `/readyz` and `/v1/session`: a gateway never reached
+/// is "cannot reach", not "lost"; a logged-out puppet's error is the reason shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puppet_errors_are_the_reason_readiness_gives() {
+    // Nothing listens on this port: never reached.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app_unready(&format!(
+        "[puppet]\nkind = \"service\"\n[puppet.service]\nendpoint = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\nreconnect = {{ initial = \"100ms\", max = \"1s\" }}\n"
+    ))
+    .await;
+    let reason = app
+        .eventually(10, "a reason", || async {
+            let (_, s) = app.get("/v1/session").await;
+            (s["state"] == "disconnected").then_some(())
+        })
+        .await;
+    let _ = reason;
+    let body: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reason = body["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("cannot reach the puppet service"),
+        "{reason}"
+    );
+    assert!(!reason.contains("lost"), "{reason}");
+    app.stop().await;
+
+    // A gateway whose puppet is logged out and cannot reach WeChat says so.
+    let fixture = PuppetFixture::start(TOKEN).await;
+    let app = common::spawn_app(&fixture.puppet_config(TOKEN)).await;
+    fixture.post("/logout", serde_json::json!({})).await;
+    app.eventually(10, "the logout", || async {
+        let (_, s) = app.get("/v1/session").await;
+        (s["state"] != "logged_in").then_some(())
+    })
+    .await;
+    fixture
+        .post(
+            "/error",
+            serde_json::json!({"message": "getaddrinfo ENOTFOUND login.wx.qq.com"}),
+        )
+        .await;
+    let reason = app
+        .eventually(10, "the puppet's error as the reason", || async {
+            let resp = app.client.get(app.url("/readyz")).send().await.ok()?;
+            let body: Value = resp.json().await.ok()?;
+            let reason = body["error"]["message"].as_str()?.to_string();
+            reason.contains("ENOTFOUND").then_some(reason)
+        })
+        .await;
+    assert!(
+        !reason.contains("connecting to the puppet service"),
+        "{reason}"
+    );
+    app.stop().await;
+}

@@ -122,7 +122,13 @@ async fn scan(app: AppState) -> Legacy {
             StatusCode::OK,
             Json(json!({
                 "ok": true,
-                "qrurl": format!("{}/v1/session/qr.svg", app.settings.server.public_url.trim_end_matches('/')),
+                // With auth on, the client cannot send a token to /v1: a short-lived
+                // signed link instead, that opens as it is.
+                "qrurl": if app.auth().is_configured() {
+                    super::home::signed_qr_link(&app)
+                } else {
+                    format!("{}/v1/session/qr.svg", app.settings.server.public_url.trim_end_matches('/'))
+                },
             })),
         ),
         None => failure(StatusCode::OK, "Not initialized"),

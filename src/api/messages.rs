@@ -80,7 +80,7 @@ pub fn parse_seconds_or_duration(raw: &str) -> Result<Duration, &'static str> {
     tag = "messages",
     params(
         WaitQuery,
-        ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key answers the first result"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key answers the first result. 1 to 255 printable ASCII characters.", pattern = r"^[!-~]([ -~]{0,253}[!-~])?$"),
     ),
     request_body = crate::send::SendBody,
     responses(

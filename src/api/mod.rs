@@ -5,6 +5,7 @@ mod deliveries;
 mod directory;
 mod events;
 mod health;
+mod home;
 mod legacy;
 mod messages;
 mod mock;
@@ -45,6 +46,7 @@ pub fn router(app: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
     Router::new()
         .merge(health::router())
+        .merge(home::router())
         .merge(legacy::router())
         .merge(v1)
         .fallback(not_found)

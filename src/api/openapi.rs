@@ -145,7 +145,7 @@ fn refine(schemas: &mut Value) {
             "url": {"type": "string", "pattern": "^https?://"},
             "title": {"type": "string"},
             "description": {"type": "string"},
-            "thumbnail_url": {"type": "string"}
+            "thumbnail_url": {"type": "string", "pattern": "^https?://[A-Za-z][A-Za-z0-9-]{0,30}(\\.[A-Za-z][A-Za-z0-9-]{0,30})*\\.(com|org|net|io|cn|dev|app)(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~%/-]*)?$", "description": "Fetched by the gateway: an http(s) URL of a public host (not loopback, private or link-local unless `send.allow_private_urls`)."}
         }
     });
     schemas["FileRef"] = json!({
@@ -154,7 +154,7 @@ fn refine(schemas: &mut Value) {
         "required": ["name"],
         "additionalProperties": false,
         "properties": {
-            "url": {"type": "string", "pattern": "^https?://", "description": "Fetched by the gateway: http(s), and not a loopback, private or link-local address unless `send.allow_private_urls`."},
+            "url": {"type": "string", "pattern": "^https?://[A-Za-z][A-Za-z0-9-]{0,30}(\\.[A-Za-z][A-Za-z0-9-]{0,30})*\\.(com|org|net|io|cn|dev|app)(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~%/-]*)?$", "description": "Fetched by the gateway: an http(s) URL of a public host (not loopback, private or link-local unless `send.allow_private_urls`)."},
             "base64": {"type": "string", "pattern": "^([ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/])*([ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*[A-Za-z0-9+/][ \\t\\r\\n]*(=[ \\t\\r\\n]*=|[A-Za-z0-9+/][ \\t\\r\\n]*=))?[ \\t\\r\\n]*$", "description": "Standard base64 with padding (spaces and line breaks are ignored)."},
             "name": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/\\\\\\x00-\\x1f\\x7f-\\x9f]*[^/\\\\\\x00-\\x1f\\x7f-\\x9f.\\s][^/\\\\\\x00-\\x1f\\x7f-\\x9f]*$", "description": "A plain file name, like `report.pdf`: no `/`, `\\`, control characters, and not `.` or `..`."}
         },

@@ -1,13 +1,12 @@
 //! The WeChat session: login state, QR code, logged-in user.
 
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
 use super::{ApiError, AppState};
-use crate::puppet::{Session, qr_svg};
+use crate::puppet::Session;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -26,19 +25,7 @@ pub fn router() -> Router<AppState> {
     )
 )]
 pub(super) async fn qr(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let session = app.session.get();
-    let payload = session.qr.map(|q| q.payload).ok_or_else(|| {
-        ApiError::not_found("there is no QR code to scan right now (see GET /v1/session)")
-    })?;
-    let svg =
-        qr_svg(&payload).ok_or_else(|| ApiError::internal("the QR payload cannot be encoded"))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/svg+xml"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        svg,
-    ))
+    super::home::qr_response(&app)
 }
 
 /// The login state, the QR code to scan (while waiting for one), the bot's account.

@@ -397,6 +397,8 @@ impl ServicePuppet {
     /// Runs the session until `shutdown`: connects, relays, reconnects.
     async fn connect_loop(&self, steps: &mpsc::Sender<Step>, shutdown: &CancellationToken) {
         let mut delay = self.reconnect.initial;
+        // Until a stream was established once, a failure is "cannot reach", not "lost".
+        let mut ever_established = false;
         self.session.set(
             SessionState::Starting,
             None,
@@ -417,7 +419,16 @@ impl ServicePuppet {
             };
             if established {
                 delay = self.reconnect.initial;
+                ever_established = true;
             }
+            let reason = if ever_established || unauthenticated {
+                reason
+            } else {
+                format!(
+                    "cannot reach the puppet service at {}: {reason}",
+                    self.endpoint
+                )
+            };
             let wait = if unauthenticated {
                 self.reconnect.max
             } else {
@@ -426,7 +437,17 @@ impl ServicePuppet {
             if unauthenticated {
                 tracing::error!(endpoint = %self.endpoint, retry_in = ?wait, "{reason}");
             } else {
-                tracing::warn!(endpoint = %self.endpoint, retry_in = ?wait, reason = %reason, "lost the puppet service; reconnecting");
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    retry_in = ?wait,
+                    reason = %reason,
+                    "{}",
+                    if ever_established {
+                        "lost the puppet service; reconnecting"
+                    } else {
+                        "cannot reach the puppet service; trying again"
+                    }
+                );
             }
             metrics::counter!("waas_puppet_disconnects_total").increment(1);
             let user = self.session.get().user;
@@ -768,6 +789,17 @@ impl ServicePuppet {
             Resolved::Nothing => {}
             Resolved::Record(data) => match *data {
                 EventData::Error { mut message } => {
+                    // Not logged in, the puppet's own words are the best reason there is
+                    // (an offline gateway says `ENOTFOUND login.wx.qq.com`).
+                    let session = self.session.get();
+                    if session.state != SessionState::LoggedIn {
+                        self.session.set(
+                            session.state,
+                            session.qr,
+                            session.user,
+                            Some(format!("the puppet reports: {message}")),
+                        );
+                    }
                     if announced.error_is_new(&mut message, Instant::now()) {
                         tracing::warn!(error = %message, "the puppet reported an error");
                         record(ingest, EventData::Error { message }).await;
