@@ -320,15 +320,13 @@ async fn the_flask_example_bot_answers_through_its_response() {
             let _ = self.0.wait();
         }
     }
-    let _bot = Bot(
-        Command::new("python3")
-            .args(["examples/bot_flask.py", "--port", &port.to_string()])
-            .env("WAAS_WEBHOOK_SECRET", SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with flask and standardwebhooks (see .ci/run)"),
-    );
+    let _bot = Bot(Command::new("python3")
+        .args(["examples/bot_flask.py", "--port", &port.to_string()])
+        .env("WAAS_WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with flask and standardwebhooks (see .ci/run)"));
     let app = spawn_app(&format!(
         "[[webhooks]]\nname = \"flask\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\nevents = [\"message\"]\nretry = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]\n"
     ))
@@ -345,7 +343,10 @@ async fn the_flask_example_bot_answers_through_its_response() {
         .iter()
         .map(|m| (m["to"].clone(), m["text"].clone()))
         .collect();
-    assert!(answers.contains(&(json!({"contact": "alice"}), json!("pong"))), "{answers:?}");
+    assert!(
+        answers.contains(&(json!({"contact": "alice"}), json!("pong"))),
+        "{answers:?}"
+    );
     assert!(
         answers.contains(&(json!({"room": "room1@chatroom"}), json!("hi room"))),
         "{answers:?}"

@@ -112,3 +112,12 @@ pub(super) async fn retry(
         }),
     ))
 }
+
+/// The fuzz target's way in.
+pub(super) fn fuzz_queries(raw: &str) {
+    if let Ok(q) = serde_urlencoded::from_str::<ListQuery>(raw)
+        && let Some(status) = q.status
+    {
+        let _ = DeliveryStatus::parse(&status);
+    }
+}

@@ -336,3 +336,16 @@ pub(super) async fn stream(
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+/// The fuzz target's way in: the queries of both routes, then their values.
+pub(super) fn fuzz_queries(raw: &str) {
+    if let Ok(q) = serde_urlencoded::from_str::<PullQuery>(raw) {
+        let _ = parse_types(q.types.as_deref());
+        if let Some(wait) = q.wait {
+            let _ = super::parse_seconds_or_duration(&wait);
+        }
+    }
+    if let Ok(q) = serde_urlencoded::from_str::<StreamQuery>(raw) {
+        let _ = parse_types(q.types.as_deref());
+    }
+}

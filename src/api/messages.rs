@@ -30,7 +30,7 @@ pub struct WaitQuery {
     /// Wait up to this long for the outcome: seconds (`10`) or a duration (`10s`,
     /// `500ms`); at most a minute, and a second under `server.request_timeout`.
     #[param(pattern = r"^([0-9]{1,6}(\.[0-9]{1,3})?|[0-9]{1,6}(ms|s|m))?$")]
-    wait: Option<String>,
+    pub(super) wait: Option<String>,
 }
 
 /// Longest `?wait=` honoured.

@@ -33,6 +33,22 @@ use crate::store::{RecordedAnswer, SignedBegin, SignedRequest, StoreError};
 
 pub type AppState = Arc<App>;
 
+pub use messages::parse_seconds_or_duration;
+
+/// Runs every query-string parser of the API on `raw` (the fuzz target's entry): the
+/// typed queries of `/v1/events`, `/v1/events/stream`, `/v1/messages` and
+/// `/v1/deliveries`, then the values in them. Never panics; each answers or refuses.
+#[doc(hidden)]
+pub fn fuzz_queries(raw: &str) {
+    events::fuzz_queries(raw);
+    deliveries::fuzz_queries(raw);
+    if let Ok(q) = serde_urlencoded::from_str::<messages::WaitQuery>(raw)
+        && let Some(wait) = q.wait
+    {
+        let _ = parse_seconds_or_duration(&wait);
+    }
+}
+
 /// Builds the whole router.
 pub fn router(app: AppState) -> Router {
     let v1 = Router::new()
