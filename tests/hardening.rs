@@ -1191,3 +1191,52 @@ fn check_config_runs_serves_checks_and_reports_every_error() {
     assert!(err.contains("webhooks[0].timeout"), "{err}");
     assert!(err.contains("a duration like \"15s\""), "{err}");
 }
+
+#[tokio::test]
+async fn with_auth_the_legacy_qrurl_opens_without_headers_and_the_home_page_answers() {
+    let app = spawn_app_unready(&format!("{}[puppet.mock]\nauto_login = false\n", auth())).await;
+    let (_, scan) = app.get(&format!("/t/{TOKEN}/api/scan")).await;
+    let link = scan["qrurl"].as_str().unwrap().to_string();
+    assert!(link.contains("/qr.svg?expires="), "{link}");
+    // The public_url of the test config points elsewhere: follow the path only.
+    let path = &link[link.find("/qr.svg").unwrap()..];
+    let resp = reqwest::get(app.url(path)).await.unwrap();
+    assert_eq!(resp.status(), 200, "the signed link opens as it is");
+    assert!(resp.text().await.unwrap().contains("<svg"));
+    let tampered = path.replace("sig=", "sig=0");
+    assert_eq!(
+        reqwest::get(app.url(&tampered)).await.unwrap().status(),
+        403
+    );
+    let resp = reqwest::get(app.url("/v1/session/qr.svg")).await.unwrap();
+    assert_eq!(resp.status(), 401, "the API route still needs the token");
+
+    let page = reqwest::get(app.url("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("waiting_for_scan") && html.contains("/openapi.json"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<img"),
+        "with auth on, the page does not show the QR code"
+    );
+    app.stop().await;
+
+    let open = spawn_app_unready("[puppet.mock]\nauto_login = false\n").await;
+    let html = reqwest::get(open.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<img src=\"/v1/session/qr.svg\""), "{html}");
+    open.stop().await;
+}

@@ -260,6 +260,37 @@ fn redact_path(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_panicking_handler_answers_the_contracts_500() {
+        use axum::body::Body;
+        use tower::ServiceExt;
+        let router = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    let wait: Option<&'static str> = None;
+                    wait.expect("a handler bug")
+                }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                super::panicked,
+            ));
+        let response = router
+            .oneshot(
+                axum::http::Request::get("/boom")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal_error");
+    }
+
     #[test]
     fn hosts_are_read_without_their_port() {
         use super::{host_without_port, is_loopback_host};

@@ -395,3 +395,29 @@ impl Puppet for MockPuppet {
         Ok(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sent_list_keeps_only_the_newest() {
+        let settings = crate::config::Settings::from_toml("").unwrap();
+        let session = SessionHandle::new(PuppetKind::Mock);
+        let mock = MockPuppet::new(&settings.puppet.mock, session.clone());
+        session.set(SessionState::LoggedIn, None, None, None);
+        let to = Conversation::Contact("alice".into());
+        let mut last = String::new();
+        for i in 0..SENT_KEPT + 5 {
+            let text = Content::Text {
+                text: format!("m{i}"),
+                mentions: vec![],
+            };
+            last = mock.send(&to, &text).await.unwrap();
+        }
+        let sent = mock.sent();
+        assert_eq!(sent.len(), SENT_KEPT);
+        assert_eq!(sent[0].text.as_deref(), Some("m5"), "the oldest went first");
+        assert_eq!(sent.last().unwrap().id, last);
+    }
+}

@@ -646,6 +646,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pruning_truncates_the_write_ahead_log() {
+        let (dir, store) = open().await;
+        for i in 0..2_000 {
+            store
+                .append_event(event(&format!("evt_{i}"), 10, None), vec![])
+                .await
+                .unwrap();
+        }
+        let wal = dir.path().join("t.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        store.prune(1_000).await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            0,
+            "checkpointed and truncated"
+        );
+    }
+
+    #[tokio::test]
     async fn retention_prunes_delivered_events_and_keeps_dead_ones() {
         let (_dir, store) = open().await;
         store
