@@ -1,24 +1,22 @@
 //! Assembly: opens the store, starts the puppet, dispatcher, sender and pruner, binds
 //! the listener and serves the API until shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AuthSettings, PuppetKind, Settings};
+use crate::account::{Account, Accounts};
+use crate::config::{AuthSettings, Settings};
 use crate::event::now_millis;
-use crate::ingest::Ingest;
 use crate::puppet::mock::MockPuppet;
-use crate::puppet::service::ServicePuppet;
-use crate::puppet::{Puppet, SessionHandle};
 use crate::relay::dispatcher::{Dispatcher, Lanes};
-use crate::relay::sender::Sender;
 use crate::relay::signing::SigningKey;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -27,14 +25,12 @@ use crate::store::sqlite::SqliteStore;
 pub struct App {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
-    pub session: SessionHandle,
-    pub puppet: Arc<dyn Puppet>,
-    /// The mock puppet, when it is the puppet (for `/v1/mock`).
-    pub mock: Option<Arc<MockPuppet>>,
-    pub ingest: Arc<Ingest>,
+    /// Every WeChat account, each with its puppet, session, ingest and sender.
+    pub accounts: Accounts,
     pub dispatcher: Arc<Dispatcher>,
-    pub sender: Arc<Sender>,
     pub lanes: Arc<Lanes>,
+    /// The newest stored seq, across accounts.
+    pub last_seq: Arc<watch::Sender<i64>>,
     /// Replays started by hand, with their progress.
     pub replays: crate::relay::replay::Replays,
     /// Stored events, broadcast to streams and long polls.
@@ -53,29 +49,42 @@ pub struct App {
     pub link_key: [u8; 32],
 }
 
+/// A bearer token and the accounts it may act on (`None`: all).
+pub struct Token {
+    pub value: String,
+    pub accounts: Option<Vec<String>>,
+}
+
 /// The credentials the API accepts, decoded once.
 pub struct Auth {
     /// Bearer tokens.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<Token>,
     /// Keys for Standard Webhooks signed requests.
     pub signing_keys: Vec<SigningKey>,
+    /// The accounts each of `signing_keys` may act on (`None`: all).
+    pub signing_scopes: Vec<Option<Vec<String>>>,
     /// The bearer token `/metrics` requires, when one is configured.
     pub metrics_token: Option<String>,
 }
 
 impl Auth {
     fn new(settings: &AuthSettings) -> Auth {
+        let keys: Vec<(SigningKey, Option<Vec<String>>)> = settings
+            .signing_secrets
+            .iter()
+            .filter_map(|s| Some((SigningKey::parse(s.expose()).ok()?, s.accounts.clone())))
+            .collect();
         Auth {
             tokens: settings
                 .tokens
                 .iter()
-                .map(|t| t.expose().to_string())
+                .map(|t| Token {
+                    value: t.expose().to_string(),
+                    accounts: t.accounts.clone(),
+                })
                 .collect(),
-            signing_keys: settings
-                .signing_secrets
-                .iter()
-                .filter_map(|s| SigningKey::parse(s.expose()).ok())
-                .collect(),
+            signing_keys: keys.iter().map(|(k, _)| k.clone()).collect(),
+            signing_scopes: keys.into_iter().map(|(_, a)| a).collect(),
             metrics_token: settings
                 .metrics_token
                 .as_ref()
@@ -107,8 +116,14 @@ impl App {
         if new.storage.url != old.storage.url {
             ignored.push("storage.url");
         }
-        if new.puppet.kind != old.puppet.kind {
-            ignored.push("puppet.kind");
+        let puppets = |s: &Settings| {
+            s.accounts
+                .iter()
+                .map(|a| (a.name.clone(), a.puppet.kind))
+                .collect::<Vec<_>>()
+        };
+        if puppets(&new) != puppets(old) {
+            ignored.push("accounts and their puppets");
         }
         // The address that counts is the one bound at start (a new `listen` is ignored
         // until a restart), not the new file's.
@@ -121,7 +136,9 @@ impl App {
         }
         let stats = self.store.webhook_stats().await?;
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Auth::new(&new.auth));
-        self.ingest.set_routes(&new.webhooks);
+        for account in self.accounts.iter() {
+            account.ingest.set_routes(&new.webhooks);
+        }
         self.dispatcher.reload(&new.webhooks, &stats, &self.lanes);
         if !ignored.is_empty() {
             tracing::warn!(keys = ?ignored, "these settings change only with a restart");
@@ -158,46 +175,34 @@ impl Application {
                 .await
                 .with_context(|| format!("cannot open the store at {}", settings.storage.url))?,
         );
-        let session = SessionHandle::new(settings.puppet.kind);
-        let (puppet, mock): (Arc<dyn Puppet>, Option<Arc<MockPuppet>>) = match settings.puppet.kind
-        {
-            PuppetKind::Mock => {
-                let mock = Arc::new(MockPuppet::new(&settings.puppet.mock, session.clone()));
-                (mock.clone(), Some(mock))
-            }
-            PuppetKind::Service => (
-                Arc::new(ServicePuppet::new(
-                    &settings.puppet.service,
-                    session.clone(),
-                )?),
-                None,
-            ),
-        };
         let lanes = Arc::new(Lanes::default());
-        let sender_wake = Arc::new(Notify::new());
         let stats = store.webhook_stats().await?;
-
+        let wakers: HashMap<String, Arc<Notify>> = settings
+            .accounts
+            .iter()
+            .map(|a| (a.name.clone(), Arc::new(Notify::new())))
+            .collect();
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             &settings.webhooks,
             &stats,
             &lanes,
-            sender_wake.clone(),
+            wakers.clone(),
             settings.send.allow_private_urls,
         ));
-        let ingest = Arc::new(Ingest::new(
-            store.clone(),
-            &settings.webhooks,
-            lanes.clone(),
-            &settings.puppet,
-        ));
-        let sender = Arc::new(Sender::new(
-            store.clone(),
-            puppet.clone(),
-            session.clone(),
-            sender_wake,
-            &settings.send,
-        ));
+        let last_seq = Arc::new(watch::Sender::new(0));
+        let shared = crate::account::Shared {
+            settings: &settings,
+            store: store.clone(),
+            lanes: lanes.clone(),
+            last_seq: last_seq.clone(),
+        };
+        let mut list = Vec::new();
+        for account in &settings.accounts {
+            let wake = wakers.get(&account.name).cloned().unwrap_or_default();
+            list.push(Arc::new(Account::build(account, &shared, wake)?));
+        }
+        let accounts = Accounts::new(list);
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
@@ -214,13 +219,10 @@ impl Application {
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,
                 store,
-                session,
-                puppet,
-                mock,
-                ingest,
+                accounts,
                 dispatcher,
-                sender,
                 lanes,
+                last_seq,
                 replays: Default::default(),
                 feed: Default::default(),
                 listeners,
@@ -246,16 +248,17 @@ impl Application {
         let tracker = TaskTracker::new();
         let work = shutdown.child_token();
 
-        tracker.spawn(app.puppet.clone().run(app.ingest.clone(), work.clone()));
+        for account in app.accounts.iter() {
+            account.spawn(&tracker, &work);
+        }
         app.dispatcher.spawn(&tracker, work.clone());
-        tracker.spawn(app.sender.clone().run(tracker.clone(), work.clone()));
         tracker.spawn(prune_loop(app.clone(), work.clone()));
         tracker.spawn(crate::metrics::upkeep(work.clone()));
-        tracker.spawn(
-            app.feed
-                .clone()
-                .run(app.store.clone(), app.ingest.last_seq(), work.clone()),
-        );
+        tracker.spawn(app.feed.clone().run(
+            app.store.clone(),
+            app.last_seq.subscribe(),
+            work.clone(),
+        ));
 
         let addr = self.listener.local_addr()?;
         announce(&app, addr);
@@ -318,11 +321,16 @@ impl Embedded {
         let application = Application::build(settings).await?;
         let addr = application.local_addr();
         let app = application.app();
-        let mock = app
+        let account = app
+            .accounts
+            .unscoped()
+            .context("an embedded waas has one account")?
+            .clone();
+        let mock = account
             .mock
             .clone()
             .context("an embedded waas uses the mock puppet")?;
-        let mut session = app.session.subscribe();
+        let mut session = account.session.subscribe();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(application.run(shutdown.clone()));
         session

@@ -35,7 +35,31 @@ pub struct Settings {
     /// Where inbound events are pushed.
     #[serde(default)]
     pub webhooks: Vec<WebhookSettings>,
+    /// `[[accounts]]` as written (each read over the `[puppet]` defaults into
+    /// [`Settings::accounts`]).
+    #[serde(default, rename = "accounts", skip_serializing)]
+    raw_accounts: Vec<serde_json::Value>,
+    /// The WeChat accounts this waas holds: the `[[accounts]]`, or, without any, one
+    /// named `default` whose puppet is the top-level `[puppet]`.
+    #[serde(skip)]
+    pub accounts: Vec<AccountSettings>,
+    /// True when `accounts` is the implicit `default` of a configuration without
+    /// `[[accounts]]` (a v0.1 file).
+    #[serde(skip)]
+    implicit_account: bool,
 }
+
+/// One WeChat account: its name and its puppet.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountSettings {
+    /// Letters, digits, `-` and `_`; in URLs, metrics and every event's `account`.
+    pub name: String,
+    /// The same keys as `[puppet]`.
+    pub puppet: PuppetSettings,
+}
+
+/// The name of the account a configuration without `[[accounts]]` has.
+pub const DEFAULT_ACCOUNT: &str = "default";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -87,10 +111,12 @@ pub enum Synchronous {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Bearer tokens accepted on `/v1`: a value, `env:NAME` or `file:PATH`.
-    pub tokens: Vec<SecretValue>,
-    /// Standard Webhooks secrets (`whsec_…`) accepted on signed POSTs.
-    pub signing_secrets: Vec<SecretValue>,
+    /// Bearer tokens accepted on `/v1`: a value, `env:NAME` or `file:PATH`; or
+    /// `{ value = …, accounts = ["sales"] }` for a token of those accounts only.
+    pub tokens: Vec<ScopedSecret>,
+    /// Standard Webhooks secrets (`whsec_…`) accepted on signed POSTs, scoped the same
+    /// way.
+    pub signing_secrets: Vec<ScopedSecret>,
     /// Bearer token for `GET /metrics`; unset, `/metrics` needs no credential.
     #[serde(default)]
     pub metrics_token: Option<SecretValue>,
@@ -244,6 +270,9 @@ pub struct WebhookSettings {
     /// Only events from these contacts (ids or names).
     #[serde(default)]
     pub contacts: Vec<String>,
+    /// Only events of these accounts (names); empty means all.
+    #[serde(default)]
+    pub accounts: Vec<String>,
     /// Body format.
     #[serde(default)]
     pub format: WebhookFormat,
@@ -307,6 +336,49 @@ impl Ordering {
             Ordering::None => "none",
             Ordering::Conversation => "conversation",
         }
+    }
+}
+
+/// A credential, for every account (a plain string) or for some
+/// (`{ value = "…", accounts = ["sales"] }`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScopedSecret {
+    pub value: SecretValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for ScopedSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Plain(String),
+            Scoped {
+                value: String,
+                accounts: Vec<String>,
+            },
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Plain(value) => ScopedSecret {
+                value: SecretValue::from(value),
+                accounts: None,
+            },
+            Raw::Scoped { value, accounts } => ScopedSecret {
+                value: SecretValue::from(value),
+                accounts: Some(accounts),
+            },
+        })
+    }
+}
+
+impl ScopedSecret {
+    pub fn expose(&self) -> &str {
+        self.value.expose()
+    }
+
+    fn resolve(&mut self) -> Result<(), String> {
+        self.value.resolve()
     }
 }
 
@@ -472,6 +544,126 @@ mod duration_list {
     }
 }
 
+fn check_service(service: &mut ServiceSettings, prefix: &str, problems: &mut Vec<ConfigError>) {
+    let mut problem =
+        |key: &str, reason: String| problems.push(invalid(format!("{prefix}.{key}"), reason));
+    let endpoint = service.endpoint.trim();
+    let authority_ok = !endpoint.is_empty()
+        && !endpoint.contains("://")
+        && endpoint
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !authority_ok {
+        problem(
+            "service.endpoint",
+            format!(
+                "`{endpoint}` is not HOST:PORT (for example 127.0.0.1:8788; no scheme, `tls` chooses it)"
+            ),
+        );
+    }
+    if service.token.is_empty() {
+        problem(
+            "service.token",
+            "the puppet service needs its token (a value, env:NAME or file:PATH)".into(),
+        );
+    } else {
+        match service.token.resolve() {
+            Err(r) => problem("service.token", r),
+            Ok(()) if service.token.expose().is_empty() => {
+                problem("service.token", "is empty".into())
+            }
+            Ok(()) => {}
+        }
+    }
+    if !service.tls && (service.tls_ca.is_some() || service.tls_server_name.is_some()) {
+        problem(
+            "service.tls",
+            "`tls_ca` or `tls_server_name` is set but `tls = false`; set `tls = true` to use them"
+                .into(),
+        );
+    }
+    if let Some(ca) = &service.tls_ca
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        problem(
+            "service.tls_ca",
+            format!("cannot read {}: {e}", ca.display()),
+        );
+    }
+    let reconnect = &service.reconnect;
+    if reconnect.initial.is_zero()
+        || reconnect.initial > reconnect.max
+        || reconnect.max > MAX_DURATION
+    {
+        problem(
+                "service.reconnect",
+                "`initial` must be above zero and at most `max` (like { initial = \"500ms\", max = \"30s\" })".into(),
+            );
+    }
+}
+
+fn check_mock(mock: &MockSettings, prefix: &str, problems: &mut Vec<ConfigError>) {
+    let mut problem =
+        |key: String, reason: String| problems.push(invalid(format!("{prefix}.{key}"), reason));
+    let mut ids = std::collections::HashSet::new();
+    ids.insert(mock.bot.id.as_str());
+    for (i, c) in mock.contacts.iter().enumerate() {
+        if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+            problem(
+                format!("mock.contacts[{i}].id"),
+                "must be non-empty and unique".into(),
+            );
+        }
+    }
+    for (i, room) in mock.rooms.iter().enumerate() {
+        if !room.id.contains('@') {
+            problem(
+                format!("mock.rooms[{i}].id"),
+                "room ids contain `@` (like \"room1@chatroom\")".into(),
+            );
+        }
+        if let Some(m) = room.members.iter().find(|m| !ids.contains(m.as_str())) {
+            problem(
+                format!("mock.rooms[{i}].members"),
+                format!("`{m}` is not the bot or one of the mock's contacts"),
+            );
+        }
+    }
+}
+
+/// One account's puppet; keys under `prefix` (`puppet`, `accounts[1].puppet`).
+fn check_puppet(puppet: &mut PuppetSettings, prefix: &str, problems: &mut Vec<ConfigError>) {
+    if puppet.kind == PuppetKind::Service {
+        check_service(&mut puppet.service, prefix, problems);
+    }
+    check_mock(&puppet.mock, prefix, problems);
+}
+
+/// A name usable in URLs and metrics: letters, digits, `-`, `_`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Lays `over` onto `base`, table by table (values of `over` win).
+fn merge_json(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(over)) => {
+            for (k, v) in over {
+                match base.get_mut(k) {
+                    Some(existing) => merge_json(existing, v),
+                    None => {
+                        base.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over.clone(),
+    }
+}
+
 /// A configuration problem, naming the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -568,6 +760,7 @@ impl Settings {
         use config::{Config, Environment, File, FileFormat};
 
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut user = Config::builder();
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Load(format!(
@@ -576,19 +769,20 @@ impl Settings {
                 )));
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+            user = user.add_source(File::from(path).format(FileFormat::Toml));
         }
         let env: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("WAAS__"))
             .collect();
-        builder = builder.add_source(
-            Environment::with_prefix("WAAS")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env)),
-        );
-        Self::from_layers(builder)
+        let environment = Environment::with_prefix("WAAS")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env));
+        builder = builder.add_source(environment.clone());
+        user = user.add_source(environment);
+        Self::from_layers(builder, user)
     }
 
     /// Parses a TOML document layered over the defaults (no file, no environment).
@@ -598,16 +792,103 @@ impl Settings {
             Config::builder()
                 .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
                 .add_source(File::from_str(toml, FileFormat::Toml)),
+            Config::builder().add_source(File::from_str(toml, FileFormat::Toml)),
         )
     }
 
+    /// `all` is every layer; `user` the same without the compiled-in defaults, to tell
+    /// a `[puppet]` the user wrote from the default one.
     fn from_layers(
-        builder: config::ConfigBuilder<config::builder::DefaultState>,
+        all: config::ConfigBuilder<config::builder::DefaultState>,
+        user: config::ConfigBuilder<config::builder::DefaultState>,
     ) -> Result<Settings, ConfigError> {
-        let raw = builder.build().map_err(load_error)?;
+        let raw = all.build().map_err(load_error)?;
+        let user_wrote_puppet = user
+            .build()
+            .map_err(load_error)?
+            .get_table("puppet")
+            .is_ok();
         let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
+        settings.read_accounts(user_wrote_puppet)?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Turns `[[accounts]]` into [`Settings::accounts`], each puppet read over the
+    /// defaults of `[puppet]`; without any, the top-level `[puppet]` is the account
+    /// `default`.
+    fn read_accounts(&mut self, user_wrote_puppet: bool) -> Result<(), ConfigError> {
+        if self.raw_accounts.is_empty() {
+            self.implicit_account = true;
+            self.accounts = vec![AccountSettings {
+                name: DEFAULT_ACCOUNT.to_string(),
+                puppet: self.puppet.clone(),
+            }];
+            return Ok(());
+        }
+        if user_wrote_puppet {
+            return Err(invalid(
+                "puppet",
+                "with [[accounts]], each account has its own [accounts.puppet]; move the top-level [puppet] into the account it belongs to",
+            ));
+        }
+        let defaults = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.get::<serde_json::Value>("puppet"))
+            .map_err(load_error)?;
+        let mut accounts = Vec::new();
+        let mut problems = Vec::new();
+        for (i, raw) in std::mem::take(&mut self.raw_accounts)
+            .into_iter()
+            .enumerate()
+        {
+            let key = |field: &str| format!("accounts[{i}].{field}");
+            let Some(table) = raw.as_object() else {
+                problems.push(invalid(key("name"), "each [[accounts]] entry is a table"));
+                continue;
+            };
+            if let Some(other) = table.keys().find(|k| *k != "name" && *k != "puppet") {
+                problems.push(invalid(
+                    key(other),
+                    "unknown key; an account has `name` and `[accounts.puppet]`",
+                ));
+            }
+            let name = table
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            if name.is_empty() {
+                problems.push(invalid(
+                    key("name"),
+                    "every account needs a name (letters, digits, `-`, `_`), like \"sales\"",
+                ));
+            }
+            let mut puppet = defaults.clone();
+            if let Some(given) = table.get("puppet") {
+                merge_json(&mut puppet, given);
+            }
+            match serde_json::from_value::<PuppetSettings>(puppet) {
+                Ok(puppet) => accounts.push(AccountSettings {
+                    name: name.to_string(),
+                    puppet,
+                }),
+                Err(e) => problems.push(invalid(key("puppet"), e.to_string())),
+            }
+        }
+        match problems.len() {
+            0 => {
+                self.accounts = accounts;
+                Ok(())
+            }
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Many(problems)),
+        }
+    }
+
+    /// Whether the accounts are the implicit `default` of a file without `[[accounts]]`.
+    pub fn has_implicit_account(&self) -> bool {
+        self.implicit_account
     }
 
     /// Checks what serde cannot: cross-field rules, secret formats, URLs, and resolves
@@ -708,6 +989,32 @@ impl Settings {
                 }
             }
         }
+        let names: Vec<String> = self.accounts.iter().map(|a| a.name.clone()).collect();
+        for (field, list) in [
+            ("auth.tokens", &self.auth.tokens),
+            ("auth.signing_secrets", &self.auth.signing_secrets),
+        ] {
+            for (i, entry) in list.iter().enumerate() {
+                match &entry.accounts {
+                    Some(accounts) if accounts.is_empty() => problem(
+                        &format!("{field}[{i}].accounts"),
+                        "names no account; leave `accounts` out for every account".into(),
+                    ),
+                    Some(accounts) => {
+                        if let Some(unknown) = accounts.iter().find(|a| !names.contains(a)) {
+                            problem(
+                                &format!("{field}[{i}].accounts"),
+                                format!(
+                                    "`{unknown}` is not an account (there are: {})",
+                                    names.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
         // The same refusal `serve` makes, so check-config passes only what serve runs.
         let listen = self.server.listen;
         if !listen.ip().is_loopback() && !self.auth.is_configured() {
@@ -718,10 +1025,34 @@ impl Settings {
                 ),
             );
         }
-        if self.puppet.kind == PuppetKind::Service {
-            self.check_service(problems);
+        if self.implicit_account {
+            check_puppet(&mut self.puppet, "puppet", problems);
+            if let Some(account) = self.accounts.first_mut() {
+                account.puppet = self.puppet.clone();
+            }
+        } else {
+            let mut names = std::collections::HashSet::new();
+            for (i, account) in self.accounts.iter_mut().enumerate() {
+                let key = format!("accounts[{i}].name");
+                if !valid_name(&account.name) {
+                    problems.push(invalid(
+                        &key,
+                        "must be non-empty and use only letters, digits, `-` and `_` (like \"sales\")",
+                    ));
+                } else if !names.insert(account.name.clone()) {
+                    problems.push(invalid(
+                        &key,
+                        format!("`{}` names two accounts", account.name),
+                    ));
+                }
+                check_puppet(
+                    &mut account.puppet,
+                    &format!("accounts[{i}].puppet"),
+                    problems,
+                );
+            }
         }
-        self.check_mock(problems);
+        let account_names: Vec<String> = self.accounts.iter().map(|a| a.name.clone()).collect();
         let mut problem = |key: &str, reason: String| problems.push(invalid(key, reason));
         if self.send.burst == 0 {
             problem("send.burst", "must be at least 1".into());
@@ -811,90 +1142,13 @@ impl Settings {
             if hook.max_in_flight == 0 || hook.max_in_flight > 1024 {
                 problem(&at("max_in_flight"), "must be between 1 and 1024".into());
             }
-        }
-    }
-
-    fn check_service(&mut self, problems: &mut Vec<ConfigError>) {
-        let mut problem = |key: &str, reason: String| problems.push(invalid(key, reason));
-        let service = &mut self.puppet.service;
-        let endpoint = service.endpoint.trim();
-        let authority_ok = !endpoint.is_empty()
-            && !endpoint.contains("://")
-            && endpoint
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !authority_ok {
-            problem(
-                "puppet.service.endpoint",
-                format!(
-                    "`{endpoint}` is not HOST:PORT (for example 127.0.0.1:8788; no scheme, `tls` chooses it)"
-                ),
-            );
-        }
-        if service.token.is_empty() {
-            problem(
-                "puppet.service.token",
-                "the puppet service needs its token (a value, env:NAME or file:PATH)".into(),
-            );
-        } else {
-            match service.token.resolve() {
-                Err(r) => problem("puppet.service.token", r),
-                Ok(()) if service.token.expose().is_empty() => {
-                    problem("puppet.service.token", "is empty".into())
-                }
-                Ok(()) => {}
-            }
-        }
-        if !service.tls && (service.tls_ca.is_some() || service.tls_server_name.is_some()) {
-            problem(
-                "puppet.service.tls",
-                "`tls_ca` or `tls_server_name` is set but `tls = false`; set `tls = true` to use them".into(),
-            );
-        }
-        if let Some(ca) = &service.tls_ca
-            && let Err(e) = std::fs::metadata(ca)
-        {
-            problem(
-                "puppet.service.tls_ca",
-                format!("cannot read {}: {e}", ca.display()),
-            );
-        }
-        let reconnect = &service.reconnect;
-        if reconnect.initial.is_zero()
-            || reconnect.initial > reconnect.max
-            || reconnect.max > MAX_DURATION
-        {
-            problem(
-                "puppet.service.reconnect",
-                "`initial` must be above zero and at most `max` (like { initial = \"500ms\", max = \"30s\" })".into(),
-            );
-        }
-    }
-
-    fn check_mock(&self, problems: &mut Vec<ConfigError>) {
-        let mut problem = |key: String, reason: String| problems.push(invalid(key, reason));
-        let mock = &self.puppet.mock;
-        let mut ids = std::collections::HashSet::new();
-        ids.insert(mock.bot.id.as_str());
-        for (i, c) in mock.contacts.iter().enumerate() {
-            if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+            if let Some(unknown) = hook.accounts.iter().find(|a| !account_names.contains(a)) {
                 problem(
-                    format!("puppet.mock.contacts[{i}].id"),
-                    "must be non-empty and unique".into(),
-                );
-            }
-        }
-        for (i, room) in mock.rooms.iter().enumerate() {
-            if !room.id.contains('@') {
-                problem(
-                    format!("puppet.mock.rooms[{i}].id"),
-                    "room ids contain `@` (like \"room1@chatroom\")".into(),
-                );
-            }
-            if let Some(m) = room.members.iter().find(|m| !ids.contains(m.as_str())) {
-                problem(
-                    format!("puppet.mock.rooms[{i}].members"),
-                    format!("`{m}` is not the bot or one of puppet.mock.contacts"),
+                    &at("accounts"),
+                    format!(
+                        "`{unknown}` is not an account (there are: {})",
+                        account_names.join(", ")
+                    ),
                 );
             }
         }
@@ -904,7 +1158,16 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> String {
         // serde_json first: toml cannot be produced by the `config` crate, and our
         // Serialize impls already redact secrets.
-        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if !self.implicit_account
+            && let Some(root) = value.as_object_mut()
+        {
+            root.remove("puppet");
+            root.insert(
+                "accounts".into(),
+                serde_json::to_value(&self.accounts).unwrap_or_default(),
+            );
+        }
         render_toml(&value)
     }
 }
@@ -1087,6 +1350,49 @@ mod tests {
         assert_eq!(ok.puppet.kind, PuppetKind::Service);
         assert_eq!(ok.puppet.service.token.expose(), "puppet_secret_token");
         assert!(!ok.to_redacted_toml().contains("puppet_secret_token"));
+    }
+
+    #[test]
+    fn accounts_are_read_over_the_puppet_defaults() {
+        let s = Settings::from_toml("").unwrap();
+        assert!(s.has_implicit_account());
+        assert_eq!(s.accounts.len(), 1);
+        assert_eq!(s.accounts[0].name, "default");
+
+        let s = Settings::from_toml(
+            "[[accounts]]\nname = \"sales\"\n[accounts.puppet.mock]\nbot = { id = \"bot-user\", name = \"Sales\" }\n\n[[accounts]]\nname = \"support\"\n[accounts.puppet]\nkind = \"service\"\n[accounts.puppet.service]\ntoken = \"support-token\"\n",
+        )
+        .unwrap();
+        assert!(!s.has_implicit_account());
+        assert_eq!(s.accounts.len(), 2);
+        assert_eq!(s.accounts[0].puppet.mock.bot.name, "Sales");
+        assert_eq!(s.accounts[0].puppet.mock.contacts.len(), 3, "defaults kept");
+        assert_eq!(s.accounts[1].puppet.kind, PuppetKind::Service);
+        assert_eq!(s.accounts[1].puppet.service.token.expose(), "support-token");
+        let printed = s.to_redacted_toml();
+        assert!(printed.contains("[[accounts]]") && !printed.contains("support-token"));
+        assert!(
+            Settings::from_toml(&printed.replace("(redacted)", "t")).is_ok(),
+            "{printed}"
+        );
+
+        let err = Settings::from_toml("[puppet]\nkind = \"mock\"\n[[accounts]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("puppet: with [[accounts]]"), "{err}");
+        let err = Settings::from_toml(
+            "[[accounts]]\nname = \"a b\"\n[[accounts]]\nname = \"c\"\n[accounts.puppet]\nkind = \"service\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("accounts[0].name:"), "{err}");
+        assert!(err.contains("accounts[1].puppet.service.token:"), "{err}");
+        let err = Settings::from_toml(
+            "[[webhooks]]\nname = \"w\"\nurl = \"http://x/\"\nsecret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\naccounts = [\"nope\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("webhooks[0].accounts:"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ const BATCH: u32 = 500;
 pub struct FeedEvent {
     pub seq: i64,
     pub event_type: String,
+    pub account: String,
     /// The event's JSON body, exactly as webhooks receive it.
     pub body: String,
 }
@@ -36,6 +37,7 @@ impl From<&StoredEvent> for FeedEvent {
         FeedEvent {
             seq: e.seq,
             event_type: e.event_type.clone(),
+            account: e.account.clone(),
             body: e.body(),
         }
     }

@@ -21,6 +21,8 @@ pub struct WebhookRoute {
     events: HashSet<EventType>,
     rooms: Vec<String>,
     contacts: Vec<String>,
+    /// Only these accounts' events; empty means all.
+    accounts: Vec<String>,
     /// `ordering = "conversation"`: deliveries carry their conversation.
     ordered: bool,
 }
@@ -32,8 +34,14 @@ impl WebhookRoute {
             events: settings.events.iter().copied().collect(),
             rooms: settings.rooms.clone(),
             contacts: settings.contacts.clone(),
+            accounts: settings.accounts.clone(),
             ordered: settings.ordering == crate::config::Ordering::Conversation,
         }
+    }
+
+    /// Whether this webhook takes the events of `account` (its `accounts` filter).
+    pub fn takes_account(&self, account: &str) -> bool {
+        self.accounts.is_empty() || self.accounts.iter().any(|a| a == account)
     }
 
     /// Filters are ANDed: an event passes when its type is wanted, and — for events
@@ -76,23 +84,29 @@ pub enum Recorded {
 }
 
 pub struct Ingest {
+    /// The account whose puppet reports here; every event is stored as its.
+    account: String,
     store: Arc<dyn Store>,
     routes: RwLock<Arc<Vec<WebhookRoute>>>,
     lanes: Arc<Lanes>,
     bot: RwLock<BotRef>,
     skip_self: bool,
     skip_older_than: Duration,
-    last_seq: watch::Sender<i64>,
+    /// The newest stored seq, shared by every account's ingest (the feed watches it).
+    last_seq: Arc<watch::Sender<i64>>,
 }
 
 impl Ingest {
     pub fn new(
+        account: &str,
         store: Arc<dyn Store>,
         webhooks: &[WebhookSettings],
         lanes: Arc<Lanes>,
         puppet: &PuppetSettings,
+        last_seq: Arc<watch::Sender<i64>>,
     ) -> Ingest {
         Ingest {
+            account: account.to_string(),
             store,
             routes: RwLock::new(Arc::new(webhooks.iter().map(WebhookRoute::new).collect())),
             lanes,
@@ -102,7 +116,22 @@ impl Ingest {
             }),
             skip_self: puppet.skip_self,
             skip_older_than: puppet.skip_older_than,
-            last_seq: watch::Sender::new(0),
+            last_seq,
+        }
+    }
+
+    /// The account this ingest stores events for.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// A key unique across accounts: the same room message seen by two bots is two
+    /// events. The `default` account keeps v0.1's plain keys.
+    fn scoped(&self, key: String) -> String {
+        if self.account == crate::config::DEFAULT_ACCOUNT {
+            key
+        } else {
+            format!("{}/{key}", self.account)
         }
     }
 
@@ -141,7 +170,7 @@ impl Ingest {
             .clone();
         let hooks: Vec<(String, bool)> = routes
             .iter()
-            .filter(|r| r.accepts(&data))
+            .filter(|r| r.takes_account(&self.account) && r.accepts(&data))
             .map(|r| (r.name.clone(), r.ordered))
             .collect();
         self.append_ordered(data, hooks).await.map(Recorded::Stored)
@@ -170,9 +199,10 @@ impl Ingest {
         let event = NewEvent {
             id: new_event_id(),
             event_type: data.event_type().as_str(),
-            dedup_key: data.dedup_key(),
-            conversation: data.conversation().map(|c| c.key()),
+            dedup_key: data.dedup_key().map(|k| self.scoped(k)),
+            conversation: data.conversation().map(|c| self.scoped(c.key())),
             created_at: now_millis(),
+            account: self.account.clone(),
             bot_json,
             data_json: serde_json::to_string(&data).unwrap_or_else(|_| "{}".into()),
         };
@@ -195,6 +225,7 @@ impl Ingest {
             event_type: event.event_type.to_string(),
             seq: 0,
             created_at: event.created_at,
+            account: event.account.clone(),
             bot_json: event.bot_json.clone(),
             data_json: event.data_json.clone(),
         });

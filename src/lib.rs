@@ -11,6 +11,7 @@
 //!       relay::dispatcher ──► signed POST ──► reply in the response
 //! ```
 //!
+//! - [`account`]: one WeChat login — its puppet, session, ingest and sender.
 //! - [`address`]: which addresses waas may call, and URLs shown without secrets.
 //! - [`config`]: settings, layered defaults → file → environment.
 //! - [`event`]: the event model every webhook receives.
@@ -23,6 +24,7 @@
 //!   [`app`] wires everything together.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod address;
 pub mod api;
 pub mod app;

@@ -12,7 +12,7 @@
 //! | `waas_sends_total` | `outcome` | outbound messages: sent, retry, failed |
 //! | `waas_puppet_disconnects_total` | | puppet-service connections lost or refused |
 //! | `waas_puppet_errors_folded_total` | | repeated puppet errors not stored again |
-//! | `waas_session_state` | `state` | 1 for the current login state |
+//! | `waas_session_state` | `account`, `state` | 1 for each account's current login state |
 //! | `waas_process_resident_memory_bytes`, `waas_process_uptime_seconds` | | the process |
 
 use std::sync::OnceLock;
@@ -75,23 +75,22 @@ pub async fn render(app: &App) -> String {
                 .set(if target.is_disabled() { 1.0 } else { 0.0 });
         }
     }
-    let current = app.session.state();
-    for state in [
-        SessionState::Starting,
-        SessionState::WaitingForScan,
-        SessionState::LoggedIn,
-        SessionState::LoggedOut,
-        SessionState::Disconnected,
-    ] {
-        let label = serde_json::to_value(state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        metrics::gauge!("waas_session_state", "state" => label).set(if state == current {
-            1.0
-        } else {
-            0.0
-        });
+    for account in app.accounts.iter() {
+        let current = account.session.state();
+        for state in [
+            SessionState::Starting,
+            SessionState::WaitingForScan,
+            SessionState::LoggedIn,
+            SessionState::LoggedOut,
+            SessionState::Disconnected,
+        ] {
+            let label = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            metrics::gauge!("waas_session_state", "account" => account.name.clone(), "state" => label)
+                .set(if state == current { 1.0 } else { 0.0 });
+        }
     }
     if let Some(rss) = resident_bytes() {
         metrics::gauge!("waas_process_resident_memory_bytes").set(rss as f64);

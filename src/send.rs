@@ -215,6 +215,29 @@ impl SendBody {
     }
 }
 
+/// A send ready for the queue, for `account`'s puppet: the one place sends are built
+/// (the API, replies in webhook responses, the legacy route).
+pub fn new_send(
+    account: &str,
+    request: SendRequest,
+    conversation: &crate::event::Conversation,
+    idempotency_key: Option<String>,
+    now: i64,
+) -> crate::store::NewSend {
+    use sha2::{Digest, Sha256};
+    let request_json = serde_json::to_string(&request).unwrap_or_default();
+    let digest = Sha256::digest(request_json.as_bytes());
+    crate::store::NewSend {
+        id: format!("out_{}", ulid::Ulid::new()),
+        account: account.to_string(),
+        idempotency_key,
+        request_hash: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        request_json,
+        conversation: conversation.key(),
+        created_at: now,
+    }
+}
+
 /// A queued send as stored: where, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendRequest {

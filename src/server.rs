@@ -141,8 +141,10 @@ async fn serve_connection(
     });
     let in_service = activity.clone();
     let service = TowerToHyperService::new(tower::service_fn(
-        move |request: axum::http::Request<Incoming>| {
+        move |mut request: axum::http::Request<Incoming>| {
             let busy = in_service.begin();
+            // `/v1/accounts/{account}/…` is served by the unscoped route for that account.
+            crate::api::scope_account(&mut request);
             let router = router.clone();
             async move {
                 let response = router.oneshot(request.map(Body::new)).await;

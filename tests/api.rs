@@ -200,7 +200,7 @@ async fn metrics_describe_events_deliveries_backlog_and_session() {
     assert!(body.contains("waas_delivery_attempt_seconds_bucket{webhook=\"metrics-hook\""));
     assert!(body.contains("waas_webhook_pending{webhook=\"metrics-hook\"} 0"));
     assert!(body.contains("waas_webhook_dead{webhook=\"metrics-hook\"} 0"));
-    assert!(body.contains("waas_session_state{state=\"logged_in\"} 1"));
+    assert!(body.contains("waas_session_state{account=\"default\",state=\"logged_in\"} 1"));
     assert!(body.contains("waas_process_resident_memory_bytes"));
 }
 

@@ -1197,7 +1197,7 @@ async fn with_auth_the_legacy_qrurl_opens_without_headers_and_the_home_page_answ
     let app = spawn_app_unready(&format!("{}[puppet.mock]\nauto_login = false\n", auth())).await;
     let (_, scan) = app.get(&format!("/t/{TOKEN}/api/scan")).await;
     let link = scan["qrurl"].as_str().unwrap().to_string();
-    assert!(link.contains("/qr.svg?expires="), "{link}");
+    assert!(link.contains("/qr.svg?account=default&expires="), "{link}");
     // The public_url of the test config points elsewhere: follow the path only.
     let path = &link[link.find("/qr.svg").unwrap()..];
     let resp = reqwest::get(app.url(path)).await.unwrap();

@@ -1,12 +1,12 @@
 //! Deliveries: what was sent where, every attempt, and manual retry.
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiPath, ApiQuery, AppState};
+use super::{AccountScope, ApiError, ApiPath, ApiQuery, AppState, Credential, visible_accounts};
 use crate::event::now_millis;
 use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView};
 
@@ -28,6 +28,8 @@ pub struct ListQuery {
     /// 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// Only deliveries of this account's events.
+    account: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -53,8 +55,17 @@ pub struct Requeued {
 )]
 pub(super) async fn list(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
+    scope: Option<Extension<AccountScope>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<DeliveryList>, ApiError> {
+    let credential = credential.map_or_else(Credential::open, |Extension(c)| c);
+    let accounts = visible_accounts(
+        &app,
+        &credential,
+        scope.as_ref().map(|s| &s.0),
+        q.account.as_deref(),
+    )?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
@@ -79,6 +90,7 @@ pub(super) async fn list(
         .store
         .list_deliveries(DeliveryFilter {
             webhook,
+            accounts,
             status,
             limit,
         })
@@ -96,8 +108,16 @@ pub(super) async fn list(
 )]
 pub(super) async fn retry(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Requeued>), ApiError> {
+    if credential.is_some_and(|Extension(c)| !c.is_global()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "retrying a delivery by hand needs a credential for every account",
+        ));
+    }
     let Some(webhook) = app.store.retry_delivery(&id, now_millis()).await? else {
         return Err(ApiError::not_found(format!("no delivery `{id}`")));
     };

@@ -1,12 +1,11 @@
 //! The bot's address book: contacts, rooms and room members, with `?q=` to search by
 //! name, alias or topic.
 
-use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiPath, ApiQuery, AppState};
+use super::{Acct, ApiError, ApiPath, ApiQuery, AppState};
 use crate::event::{Contact, Room};
 use crate::puppet::PuppetError;
 
@@ -63,10 +62,10 @@ fn contact_matches(c: &Contact, q: &str) -> bool {
 /// The bot's contacts (itself excluded).
 #[utoipa::path(get, path = "/v1/contacts", operation_id = "list_contacts", tag = "directory", params(Search), responses((status = 200, body = ContactList)))]
 pub(super) async fn contacts(
-    State(app): State<AppState>,
+    Acct(account): Acct,
     ApiQuery(s): ApiQuery<Search>,
 ) -> Result<Json<ContactList>, ApiError> {
-    let mut all = app.puppet.contacts().await.map_err(puppet_error)?;
+    let mut all = account.puppet.contacts().await.map_err(puppet_error)?;
     if let Some(q) = s.q.filter(|q| !q.is_empty()) {
         all.retain(|c| contact_matches(c, &q));
     }
@@ -81,10 +80,10 @@ pub(super) async fn contacts(
     responses((status = 200, body = Contact))
 )]
 pub(super) async fn contact(
-    State(app): State<AppState>,
+    Acct(account): Acct,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Contact>, ApiError> {
-    let all = app.puppet.contacts().await.map_err(puppet_error)?;
+    let all = account.puppet.contacts().await.map_err(puppet_error)?;
     all.into_iter()
         .find(|c| c.id == id)
         .map(Json)
@@ -94,10 +93,10 @@ pub(super) async fn contact(
 /// The rooms the bot is in.
 #[utoipa::path(get, path = "/v1/rooms", operation_id = "list_rooms", tag = "directory", params(Search), responses((status = 200, body = RoomList)))]
 pub(super) async fn rooms(
-    State(app): State<AppState>,
+    Acct(account): Acct,
     ApiQuery(s): ApiQuery<Search>,
 ) -> Result<Json<RoomList>, ApiError> {
-    let mut all = app.puppet.rooms().await.map_err(puppet_error)?;
+    let mut all = account.puppet.rooms().await.map_err(puppet_error)?;
     if let Some(q) = s.q.filter(|q| !q.is_empty()) {
         let q = q.to_lowercase();
         all.retain(|r| r.topic.to_lowercase().contains(&q) || r.id == q);
@@ -113,10 +112,10 @@ pub(super) async fn rooms(
     responses((status = 200, body = Room))
 )]
 pub(super) async fn room(
-    State(app): State<AppState>,
+    Acct(account): Acct,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Room>, ApiError> {
-    let all = app.puppet.rooms().await.map_err(puppet_error)?;
+    let all = account.puppet.rooms().await.map_err(puppet_error)?;
     all.into_iter()
         .find(|r| r.id == id)
         .map(Json)
@@ -132,11 +131,15 @@ pub(super) async fn room(
     responses((status = 200, body = MemberList))
 )]
 pub(super) async fn members(
-    State(app): State<AppState>,
+    Acct(account): Acct,
     ApiPath(id): ApiPath<String>,
     ApiQuery(s): ApiQuery<Search>,
 ) -> Result<Json<MemberList>, ApiError> {
-    let mut all = app.puppet.room_members(&id).await.map_err(puppet_error)?;
+    let mut all = account
+        .puppet
+        .room_members(&id)
+        .await
+        .map_err(puppet_error)?;
     if let Some(q) = s.q.filter(|q| !q.is_empty()) {
         all.retain(|c| contact_matches(c, &q));
     }

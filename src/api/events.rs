@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::messages::parse_wait;
 use tokio::sync::broadcast;
 
-use super::{ApiError, ApiQuery, AppState, Credential};
+use super::{AccountScope, ApiError, ApiQuery, AppState, Credential, visible_accounts};
 use crate::event::EventType;
 use crate::feed::{FeedEvent, Listening};
 
@@ -48,6 +48,8 @@ pub struct PullQuery {
         pattern = r"^((message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test)(,(message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test))*)?$"
     )]
     types: Option<String>,
+    /// Only this account's events (default: every account the credential sees).
+    account: Option<String>,
 }
 
 /// One event, as webhooks receive it and the pull API lists it. (The pull API splices
@@ -128,8 +130,16 @@ fn parse_types(raw: Option<&str>) -> Result<HashSet<String>, ApiError> {
 pub(super) async fn pull(
     State(app): State<AppState>,
     credential: Option<Extension<Credential>>,
+    scope: Option<Extension<AccountScope>>,
     ApiQuery(q): ApiQuery<PullQuery>,
 ) -> Result<Response, ApiError> {
+    let credential = credential_of(credential);
+    let accounts = visible_accounts(
+        &app,
+        &credential,
+        scope.as_ref().map(|s| &s.0),
+        q.account.as_deref(),
+    )?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("`limit` must be between 1 and 1000"));
@@ -138,7 +148,12 @@ pub(super) async fn pull(
     let wait = parse_wait(&app, q.wait.as_deref())?.unwrap_or_default();
     let deadline = tokio::time::Instant::now() + wait;
     let mut after = q.after.unwrap_or(0).max(0);
-    let matches = |t: &str| types.is_empty() || types.contains(t);
+    let in_account = |a: &str| {
+        accounts
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|n| n == a))
+    };
+    let matches = |t: &str, a: &str| (types.is_empty() || types.contains(t)) && in_account(a);
     // Subscribe before reading, so an event committed in between still arrives.
     let mut live = app.feed.subscribe();
     let batch = app.store.events_after(after, limit).await?;
@@ -147,14 +162,14 @@ pub(super) async fn pull(
     }
     let matching: Vec<FeedEvent> = batch
         .iter()
-        .filter(|e| matches(&e.event_type))
+        .filter(|e| matches(&e.event_type, &e.account))
         .map(FeedEvent::from)
         .collect();
     if !matching.is_empty() || batch.len() as u32 == limit || wait.is_zero() {
         return Ok(events_response(&matching, after));
     }
     // Waiting: a long poll holds a place like a stream does.
-    let _place = app.listeners.admit(&credential_of(credential))?;
+    let _place = app.listeners.admit(&credential.id)?;
     let mut found: Vec<Arc<FeedEvent>> = Vec::new();
     loop {
         let next = tokio::select! {
@@ -166,7 +181,7 @@ pub(super) async fn pull(
             Ok(event) if event.seq <= after => {}
             Ok(event) => {
                 after = event.seq;
-                if matches(&event.event_type) {
+                if matches(&event.event_type, &event.account) {
                     found.push(event);
                 }
                 // Take what else is already here, then answer.
@@ -175,7 +190,7 @@ pub(super) async fn pull(
                 {
                     if event.seq > after {
                         after = event.seq;
-                        if matches(&event.event_type) {
+                        if matches(&event.event_type, &event.account) {
                             found.push(event);
                         }
                     }
@@ -192,7 +207,7 @@ pub(super) async fn pull(
                 }
                 let matching: Vec<FeedEvent> = batch
                     .iter()
-                    .filter(|e| matches(&e.event_type))
+                    .filter(|e| matches(&e.event_type, &e.account))
                     .map(FeedEvent::from)
                     .collect();
                 if !matching.is_empty() || batch.len() as u32 == limit {
@@ -206,9 +221,9 @@ pub(super) async fn pull(
     Ok(events_response(&found, after))
 }
 
-/// The credential a request came with, for the per-credential limits.
-fn credential_of(credential: Option<Extension<Credential>>) -> String {
-    credential.map_or_else(|| "open".into(), |Extension(Credential(c))| c)
+/// The credential a request came with.
+fn credential_of(credential: Option<Extension<Credential>>) -> Credential {
+    credential.map_or_else(Credential::open, |Extension(c)| c)
 }
 
 fn events_response<E: std::borrow::Borrow<FeedEvent>>(events: &[E], next_after: i64) -> Response {
@@ -241,6 +256,8 @@ pub struct StreamQuery {
         pattern = r"^((message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test)(,(message|scan|login|logout|ready|friendship|room\.join|room\.leave|room\.topic|room\.invite|error|webhook\.test))*)?$"
     )]
     types: Option<String>,
+    /// Only this account's events (default: every account the credential sees).
+    account: Option<String>,
 }
 
 /// Server-Sent Events: `id:` is the seq, `event:` the type, `data:` the event body.
@@ -255,9 +272,17 @@ pub struct StreamQuery {
 pub(super) async fn stream(
     State(app): State<AppState>,
     credential: Option<Extension<Credential>>,
+    scope: Option<Extension<AccountScope>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let credential = credential_of(credential);
+    let accounts = visible_accounts(
+        &app,
+        &credential,
+        scope.as_ref().map(|s| &s.0),
+        q.account.as_deref(),
+    )?;
     let types = parse_types(q.types.as_deref())?;
     let resume = headers
         .get("last-event-id")
@@ -269,7 +294,7 @@ pub(super) async fn stream(
         })
         .transpose()?;
     let after = resume.or(q.after).unwrap_or(0).max(0);
-    let place = app.listeners.admit(&credential_of(credential))?;
+    let place = app.listeners.admit(&credential.id)?;
     struct Cursor {
         app: AppState,
         after: i64,
@@ -277,6 +302,7 @@ pub(super) async fn stream(
         catching_up: bool,
         buffered: VecDeque<Arc<FeedEvent>>,
         types: HashSet<String>,
+        accounts: Option<Vec<String>>,
         live: broadcast::Receiver<Arc<FeedEvent>>,
         _place: Listening,
     }
@@ -287,8 +313,18 @@ pub(super) async fn stream(
         catching_up: true,
         buffered: VecDeque::new(),
         types,
+        accounts,
         _place: place,
     };
+    impl Cursor {
+        fn wants(&self, event_type: &str, account: &str) -> bool {
+            (self.types.is_empty() || self.types.contains(event_type))
+                && self
+                    .accounts
+                    .as_ref()
+                    .is_none_or(|list| list.iter().any(|n| n == account))
+        }
+    }
     let events = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(e) = c.buffered.pop_front() {
@@ -302,12 +338,12 @@ pub(super) async fn stream(
                 match c.app.store.events_after(c.after, 200).await {
                     Ok(batch) if !batch.is_empty() => {
                         c.after = batch.last().map_or(c.after, |e| e.seq);
-                        c.buffered.extend(
-                            batch
-                                .iter()
-                                .filter(|e| c.types.is_empty() || c.types.contains(&e.event_type))
-                                .map(|e| Arc::new(FeedEvent::from(e))),
-                        );
+                        let wanted: Vec<Arc<FeedEvent>> = batch
+                            .iter()
+                            .filter(|e| c.wants(&e.event_type, &e.account))
+                            .map(|e| Arc::new(FeedEvent::from(e)))
+                            .collect();
+                        c.buffered.extend(wanted);
                         continue;
                     }
                     Ok(_) => c.catching_up = false,
@@ -325,7 +361,7 @@ pub(super) async fn stream(
                 Ok(e) if e.seq <= c.after => {}
                 Ok(e) => {
                     c.after = e.seq;
-                    if c.types.is_empty() || c.types.contains(&e.event_type) {
+                    if c.wants(&e.event_type, &e.account) {
                         c.buffered.push_back(e);
                     }
                 }

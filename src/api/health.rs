@@ -73,7 +73,10 @@ pub(super) async fn healthz() -> Json<Health> {
     tag = "health",
     responses((status = 200, body = Health), (status = 503, description = "Not ready; the message says why", body = super::openapi::ErrorBody))
 )]
-pub(super) async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
+pub(super) async fn readyz(
+    State(app): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<ReadyQuery>,
+) -> Result<Json<Health>, ApiError> {
     if let Some(why) = app.store.write_failure() {
         return Err(ApiError::not_ready(format!(
             "the store cannot write ({why}); new sends wait until it can"
@@ -83,18 +86,40 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, 
         tracing::warn!(error = %e, "readiness: the store does not answer");
         return Err(ApiError::not_ready("the store does not answer"));
     }
-    let session = app.session.get();
-    if session.state != SessionState::LoggedIn {
+    let checked: Vec<_> = match q.account.as_deref().filter(|a| !a.is_empty()) {
+        Some(name) => vec![app.accounts.get(name).cloned().ok_or_else(|| {
+            ApiError::not_found(format!("no account `{name}` (GET /v1/accounts lists them)"))
+        })?],
+        None => app.accounts.iter().cloned().collect(),
+    };
+    let several = app.accounts.len() > 1;
+    let mut not_ready = Vec::new();
+    for account in checked {
+        let session = account.session.get();
+        if session.state == SessionState::LoggedIn {
+            continue;
+        }
         let reason = session
             .reason
             .unwrap_or_else(|| "the puppet is not logged in".into());
-        return Err(ApiError::not_ready(format!(
-            "session is {}: {reason}",
-            serde_json::to_value(session.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        )));
+        let state = serde_json::to_value(session.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        not_ready.push(if several {
+            format!("account {}: session is {state}: {reason}", account.name)
+        } else {
+            format!("session is {state}: {reason}")
+        });
+    }
+    if !not_ready.is_empty() {
+        return Err(ApiError::not_ready(not_ready.join("; ")));
     }
     Ok(Json(Health { status: "ready" }))
+}
+
+/// `?account=NAME` checks one account only.
+#[derive(serde::Deserialize)]
+pub(super) struct ReadyQuery {
+    account: Option<String>,
 }

@@ -16,7 +16,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
+use std::sync::Arc;
+
 use super::AppState;
+use crate::account::Account;
 use crate::event::{Contact, Gender, MessageData, format_millis, now_millis};
 use crate::puppet::SessionState;
 use crate::send::{Content, Recipient};
@@ -37,8 +40,8 @@ pub fn router() -> Router<AppState> {
             get(|s: State<AppState>| open(s, messages)).post(
                 |s: State<AppState>, h: HeaderMap, b: Bytes| async move {
                     match refuse_open(&s.0) {
-                        Some(refused) => refused,
-                        None => post_message(s.0, &h, b).await,
+                        Err(refused) => refused,
+                        Ok(account) => post_message(s.0, account, &h, b).await,
                     }
                 },
             ),
@@ -56,8 +59,8 @@ pub fn router() -> Router<AppState> {
             get(|s: State<AppState>, t: Path<String>| with_token(s, t, messages)).post(
                 |s: State<AppState>, t: Path<String>, h: HeaderMap, b: Bytes| async move {
                     match check_token(&s.0, &t.0) {
-                        Some(refused) => refused,
-                        None => post_message(s.0, &h, b).await,
+                        Err(refused) => refused,
+                        Ok(account) => post_message(s.0, account, &h, b).await,
                     }
                 },
             ),
@@ -68,35 +71,72 @@ fn failure(status: StatusCode, error: &str) -> Legacy {
     (status, Json(json!({"ok": false, "error": error})))
 }
 
-/// Plain `/api/…` is open only when no auth is configured.
-fn refuse_open(app: &AppState) -> Option<Legacy> {
-    app.auth().is_configured().then(|| {
-        failure(
+/// Plain `/api/…` is open only when no auth is configured; it acts on the only
+/// account, or the one named `default`.
+fn refuse_open(app: &AppState) -> Result<Arc<Account>, Legacy> {
+    if app.auth().is_configured() {
+        return Err(failure(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: use /t/<token>/api/… with one of auth.tokens",
-        )
-    })
+        ));
+    }
+    unscoped(app)
 }
 
-fn check_token(app: &AppState, token: &str) -> Option<Legacy> {
+fn unscoped(app: &AppState) -> Result<Arc<Account>, Legacy> {
+    app.accounts
+        .unscoped()
+        .cloned()
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, &e.to_string()))
+}
+
+/// A token of `auth.tokens`; the account is the token's when it is scoped to exactly
+/// one, else the only one or `default`.
+fn check_token(app: &AppState, token: &str) -> Result<Arc<Account>, Legacy> {
     let auth = app.auth();
     if !auth.is_configured() {
-        return None;
+        return unscoped(app);
     }
-    let ok = auth.tokens.iter().fold(false, |ok, t| {
-        ok | bool::from(t.as_bytes().ct_eq(token.as_bytes()))
+    let found = auth.tokens.iter().fold(None, |found, t| {
+        let hit = bool::from(t.value.as_bytes().ct_eq(token.as_bytes()));
+        if hit && found.is_none() {
+            Some(t)
+        } else {
+            found
+        }
     });
-    (!ok).then(|| failure(StatusCode::UNAUTHORIZED, "Unauthorized"))
+    let Some(token) = found else {
+        return Err(failure(StatusCode::UNAUTHORIZED, "Unauthorized"));
+    };
+    match token.accounts.as_deref() {
+        Some([only]) => app
+            .accounts
+            .get(only)
+            .cloned()
+            .ok_or_else(|| failure(StatusCode::NOT_FOUND, "no such account")),
+        Some(several) => {
+            let account = unscoped(app)?;
+            if several.iter().any(|a| *a == account.name) {
+                Ok(account)
+            } else {
+                Err(failure(
+                    StatusCode::FORBIDDEN,
+                    "this token is scoped to several accounts; the legacy API needs one",
+                ))
+            }
+        }
+        None => unscoped(app),
+    }
 }
 
 async fn open<F, Fut>(State(app): State<AppState>, handler: F) -> Legacy
 where
-    F: FnOnce(AppState) -> Fut,
+    F: FnOnce(AppState, Arc<Account>) -> Fut,
     Fut: Future<Output = Legacy>,
 {
     match refuse_open(&app) {
-        Some(refused) => refused,
-        None => handler(app).await,
+        Err(refused) => refused,
+        Ok(account) => handler(app, account).await,
     }
 }
 
@@ -106,17 +146,17 @@ async fn with_token<F, Fut>(
     handler: F,
 ) -> Legacy
 where
-    F: FnOnce(AppState) -> Fut,
+    F: FnOnce(AppState, Arc<Account>) -> Fut,
     Fut: Future<Output = Legacy>,
 {
     match check_token(&app, &token) {
-        Some(refused) => refused,
-        None => handler(app).await,
+        Err(refused) => refused,
+        Ok(account) => handler(app, account).await,
     }
 }
 
-async fn scan(app: AppState) -> Legacy {
-    let session = app.session.get();
+async fn scan(app: AppState, account: Arc<Account>) -> Legacy {
+    let session = account.session.get();
     match session.qr {
         Some(_) => (
             StatusCode::OK,
@@ -125,9 +165,14 @@ async fn scan(app: AppState) -> Legacy {
                 // With auth on, the client cannot send a token to /v1: a short-lived
                 // signed link instead, that opens as it is.
                 "qrurl": if app.auth().is_configured() {
-                    super::home::signed_qr_link(&app)
+                    super::home::signed_qr_link(&app, &account.name)
                 } else {
-                    format!("{}/v1/session/qr.svg", app.settings.server.public_url.trim_end_matches('/'))
+                    let base = app.settings.server.public_url.trim_end_matches('/');
+                    if app.accounts.len() == 1 {
+                        format!("{base}/v1/session/qr.svg")
+                    } else {
+                        format!("{base}/v1/accounts/{}/session/qr.svg", account.name)
+                    }
                 },
             })),
         ),
@@ -135,20 +180,21 @@ async fn scan(app: AppState) -> Legacy {
     }
 }
 
-async fn status(app: AppState) -> Legacy {
-    if app.session.state() == SessionState::LoggedIn {
+async fn status(_app: AppState, account: Arc<Account>) -> Legacy {
+    if account.session.state() == SessionState::LoggedIn {
         (StatusCode::OK, Json(json!({"ok": true, "login": true})))
     } else {
         failure(StatusCode::OK, "Not login")
     }
 }
 
-async fn messages(app: AppState) -> Legacy {
+async fn messages(app: AppState, account: Arc<Account>) -> Legacy {
     let since = now_millis() - RECENT_MS;
     match app.store.recent_events("message", since, RECENT_CAP).await {
         Ok(events) => {
             let messages: Vec<Value> = events
                 .iter()
+                .filter(|e| e.account == account.name)
                 .filter_map(|e| serde_json::from_str::<MessageData>(&e.data_json).ok())
                 .map(|m| seed_message(&m))
                 .collect();
@@ -172,7 +218,12 @@ struct LegacySend {
 }
 
 /// `{name?, topic?, text}`: to a room by topic, else to a contact by name.
-async fn post_message(app: AppState, headers: &HeaderMap, body: Bytes) -> Legacy {
+async fn post_message(
+    app: AppState,
+    account: Arc<Account>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Legacy {
     // JSON only (the original client posts JSON): a `text/plain` form from a web page
     // must not make the bot send.
     let json = headers
@@ -206,7 +257,7 @@ async fn post_message(app: AppState, headers: &HeaderMap, body: Bytes) -> Legacy
         text,
         mentions: Vec::new(),
     };
-    match super::messages::queue_send(&app, to, content, key).await {
+    match super::messages::queue_send(&app, &account, to, content, key).await {
         Ok(_) => (StatusCode::OK, Json(json!({"ok": true}))),
         Err(e) if e.status() == StatusCode::NOT_FOUND => {
             failure(StatusCode::NOT_FOUND, "Contact or room not found")

@@ -9,11 +9,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, SignedMessageId, idempotency_key};
+use super::{
+    Acct, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Credential, SignedMessageId,
+    idempotency_key,
+};
+use crate::account::Account;
 use crate::event::{Conversation, now_millis};
 use crate::puppet::PuppetError;
-use crate::relay::dispatcher::new_send;
 use crate::relay::signing::WEBHOOK_ID;
+use crate::send::new_send;
 use crate::send::{Content, Recipient, SendBody, SendRequest};
 use crate::store::{SendStatus, SendView};
 
@@ -90,6 +94,7 @@ pub fn parse_seconds_or_duration(raw: &str) -> Result<Duration, &'static str> {
 )]
 pub(super) async fn send(
     State(app): State<AppState>,
+    Acct(account): Acct,
     signed: Option<Extension<SignedMessageId>>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<WaitQuery>,
@@ -110,7 +115,7 @@ pub(super) async fn send(
                 .map(str::to_string)
         }),
     };
-    let mut view = queue_send(&app, to, content, key).await?;
+    let mut view = queue_send(&app, &account, to, content, key).await?;
     if let Some(wait) = wait
         && view.status == SendStatus::Queued
     {
@@ -131,6 +136,7 @@ pub(super) async fn send(
 /// send.
 pub(super) async fn queue_send(
     app: &AppState,
+    account: &Account,
     to: Recipient,
     content: Content,
     key: Option<String>,
@@ -138,7 +144,7 @@ pub(super) async fn queue_send(
     content
         .check_urls(app.settings.send.allow_private_urls)
         .map_err(|e| ApiError::invalid(e.0))?;
-    let conversation = match app.puppet.resolve(&to).await {
+    let conversation = match account.puppet.resolve(&to).await {
         Ok(c) => c,
         Err(PuppetError::NotFound(_)) => {
             return Err(ApiError::not_found(format!(
@@ -158,7 +164,13 @@ pub(super) async fn queue_send(
     let request = SendRequest { to, content };
     let enqueued = app
         .store
-        .enqueue_send(new_send(request, &conversation, key, now_millis()))
+        .enqueue_send(new_send(
+            &account.name,
+            request,
+            &conversation,
+            key,
+            now_millis(),
+        ))
         .await?;
     if !enqueued.replayed {
         tracing::info!(send_id = %enqueued.send.id, conversation = %conversation.key(), "message queued");
@@ -166,7 +178,7 @@ pub(super) async fn queue_send(
     // Also on a replay: the first request may have committed after its caller gave up
     // (a timeout), before anyone woke the sender.
     if enqueued.send.status == SendStatus::Queued {
-        app.sender.wake();
+        account.sender.wake();
     }
     Ok(enqueued.send)
 }
@@ -181,7 +193,16 @@ async fn wait_for_outcome(
     id: &str,
     wait: Duration,
 ) -> Result<Option<SendView>, ApiError> {
-    let mut finished = app.sender.finished();
+    let first = app.store.get_send(id).await?;
+    let Some(account) = first
+        .as_ref()
+        .filter(|v| v.status == SendStatus::Queued)
+        .and_then(|v| app.accounts.get(&v.account))
+    else {
+        return Ok(first);
+    };
+    // Subscribed before reading again, so a send finishing in between still wakes us.
+    let mut finished = account.sender.finished();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let view = app.store.get_send(id).await?;
@@ -205,6 +226,7 @@ async fn wait_for_outcome(
 )]
 pub(super) async fn status(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<SendView>, ApiError> {
@@ -213,6 +235,9 @@ pub(super) async fn status(
         Some(wait) => wait_for_outcome(&app, &id, wait).await?,
         None => app.store.get_send(&id).await?,
     };
-    let view = view.ok_or_else(|| ApiError::not_found(format!("no message `{id}`")))?;
+    let allowed = |v: &SendView| credential.as_ref().is_none_or(|c| c.0.allows(&v.account));
+    let view = view
+        .filter(allowed)
+        .ok_or_else(|| ApiError::not_found(format!("no message `{id}`")))?;
     Ok(Json(view))
 }

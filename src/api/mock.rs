@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, AppState};
+use super::{Acct, ApiError, ApiJson, AppState};
+use crate::account::Account;
 use crate::ingest::Recorded;
 use crate::puppet::mock::{Injection, MockError, MockPuppet, SentMessage};
 
@@ -20,9 +20,12 @@ pub fn router() -> Router<AppState> {
         .route("/v1/mock/scan", post(scan))
 }
 
-fn mock(app: &AppState) -> Result<Arc<MockPuppet>, ApiError> {
-    app.mock.clone().ok_or_else(|| {
-        ApiError::not_found("the /v1/mock routes exist only with puppet.kind = \"mock\"")
+fn mock(account: &Account) -> Result<Arc<MockPuppet>, ApiError> {
+    account.mock.clone().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "the /v1/mock routes exist only for accounts with puppet.kind = \"mock\", and `{}` has another",
+            account.name
+        ))
     })
 }
 
@@ -80,10 +83,10 @@ pub struct Confirmed {
     )
 )]
 pub(super) async fn inject(
-    State(app): State<AppState>,
+    Acct(account): Acct,
     ApiJson(body): ApiJson<InjectBody>,
 ) -> Result<(StatusCode, Json<Injected>), ApiError> {
-    let mock = mock(&app)?;
+    let mock = mock(&account)?;
     let injection = Injection {
         from: body.from,
         room: body.room,
@@ -125,16 +128,16 @@ pub(super) async fn inject(
 
 /// Everything the bot sent, oldest first.
 #[utoipa::path(get, path = "/v1/mock/sent", operation_id = "mock_list_sent", tag = "mock", responses((status = 200, body = SentList)))]
-pub(super) async fn sent(State(app): State<AppState>) -> Result<Json<SentList>, ApiError> {
+pub(super) async fn sent(Acct(account): Acct) -> Result<Json<SentList>, ApiError> {
     Ok(Json(SentList {
-        messages: mock(&app)?.sent(),
+        messages: mock(&account)?.sent(),
     }))
 }
 
 /// Confirms the pending QR login (`auto_login = false`).
 #[utoipa::path(post, path = "/v1/mock/scan", operation_id = "mock_confirm_scan", tag = "mock", responses((status = 200, body = Confirmed)))]
-pub(super) async fn scan(State(app): State<AppState>) -> Result<Json<Confirmed>, ApiError> {
-    if mock(&app)?.confirm_scan() {
+pub(super) async fn scan(Acct(account): Acct) -> Result<Json<Confirmed>, ApiError> {
+    if mock(&account)?.confirm_scan() {
         Ok(Json(Confirmed { ok: true }))
     } else {
         Err(ApiError::new(

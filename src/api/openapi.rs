@@ -50,6 +50,7 @@ pub struct ErrorDetail {
         openapi_json,
         session::session,
         session::qr,
+        session::accounts,
         messages::send,
         messages::status,
         events::pull,

@@ -1,6 +1,6 @@
 //! The configured webhooks and their health.
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -8,8 +8,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{ApiError, ApiJson, ApiPath, AppState};
+use std::sync::Arc;
+
+use super::{
+    AccountScope, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Credential, visible_accounts,
+};
 use crate::event::{EventData, format_millis, now_millis};
+use crate::relay::dispatcher::Target;
 use crate::relay::replay::{ReplayProgress, ReplayRequest};
 
 pub fn router() -> Router<AppState> {
@@ -41,6 +46,14 @@ pub struct WebhookView {
     disabled_reason: Option<String>,
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WebhooksQuery {
+    /// Only the webhooks that take this account's events.
+    account: Option<String>,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct WebhookList {
     webhooks: Vec<WebhookView>,
@@ -61,10 +74,29 @@ pub struct Enabled {
     state: &'static str,
 }
 
-fn known(app: &AppState, name: &str) -> Result<(), ApiError> {
+/// Whether a credential sees a webhook: every credential sees every webhook; one
+/// scoped to some accounts sees the webhooks that take only those accounts' events.
+fn visible(target: &Target, credential: &Credential) -> bool {
+    match &credential.accounts {
+        None => true,
+        Some(mine) => {
+            let theirs = &target.settings.accounts;
+            !theirs.is_empty() && theirs.iter().all(|a| mine.contains(a))
+        }
+    }
+}
+
+fn known(
+    app: &AppState,
+    credential: &Option<Extension<Credential>>,
+    name: &str,
+) -> Result<Arc<Target>, ApiError> {
+    let credential = credential
+        .as_ref()
+        .map_or_else(Credential::open, |Extension(c)| c.clone());
     app.dispatcher
         .target(name)
-        .map(|_| ())
+        .filter(|t| visible(t, &credential))
         .ok_or_else(|| ApiError::not_found(format!("no webhook named `{name}`")))
 }
 
@@ -78,10 +110,22 @@ fn known(app: &AppState, name: &str) -> Result<(), ApiError> {
 )]
 pub(super) async fn test(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
-    known(&app, &name)?;
-    let appended = app
+    let target = known(&app, &credential, &name)?;
+    // The test event belongs to an account the webhook takes: its first, else the
+    // unscoped account, else the first one.
+    let account = target
+        .settings
+        .accounts
+        .first()
+        .and_then(|a| app.accounts.get(a))
+        .or_else(|| app.accounts.unscoped().ok())
+        .or_else(|| app.accounts.iter().next())
+        .cloned()
+        .ok_or_else(|| ApiError::internal("no account"))?;
+    let appended = account
         .ingest
         .append(
             EventData::WebhookTest {
@@ -125,10 +169,11 @@ pub struct ReplayBody {
 )]
 pub(super) async fn replay(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ReplayBody>,
 ) -> Result<(StatusCode, Json<ReplayProgress>), ApiError> {
-    known(&app, &name)?;
+    known(&app, &credential, &name)?;
     let since = match &body.since {
         Some(text) => Some(
             OffsetDateTime::parse(text, &Rfc3339)
@@ -172,9 +217,10 @@ pub(super) async fn replay(
 )]
 pub(super) async fn replay_progress(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<Json<ReplayProgress>, ApiError> {
-    known(&app, &name)?;
+    known(&app, &credential, &name)?;
     app.replays.get(&name, &id).map(Json).ok_or_else(|| {
         ApiError::not_found(format!(
             "no replay `{id}` of webhook `{name}` (replays are kept until a restart)"
@@ -192,9 +238,10 @@ pub(super) async fn replay_progress(
 )]
 pub(super) async fn enable(
     State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Enabled>, ApiError> {
-    known(&app, &name)?;
+    known(&app, &credential, &name)?;
     app.store
         .set_webhook_disabled(&name, None, now_millis())
         .await?;
@@ -207,13 +254,35 @@ pub(super) async fn enable(
 }
 
 /// Every configured webhook with its health and backlog.
-#[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
-pub(super) async fn list(State(app): State<AppState>) -> Result<Json<WebhookList>, ApiError> {
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", params(WebhooksQuery), responses((status = 200, body = WebhookList)))]
+pub(super) async fn list(
+    State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
+    scope: Option<Extension<AccountScope>>,
+    ApiQuery(q): ApiQuery<WebhooksQuery>,
+) -> Result<Json<WebhookList>, ApiError> {
+    let who = credential
+        .as_ref()
+        .map_or_else(Credential::open, |Extension(c)| c.clone());
+    let only = visible_accounts(
+        &app,
+        &who,
+        scope.as_ref().map(|s| &s.0),
+        q.account.as_deref(),
+    )?
+    .filter(|_| q.account.is_some() || scope.is_some());
     let stats = app.store.webhook_stats().await?;
     let webhooks: Vec<WebhookView> = app
         .dispatcher
         .targets()
         .iter()
+        .filter(|t| visible(t, &who))
+        .filter(|t| {
+            only.as_ref().is_none_or(|accounts| {
+                t.settings.accounts.is_empty()
+                    || t.settings.accounts.iter().any(|a| accounts.contains(a))
+            })
+        })
         .map(|t| {
             let s = stats.get(&t.settings.name).cloned().unwrap_or_default();
             let failing = match (s.last_error_at, s.last_success_at) {

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +22,7 @@ use super::signing::{
 };
 use crate::config::{Ordering, WebhookSettings};
 use crate::event::{Conversation, MessageData, now_millis};
-use crate::send::{Recipient, SendRequest, parse_replies};
+use crate::send::{Recipient, SendRequest, new_send, parse_replies};
 use crate::store::{
     AttemptRecord, Claim, DueDelivery, FinishedAttempt, NewSend, Outcome, Store, WebhookStats,
 };
@@ -180,8 +179,8 @@ pub struct Dispatcher {
     targets: RwLock<Vec<Arc<Target>>>,
     /// Where loops run, once started: reload starts new ones there.
     running: Mutex<Option<(TaskTracker, CancellationToken)>>,
-    /// Wakes the sender when a reply was queued.
-    sender_wake: Arc<Notify>,
+    /// Wakes an account's sender when a reply was queued for it.
+    sender_wake: HashMap<String, Arc<Notify>>,
     /// `send.allow_private_urls`, for the URLs in replies.
     allow_private_urls: bool,
     /// Successful attempts, logged as a summary at most every few seconds.
@@ -250,7 +249,7 @@ impl Dispatcher {
         webhooks: &[WebhookSettings],
         stats: &HashMap<String, WebhookStats>,
         lanes: &Lanes,
-        sender_wake: Arc<Notify>,
+        sender_wake: HashMap<String, Arc<Notify>>,
         allow_private_urls: bool,
     ) -> Dispatcher {
         Dispatcher {
@@ -545,6 +544,7 @@ impl Dispatcher {
         }
         self.track_failure(&target, outcome).await;
         let queued_replies = !replies.is_empty();
+        let account = delivery.event.account.clone();
         let finished = FinishedAttempt {
             delivery_id: delivery.id,
             webhook: delivery.webhook,
@@ -562,8 +562,8 @@ impl Dispatcher {
         {
             tracing::error!(webhook = %hook.name, delivery_id = %finished.delivery_id, error = %e, "cannot record an attempt");
         }
-        if queued_replies {
-            self.sender_wake.notify_one();
+        if queued_replies && let Some(wake) = self.sender_wake.get(&account) {
+            wake.notify_one();
         }
         // A recorded attempt changes what is due only when it scheduled a retry, or when
         // it lets the next delivery of the same conversation go.
@@ -714,6 +714,7 @@ fn reply_sends(
                 i => format!("{}:{}#{i}", delivery.event.id, delivery.webhook),
             };
             new_send(
+                &delivery.event.account,
                 SendRequest {
                     to: to.clone(),
                     content,
@@ -764,25 +765,6 @@ fn build_targets(
         .collect()
 }
 
-/// A send ready for the queue.
-pub fn new_send(
-    request: SendRequest,
-    conversation: &Conversation,
-    idempotency_key: Option<String>,
-    now: i64,
-) -> NewSend {
-    let request_json = serde_json::to_string(&request).unwrap_or_default();
-    let digest = Sha256::digest(request_json.as_bytes());
-    NewSend {
-        id: format!("out_{}", ulid::Ulid::new()),
-        idempotency_key,
-        request_hash: digest.iter().map(|b| format!("{b:02x}")).collect(),
-        request_json,
-        conversation: conversation.key(),
-        created_at: now,
-    }
-}
-
 /// A transport error in a few words, with its cause (connection refused, DNS…).
 fn describe(e: &reqwest::Error) -> String {
     let mut text = if e.is_connect() {
@@ -822,6 +804,7 @@ mod tests {
                 event_type: "message".into(),
                 seq: n as i64,
                 created_at: 0,
+                account: "default".into(),
                 bot_json: "{}".into(),
                 data_json: "{}".into(),
             },

@@ -65,6 +65,8 @@ impl Pacer {
 }
 
 pub struct Sender {
+    /// The account whose queued sends this sender takes.
+    account: String,
     store: Arc<dyn Store>,
     puppet: Arc<dyn Puppet>,
     session: SessionHandle,
@@ -77,6 +79,7 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(
+        account: &str,
         store: Arc<dyn Store>,
         puppet: Arc<dyn Puppet>,
         session: SessionHandle,
@@ -84,6 +87,7 @@ impl Sender {
         settings: &SendSettings,
     ) -> Sender {
         Sender {
+            account: account.to_string(),
             store,
             puppet,
             session,
@@ -123,7 +127,7 @@ impl Sender {
                 next_due = Some(now_millis() + 1000);
             } else if free > 0 {
                 let now = now_millis();
-                match self.store.claim_sends(free, now).await {
+                match self.store.claim_sends(&self.account, free, now).await {
                     Ok(claim) => {
                         next_due = claim.next_due;
                         for send in claim.items {

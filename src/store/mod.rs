@@ -104,6 +104,8 @@ pub struct NewEvent {
     pub dedup_key: Option<String>,
     pub conversation: Option<String>,
     pub created_at: Millis,
+    /// The account the event belongs to.
+    pub account: String,
     pub bot_json: String,
     pub data_json: String,
 }
@@ -137,6 +139,7 @@ pub struct StoredEvent {
     pub event_type: String,
     pub seq: i64,
     pub created_at: Millis,
+    pub account: String,
     pub bot_json: String,
     pub data_json: String,
 }
@@ -147,11 +150,12 @@ impl StoredEvent {
     pub fn body(&self) -> String {
         let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
         format!(
-            r#"{{"id":{},"type":{},"timestamp":{},"seq":{},"bot":{},"data":{}}}"#,
+            r#"{{"id":{},"type":{},"timestamp":{},"seq":{},"account":{},"bot":{},"data":{}}}"#,
             quote(&self.id),
             quote(&self.event_type),
             quote(&format_millis(self.created_at)),
             self.seq,
+            quote(&self.account),
             self.bot_json,
             self.data_json
         )
@@ -277,6 +281,8 @@ pub struct DeliveryView {
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub webhook: Option<String>,
+    /// Only deliveries of these accounts' events (`None`: all).
+    pub accounts: Option<Vec<String>>,
     pub status: Option<DeliveryStatus>,
     pub limit: u32,
 }
@@ -298,6 +304,8 @@ pub struct WebhookStats {
 #[derive(Debug, Clone)]
 pub struct NewSend {
     pub id: String,
+    /// The account whose puppet sends it.
+    pub account: String,
     pub idempotency_key: Option<String>,
     /// A digest of the request, to tell a replay from a different request under the
     /// same key.
@@ -319,6 +327,10 @@ pub enum SendStatus {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SendView {
     pub id: String,
+    /// Whose send it is (for scoped credentials; not part of the answer).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub account: String,
     pub status: SendStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -479,8 +491,14 @@ pub trait Store: Send + Sync + 'static {
     /// request returns the first send; with another request it is a conflict.
     async fn enqueue_send(&self, send: NewSend) -> Result<Enqueued>;
 
-    /// Takes up to `limit` due sends, only the oldest queued one per conversation.
-    async fn claim_sends(&self, limit: usize, now: Millis) -> Result<Claim<QueuedSend>>;
+    /// Takes up to `limit` due sends of `account`, only the oldest queued one per
+    /// conversation.
+    async fn claim_sends(
+        &self,
+        account: &str,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Claim<QueuedSend>>;
 
     async fn finish_send(&self, send: &QueuedSend, outcome: SendOutcome, now: Millis)
     -> Result<()>;

@@ -245,6 +245,7 @@ fn stored_event(row: &SqliteRow, at: usize) -> Result<StoredEvent> {
         created_at: row.try_get(at + 3)?,
         bot_json: row.try_get(at + 4)?,
         data_json: row.try_get(at + 5)?,
+        account: row.try_get(at + 6)?,
     })
 }
 
@@ -275,7 +276,7 @@ impl Store for SqliteStore {
         let mut events: HashMap<i64, StoredEvent> = HashMap::with_capacity(claim.items.len());
         for chunk in shaped_chunks(&claim.items) {
             let sql = format!(
-                "SELECT id, type, seq, created_at, bot, data FROM events WHERE seq IN ({})",
+                "SELECT id, type, seq, created_at, bot, data, account FROM events WHERE seq IN ({})",
                 vec!["?"; chunk.len()].join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -334,6 +335,8 @@ impl Store for SqliteStore {
                     a.at, a.status_code, a.error, a.duration_ms
              FROM (SELECT * FROM deliveries
                    WHERE (?1 IS NULL OR webhook = ?1) AND (?2 IS NULL OR status = ?2)
+                     AND (?4 IS NULL OR event_seq IN (
+                          SELECT seq FROM events WHERE account IN (SELECT value FROM json_each(?4))))
                    ORDER BY rowid DESC LIMIT ?3) d
              JOIN events e ON e.seq = d.event_seq
              LEFT JOIN attempts a ON a.delivery_id = d.id
@@ -342,6 +345,12 @@ impl Store for SqliteStore {
         .bind(&filter.webhook)
         .bind(filter.status.map(|s| s.as_str()))
         .bind(i64::from(filter.limit))
+        .bind(
+            filter
+                .accounts
+                .as_ref()
+                .map(|a| serde_json::to_string(a).unwrap_or_default()),
+        )
         .fetch_all(&self.pool)
         .await?;
         let mut out: Vec<DeliveryView> = Vec::new();
@@ -420,7 +429,7 @@ impl Store for SqliteStore {
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
-            "SELECT id, type, seq, created_at, bot, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT id, type, seq, created_at, bot, data, account FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(after)
         .bind(i64::from(limit))
@@ -444,7 +453,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
-            "SELECT id, type, seq, created_at, bot, data FROM events
+            "SELECT id, type, seq, created_at, bot, data, account FROM events
              WHERE created_at >= ? AND type = ? ORDER BY seq LIMIT ?",
         )
         .bind(since)
@@ -459,16 +468,23 @@ impl Store for SqliteStore {
         self.write(|r| Write::Enqueue(send, r)).await
     }
 
-    async fn claim_sends(&self, limit: usize, now: Millis) -> Result<Claim<QueuedSend>> {
+    async fn claim_sends(
+        &self,
+        account: &str,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Claim<QueuedSend>> {
         let _gate = self.claim_gate.lock().await;
         let skip = self.in_flight().len();
         let rows = sqlx::query(
             "SELECT s.id, s.request, s.conversation, s.attempts, s.next_attempt_at FROM sends s
-             WHERE s.status = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM sends p WHERE p.status = 'queued'
+             WHERE s.account = ? AND s.status = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM sends p WHERE p.account = s.account
+                               AND p.status = 'queued'
                                AND p.conversation = s.conversation AND p.seq < s.seq)
              ORDER BY s.next_attempt_at, s.seq LIMIT ?",
         )
+        .bind(account)
         .bind((limit + skip + 1) as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -523,13 +539,15 @@ impl Store for SqliteStore {
     }
 
     async fn get_send(&self, id: &str) -> Result<Option<SendView>> {
-        let row = sqlx::query("SELECT id, status, error, message_id FROM sends WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, status, error, message_id, account FROM sends WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|row| {
             Ok(SendView {
                 id: row.try_get(0)?,
+                account: row.try_get(4)?,
                 status: writer::send_status(row.try_get(1)?),
                 error: row.try_get(2)?,
                 message_id: row.try_get(3)?,
@@ -580,6 +598,7 @@ mod tests {
             dedup_key: dedup.map(str::to_string),
             conversation: Some("contact:alice".into()),
             created_at,
+            account: "default".into(),
             bot_json: "{}".into(),
             data_json: "{}".into(),
         }

@@ -616,8 +616,8 @@ fn append(
 ) -> Result<Appended> {
     let inserted = exec(
         conn,
-        "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data, account)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (dedup_key) DO NOTHING",
         params![
             e.id,
@@ -626,7 +626,8 @@ fn append(
             e.conversation,
             e.created_at,
             e.bot_json,
-            e.data_json
+            e.data_json,
+            e.account
         ],
     )?;
     if inserted == 0 {
@@ -858,9 +859,13 @@ fn enqueue(conn: &Connection, s: &NewSend) -> Result<Enqueued> {
     if let Some(key) = &s.idempotency_key {
         let existing = conn
             .prepare_cached(
-                "SELECT id, status, error, message_id, request_hash FROM sends WHERE idempotency_key = ?1",
+                "SELECT id, status, error, message_id, request_hash, account FROM sends WHERE idempotency_key = ?1",
             )?
-            .query_row([key], |r| Ok((send_view(r)?, r.get::<_, String>(4)?)))
+            .query_row([key], |r| {
+                let mut view = send_view(r)?;
+                view.account = r.get(5)?;
+                Ok((view, r.get::<_, String>(4)?))
+            })
             .optional()?;
         if let Some((send, hash)) = existing {
             if hash != s.request_hash {
@@ -874,20 +879,22 @@ fn enqueue(conn: &Connection, s: &NewSend) -> Result<Enqueued> {
     }
     exec(
         conn,
-        "INSERT INTO sends (id, idempotency_key, request_hash, request, conversation, status, attempts, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6)",
+        "INSERT INTO sends (id, idempotency_key, request_hash, request, conversation, status, attempts, next_attempt_at, created_at, account)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6, ?7)",
         params![
             s.id,
             s.idempotency_key,
             s.request_hash,
             s.request_json,
             s.conversation,
-            s.created_at
+            s.created_at,
+            s.account
         ],
     )?;
     Ok(Enqueued {
         send: SendView {
             id: s.id.clone(),
+            account: s.account.clone(),
             status: SendStatus::Queued,
             error: None,
             message_id: None,
@@ -900,6 +907,7 @@ fn enqueue(conn: &Connection, s: &NewSend) -> Result<Enqueued> {
 fn send_view(row: &Row) -> rusqlite::Result<SendView> {
     Ok(SendView {
         id: row.get(0)?,
+        account: String::new(),
         status: send_status(&row.get::<_, String>(1)?),
         error: row.get(2)?,
         message_id: row.get(3)?,
