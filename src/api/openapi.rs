@@ -92,6 +92,7 @@ pub fn spec() -> Value {
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut spec = serde_json::to_value(doc).unwrap_or_default();
     refine(&mut spec["components"]["schemas"]);
+    scope_by_account(&mut spec["paths"]);
     spec
 }
 
@@ -100,6 +101,55 @@ pub fn spec_json() -> String {
     let mut text = serde_json::to_string_pretty(&spec()).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// The routes that act on one account, also under `/v1/accounts/{account}`.
+const ACCOUNT_SCOPED: &[&str] = &[
+    "/v1/session",
+    "/v1/session/qr.svg",
+    "/v1/contacts",
+    "/v1/contacts/{id}",
+    "/v1/rooms",
+    "/v1/rooms/{id}",
+    "/v1/rooms/{id}/members",
+    "/v1/messages",
+    "/v1/mock/messages",
+    "/v1/mock/sent",
+    "/v1/mock/scan",
+];
+
+/// Adds `/v1/accounts/{account}/…` for each account-scoped route: the same operation,
+/// for the account named in the path (the unscoped form acts on the only account, or
+/// the one named `default`).
+fn scope_by_account(paths: &mut Value) {
+    let Some(paths) = paths.as_object_mut() else {
+        return;
+    };
+    let account = json!({
+        "name": "account",
+        "in": "path",
+        "required": true,
+        "description": "The account's `name` (GET /v1/accounts lists them)",
+        "schema": {"type": "string"}
+    });
+    for path in ACCOUNT_SCOPED {
+        let Some(mut item) = paths.get(*path).cloned() else {
+            continue;
+        };
+        if let Some(ops) = item.as_object_mut() {
+            for op in ops.values_mut() {
+                if let Some(id) = op["operationId"].as_str() {
+                    op["operationId"] = json!(format!("{id}_in_account"));
+                }
+                match op["parameters"].as_array_mut() {
+                    Some(params) => params.insert(0, account.clone()),
+                    None => op["parameters"] = json!([account.clone()]),
+                }
+            }
+        }
+        let scoped = format!("/v1/accounts/{{account}}{}", &path["/v1".len()..]);
+        paths.insert(scoped, item);
+    }
 }
 
 /// Request bodies whose rules span several fields ("exactly one of", "goes with"),
@@ -230,7 +280,14 @@ pub(super) async fn openapi_json() -> Json<Value> {
 struct Errors;
 
 const ERRORS: &[(&str, &str)] = &[
-    ("400", "Malformed JSON"),
+    (
+        "400",
+        "Malformed JSON, or (`account_required`) several accounts and none named `default`: use /v1/accounts/{account}/…",
+    ),
+    (
+        "403",
+        "The credential is scoped to other accounts, or (open mode) a foreign Host or cross-origin write",
+    ),
     (
         "401",
         "No valid bearer token, or a bad or stale Standard Webhooks signature",
@@ -243,6 +300,10 @@ const ERRORS: &[(&str, &str)] = &[
     ),
     ("413", "The body is larger than server.body_limit"),
     ("415", "The body is not sent as application/json"),
+    (
+        "429",
+        "Too many event streams or long polls (server.max_streams, server.max_streams_per_credential)",
+    ),
     (
         "422",
         "A field is missing or invalid (the message names it)",
