@@ -38,7 +38,7 @@ impl From<&StoredEvent> for FeedEvent {
             seq: e.seq,
             event_type: e.event_type.clone(),
             account: e.account.clone(),
-            body: e.body(),
+            body: crate::relay::format::standard::body(e),
         }
     }
 }

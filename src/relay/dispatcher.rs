@@ -16,13 +16,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::format::{Attempt, Format};
 use super::retry::{next_delay, parse_retry_after};
-use super::signing::{
-    SigningKey, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, signature_header,
-};
+use super::signing::SigningKey;
 use crate::config::{Ordering, WebhookSettings};
 use crate::event::{Conversation, MessageData, now_millis};
-use crate::send::{Recipient, SendRequest, new_send, parse_replies};
+use crate::send::{Content, Recipient, SendRequest, new_send};
 use crate::store::{
     AttemptRecord, Claim, DueDelivery, FinishedAttempt, NewSend, Outcome, Store, WebhookStats,
 };
@@ -123,6 +122,8 @@ pub struct Target {
     /// `settings.url`, parsed once (validated with the configuration).
     url: reqwest::Url,
     meters: Meters,
+    /// How events become requests for this webhook, and responses replies.
+    format: Box<dyn Format>,
     keys: Vec<SigningKey>,
     lane: Arc<Lane>,
     slots: Arc<Semaphore>,
@@ -451,20 +452,19 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) {
         let hook = &target.settings;
-        let body = delivery.event.body();
-        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let signature =
-            signature_header(&target.keys, &delivery.event.id, timestamp, body.as_bytes());
+        let rendered = target.format.render(&Attempt {
+            event: &delivery.event,
+            keys: &target.keys,
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
+            previous: delivery.attempts,
+        });
         let at = now_millis();
         let started = Instant::now();
-        let request = self
-            .client
-            .post(target.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(WEBHOOK_ID, &delivery.event.id)
-            .header(WEBHOOK_TIMESTAMP, timestamp.to_string())
-            .header(WEBHOOK_SIGNATURE, signature)
-            .body(body);
+        let mut request = self.client.post(target.url.clone());
+        for (name, value) in rendered.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(rendered.body);
         let answer = tokio::time::timeout(hook.timeout, async {
             let mut response = request.send().await?;
             let status = response.status();
@@ -505,7 +505,12 @@ impl Dispatcher {
                 let prefix = &bytes[..bytes.len().min(RESPONSE_PREFIX)];
                 attempt.response = Some(String::from_utf8_lossy(prefix).into_owned());
                 if status.is_success() {
-                    match reply_sends(&delivery, &bytes, self.allow_private_urls) {
+                    match target
+                        .format
+                        .replies(&delivery.event, &bytes)
+                        .and_then(|contents| {
+                            reply_sends(&delivery, contents, self.allow_private_urls)
+                        }) {
                         Ok(sends) => replies = sends,
                         Err(why) => {
                             tracing::warn!(webhook = %hook.name, event_id = %delivery.event.id, reason = %why, "ignoring the reply in the webhook response");
@@ -679,10 +684,9 @@ impl Dispatcher {
 /// webhooks that both answer each get their reply sent.
 fn reply_sends(
     delivery: &DueDelivery,
-    body: &[u8],
+    contents: Vec<Content>,
     allow_private_urls: bool,
 ) -> Result<Vec<NewSend>, String> {
-    let contents = parse_replies(body).map_err(|e| e.to_string())?;
     for content in &contents {
         content
             .check_urls(allow_private_urls)
@@ -690,12 +694,6 @@ fn reply_sends(
     }
     if contents.is_empty() {
         return Ok(Vec::new());
-    }
-    if delivery.event.event_type != "message" {
-        return Err(format!(
-            "replies answer `message` events only, and this is a `{}` event",
-            delivery.event.event_type
-        ));
     }
     let message: MessageData = serde_json::from_str(&delivery.event.data_json)
         .map_err(|e| format!("the event is not a message: {e}"))?;
@@ -747,6 +745,7 @@ fn build_targets(
             let disabled = state.disabled_reason.is_some();
             Some(Arc::new(Target {
                 url,
+                format: super::format::for_webhook(w.format),
                 meters: Meters::new(&w.name),
                 failing_since: Mutex::new(state.failing_since),
                 keys: w

@@ -1,11 +1,12 @@
 //! The relay: everything that moves stored work outwards.
 //!
-//! - [`dispatcher`] claims due deliveries and POSTs them to webhooks, signed
-//!   ([`signing`]), deciding retries with [`retry`];
+//! - [`dispatcher`] claims due deliveries and POSTs them to webhooks, each rendered by
+//!   its webhook's [`format`] and signed ([`signing`]), deciding retries with [`retry`];
 //! - [`replay`] re-queues finished deliveries by hand, in chunks, as a job;
 //! - [`sender`] drains the send queue through the puppet, paced per conversation.
 
 pub mod dispatcher;
+pub mod format;
 pub mod replay;
 pub mod retry;
 pub mod sender;

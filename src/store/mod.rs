@@ -132,7 +132,7 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
-/// An event as stored, able to render the exact body every delivery of it carries.
+/// An event as stored. Formats render it (`relay::format`); the store never does.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub id: String,
@@ -142,24 +142,6 @@ pub struct StoredEvent {
     pub account: String,
     pub bot_json: String,
     pub data_json: String,
-}
-
-impl StoredEvent {
-    /// The JSON body: identical bytes on every retry, since it is rendered from stored
-    /// columns only.
-    pub fn body(&self) -> String {
-        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-        format!(
-            r#"{{"id":{},"type":{},"timestamp":{},"seq":{},"account":{},"bot":{},"data":{}}}"#,
-            quote(&self.id),
-            quote(&self.event_type),
-            quote(&format_millis(self.created_at)),
-            self.seq,
-            quote(&self.account),
-            self.bot_json,
-            self.data_json
-        )
-    }
 }
 
 /// A delivery the dispatcher now owns until it calls [`Store::finish_attempt`].

@@ -1,0 +1,397 @@
+//! Validation: every rule serde cannot express (cross-field rules, secret formats, URLs,
+//! account names), each broken one reported with its key path and an example of a
+//! valid value, all at once. `check-config` and `serve` run exactly these.
+
+use std::time::Duration;
+
+use super::*;
+use crate::event::EventType;
+use crate::relay::signing::SigningKey;
+
+impl Settings {
+    /// Checks what serde cannot: cross-field rules, secret formats, URLs, and resolves
+    /// `env:`/`file:` secrets.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.check(&mut problems);
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Many(problems)),
+        }
+    }
+
+    /// Every rule, each broken one noted (not only the first).
+    fn check(&mut self, problems: &mut Vec<ConfigError>) {
+        let mut problem = |key: &str, reason: String| problems.push(invalid(key, reason));
+        if !self.server.public_url.starts_with("http://")
+            && !self.server.public_url.starts_with("https://")
+        {
+            problem(
+                "server.public_url",
+                "must start with http:// or https:// (like \"http://127.0.0.1:3010\")".into(),
+            );
+        }
+        if self.server.body_limit.0 < 1024 {
+            problem(
+                "server.body_limit",
+                "must be at least 1KiB (like \"1MiB\")".into(),
+            );
+        }
+        for (key, value) in [
+            ("server.request_timeout", self.server.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                problem(key, "must be between 1s and 30 days (like \"30s\")".into());
+            }
+        }
+        for (key, value) in [
+            ("server.max_connections", self.server.max_connections),
+            ("server.max_streams", self.server.max_streams),
+            (
+                "server.max_streams_per_credential",
+                self.server.max_streams_per_credential,
+            ),
+        ] {
+            if value == 0 || value > 1_000_000 {
+                problem(key, "must be between 1 and 1000000".into());
+            }
+        }
+        if crate::store::sqlite_path(&self.storage.url).is_none() {
+            problem(
+                "storage.url",
+                format!(
+                    "`{}` is not supported: use sqlite://PATH (like \"sqlite://data/waas.db\")",
+                    self.storage.url
+                ),
+            );
+        }
+        if let Err(why) = check_log_level(&self.log.level) {
+            problem("log.level", why);
+        }
+        for (i, token) in self.auth.tokens.iter_mut().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            match token.resolve() {
+                Err(r) => problem(&key, r),
+                Ok(()) if token.expose().len() < 16 => problem(
+                    &key,
+                    "a token must be at least 16 characters (`waas secret` makes a good one)"
+                        .into(),
+                ),
+                Ok(()) => {}
+            }
+        }
+        if let Some(token) = &mut self.auth.metrics_token {
+            match token.resolve() {
+                Err(r) => problem("auth.metrics_token", r),
+                Ok(()) if token.expose().len() < 16 => problem(
+                    "auth.metrics_token",
+                    "a token must be at least 16 characters".into(),
+                ),
+                Ok(()) => {}
+            }
+        }
+        for (i, secret) in self.auth.signing_secrets.iter_mut().enumerate() {
+            let key = format!("auth.signing_secrets[{i}]");
+            match secret.resolve() {
+                Err(r) => problem(&key, r),
+                Ok(()) => {
+                    if let Err(e) = SigningKey::parse(secret.expose()) {
+                        problem(&key, e.to_string());
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = self.accounts.iter().map(|a| a.name.clone()).collect();
+        for (field, list) in [
+            ("auth.tokens", &self.auth.tokens),
+            ("auth.signing_secrets", &self.auth.signing_secrets),
+        ] {
+            for (i, entry) in list.iter().enumerate() {
+                match &entry.accounts {
+                    Some(accounts) if accounts.is_empty() => problem(
+                        &format!("{field}[{i}].accounts"),
+                        "names no account; leave `accounts` out for every account".into(),
+                    ),
+                    Some(accounts) => {
+                        if let Some(unknown) = accounts.iter().find(|a| !names.contains(a)) {
+                            problem(
+                                &format!("{field}[{i}].accounts"),
+                                format!(
+                                    "`{unknown}` is not an account (there are: {})",
+                                    names.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        // The same refusal `serve` makes, so check-config passes only what serve runs.
+        let listen = self.server.listen;
+        if !listen.ip().is_loopback() && !self.auth.is_configured() {
+            problem(
+                "server.listen",
+                format!(
+                    "{listen} is not a loopback address and no auth.tokens or auth.signing_secrets are configured: anyone who can reach it could send as your bot (configure [auth], or listen on 127.0.0.1)"
+                ),
+            );
+        }
+        if self.implicit_account {
+            check_puppet(&mut self.puppet, "puppet", problems);
+            if let Some(account) = self.accounts.first_mut() {
+                account.puppet = self.puppet.clone();
+            }
+        } else {
+            let mut names = std::collections::HashSet::new();
+            for (i, account) in self.accounts.iter_mut().enumerate() {
+                let key = format!("accounts[{i}].name");
+                if !valid_name(&account.name) {
+                    problems.push(invalid(
+                        &key,
+                        "must be non-empty and use only letters, digits, `-` and `_` (like \"sales\")",
+                    ));
+                } else if !names.insert(account.name.clone()) {
+                    problems.push(invalid(
+                        &key,
+                        format!("`{}` names two accounts", account.name),
+                    ));
+                }
+                check_puppet(
+                    &mut account.puppet,
+                    &format!("accounts[{i}].puppet"),
+                    problems,
+                );
+            }
+        }
+        let account_names: Vec<String> = self.accounts.iter().map(|a| a.name.clone()).collect();
+        let mut problem = |key: &str, reason: String| problems.push(invalid(key, reason));
+        if self.send.burst == 0 {
+            problem("send.burst", "must be at least 1".into());
+        }
+        if self.send.min_interval > MAX_DURATION {
+            problem(
+                "send.min_interval",
+                "must be at most 30 days (like \"1s\")".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        let listen = self.server.listen;
+        for (i, hook) in self.webhooks.iter_mut().enumerate() {
+            let at = |field: &str| format!("webhooks[{i}].{field}");
+            if hook.name.is_empty()
+                || !hook
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problem(
+                    &at("name"),
+                    "must be non-empty and use only letters, digits, `-` and `_` (like \"bot\")"
+                        .into(),
+                );
+            } else if !names.insert(hook.name.clone()) {
+                problem(
+                    &at("name"),
+                    format!("`{}` is used by two webhooks", hook.name),
+                );
+            }
+            match reqwest::Url::parse(&hook.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                    if let Some(why) = crate::address::webhook_target_problem(&url, listen) {
+                        problem(&at("url"), why);
+                    }
+                }
+                Ok(_) => problem(&at("url"), "must be an http:// or https:// URL".into()),
+                Err(e) => problem(
+                    &at("url"),
+                    format!("not a URL: {e} (like \"https://example.com/hook\")"),
+                ),
+            }
+            if hook.secret.as_slice().is_empty() {
+                problem(
+                    &at("secret"),
+                    "at least one secret is required (make one with `waas secret`)".into(),
+                );
+            }
+            let mut secrets = hook.secret.as_slice().to_vec();
+            for (j, secret) in secrets.iter_mut().enumerate() {
+                let key = format!("webhooks[{i}].secret[{j}]");
+                match secret.resolve() {
+                    Err(r) => problem(&key, r),
+                    Ok(()) => {
+                        if let Err(e) = SigningKey::parse(secret.expose()) {
+                            problem(&key, e.to_string());
+                        }
+                    }
+                }
+            }
+            hook.secret = OneOrMany::Many(secrets);
+            if hook.format != WebhookFormat::Standard {
+                problem(
+                    &at("format"),
+                    "only `standard` is available in this build (slack is planned)".into(),
+                );
+            }
+            if hook.events.contains(&EventType::WebhookTest) {
+                problem(
+                    &at("events"),
+                    "`webhook.test` is sent by the test endpoint only".into(),
+                );
+            }
+            if hook.timeout.is_zero() || hook.timeout > MAX_DURATION {
+                problem(
+                    &at("timeout"),
+                    "must be between 1ms and 30 days (like \"15s\")".into(),
+                );
+            }
+            if hook.retry.iter().any(|d| *d > MAX_DURATION) {
+                problem(
+                    &at("retry"),
+                    "each step must be at most 30 days (like [\"5s\", \"1m\", \"1h\"])".into(),
+                );
+            }
+            if hook.max_in_flight == 0 || hook.max_in_flight > 1024 {
+                problem(&at("max_in_flight"), "must be between 1 and 1024".into());
+            }
+            if let Some(unknown) = hook.accounts.iter().find(|a| !account_names.contains(a)) {
+                problem(
+                    &at("accounts"),
+                    format!(
+                        "`{unknown}` is not an account (there are: {})",
+                        account_names.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_service(service: &mut ServiceSettings, prefix: &str, problems: &mut Vec<ConfigError>) {
+    let mut problem =
+        |key: &str, reason: String| problems.push(invalid(format!("{prefix}.{key}"), reason));
+    let endpoint = service.endpoint.trim();
+    let authority_ok = !endpoint.is_empty()
+        && !endpoint.contains("://")
+        && endpoint
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !authority_ok {
+        problem(
+            "service.endpoint",
+            format!(
+                "`{endpoint}` is not HOST:PORT (for example 127.0.0.1:8788; no scheme, `tls` chooses it)"
+            ),
+        );
+    }
+    if service.token.is_empty() {
+        problem(
+            "service.token",
+            "the puppet service needs its token (a value, env:NAME or file:PATH)".into(),
+        );
+    } else {
+        match service.token.resolve() {
+            Err(r) => problem("service.token", r),
+            Ok(()) if service.token.expose().is_empty() => {
+                problem("service.token", "is empty".into())
+            }
+            Ok(()) => {}
+        }
+    }
+    if !service.tls && (service.tls_ca.is_some() || service.tls_server_name.is_some()) {
+        problem(
+            "service.tls",
+            "`tls_ca` or `tls_server_name` is set but `tls = false`; set `tls = true` to use them"
+                .into(),
+        );
+    }
+    if let Some(ca) = &service.tls_ca
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        problem(
+            "service.tls_ca",
+            format!("cannot read {}: {e}", ca.display()),
+        );
+    }
+    let reconnect = &service.reconnect;
+    if reconnect.initial.is_zero()
+        || reconnect.initial > reconnect.max
+        || reconnect.max > MAX_DURATION
+    {
+        problem(
+                "service.reconnect",
+                "`initial` must be above zero and at most `max` (like { initial = \"500ms\", max = \"30s\" })".into(),
+            );
+    }
+}
+
+fn check_mock(mock: &MockSettings, prefix: &str, problems: &mut Vec<ConfigError>) {
+    let mut problem =
+        |key: String, reason: String| problems.push(invalid(format!("{prefix}.{key}"), reason));
+    let mut ids = std::collections::HashSet::new();
+    ids.insert(mock.bot.id.as_str());
+    for (i, c) in mock.contacts.iter().enumerate() {
+        if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+            problem(
+                format!("mock.contacts[{i}].id"),
+                "must be non-empty and unique".into(),
+            );
+        }
+    }
+    for (i, room) in mock.rooms.iter().enumerate() {
+        if !room.id.contains('@') {
+            problem(
+                format!("mock.rooms[{i}].id"),
+                "room ids contain `@` (like \"room1@chatroom\")".into(),
+            );
+        }
+        if let Some(m) = room.members.iter().find(|m| !ids.contains(m.as_str())) {
+            problem(
+                format!("mock.rooms[{i}].members"),
+                format!("`{m}` is not the bot or one of the mock's contacts"),
+            );
+        }
+    }
+}
+
+/// One account's puppet; keys under `prefix` (`puppet`, `accounts[1].puppet`).
+fn check_puppet(puppet: &mut PuppetSettings, prefix: &str, problems: &mut Vec<ConfigError>) {
+    if puppet.kind == PuppetKind::Service {
+        check_service(&mut puppet.service, prefix, problems);
+    }
+    check_mock(&puppet.mock, prefix, problems);
+}
+
+/// A name usable in URLs and metrics: letters, digits, `-`, `_`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The longest duration any setting takes; longer ones overflow time arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A `tracing` filter in which every bare word is a level: `verbose` would be read as
+/// a target name and silence every log line.
+fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains('=');
+        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}` is not a level: use trace, debug, info, warn, error or off, or a filter like \"waas=debug,info\""
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("not a filter: {e} (like \"info\" or \"waas=debug,info\")"))
+}
