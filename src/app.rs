@@ -301,8 +301,10 @@ impl Application {
 pub struct Embedded {
     pub app: Arc<App>,
     pub addr: SocketAddr,
-    /// The mock puppet, to inject events.
+    /// The mock puppet of the (first) account, to inject events.
     pub mock: Arc<MockPuppet>,
+    /// Every account's mock puppet, in configuration order.
+    pub mocks: Vec<Arc<MockPuppet>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     dir: std::path::PathBuf,
@@ -321,26 +323,30 @@ impl Embedded {
         let application = Application::build(settings).await?;
         let addr = application.local_addr();
         let app = application.app();
-        let account = app
+        let mocks = app
             .accounts
-            .unscoped()
-            .context("an embedded waas has one account")?
-            .clone();
-        let mock = account
-            .mock
-            .clone()
-            .context("an embedded waas uses the mock puppet")?;
-        let mut session = account.session.subscribe();
+            .iter()
+            .map(|a| a.mock.clone())
+            .collect::<Option<Vec<_>>>()
+            .context("an embedded waas uses the mock puppet for every account")?;
+        let mock = mocks
+            .first()
+            .cloned()
+            .context("an embedded waas has an account")?;
+        let mut sessions: Vec<_> = app.accounts.iter().map(|a| a.session.subscribe()).collect();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(application.run(shutdown.clone()));
-        session
-            .wait_for(|s| s.state == crate::puppet::SessionState::LoggedIn)
-            .await
-            .context("the embedded waas stopped before logging in")?;
+        for session in &mut sessions {
+            session
+                .wait_for(|s| s.state == crate::puppet::SessionState::LoggedIn)
+                .await
+                .context("the embedded waas stopped before logging in")?;
+        }
         Ok(Embedded {
             app,
             addr,
             mock,
+            mocks,
             shutdown,
             task,
             dir,

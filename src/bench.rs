@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// SQLite synchronous mode for the relay's store: full or normal.
     #[arg(long, default_value = "full")]
     pub synchronous: String,
+    /// Mock accounts the events are spread over (round robin), each with its own
+    /// puppet, ingest and sender.
+    #[arg(long, default_value_t = 1)]
+    pub accounts: usize,
 }
 
 /// Counts receipts and records when each numbered event arrived.
@@ -155,8 +159,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 2. Relay throughput.
+    let accounts = if args.accounts <= 1 {
+        "[puppet]\nskip_older_than = \"1h\"\n".to_string()
+    } else {
+        (0..args.accounts)
+            .map(|n| {
+                format!(
+                    "[[accounts]]\nname = \"a{n}\"\n[accounts.puppet]\nskip_older_than = \"1h\"\n"
+                )
+            })
+            .collect()
+    };
     let embedded = Embedded::start(&format!(
-        "[storage]\nsynchronous = \"{}\"\n[log]\nlevel = \"warn\"\n[puppet]\nskip_older_than = \"1h\"\n\
+        "[storage]\nsynchronous = \"{}\"\n[log]\nlevel = \"warn\"\n{accounts}\
          [[webhooks]]\nname = \"bench\"\nurl = \"{hook_url}\"\nsecret = \"{}\"\nevents = [\"message\"]\nmax_in_flight = {}\n",
         args.synchronous,
         crate::relay::signing::generate_secret(),
@@ -164,21 +179,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ))
     .await
     .context("starting the relay")?;
-    let mock = embedded.mock.clone();
+    println!("accounts          {:>10}", embedded.mocks.len());
+    let mocks = Arc::new(embedded.mocks.clone());
 
     receiver.reset(args.events);
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut injectors = Vec::new();
     for _ in 0..args.injectors {
-        let (mock, next, total) = (mock.clone(), next.clone(), args.events);
+        let (mocks, next, total) = (mocks.clone(), next.clone(), args.events);
         injectors.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
                     return Ok::<_, anyhow::Error>(());
                 }
-                mock.inject(injection(i)).await?;
+                mocks[i % mocks.len()].inject(injection(i)).await?;
             }
         }));
     }
@@ -220,7 +236,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (i, slot) in sent_at.iter_mut().enumerate() {
         tokio::time::sleep_until(begin + interval * i as u32).await;
         *slot = Some(Instant::now());
-        let mock = mock.clone();
+        let mock = mocks[i % mocks.len()].clone();
         pending.spawn(async move { mock.inject(injection(offset + i)).await.map(|_| ()) });
         while let Some(done) = pending.try_join_next() {
             done??;

@@ -2,7 +2,7 @@
 //! variables, parsed into typed settings and validated once, at start-up, with errors
 //! that name the offending key.
 //!
-//! The types and the loading are here; [`check`] holds the validation (what
+//! The types and the loading are here; `check` holds the validation (what
 //! `check-config` and `serve` both run), `render` the redacted TOML `check-config`
 //! prints.
 
