@@ -84,6 +84,11 @@ impl Feed {
         };
         loop {
             let head = *newest.borrow_and_update();
+            // Nobody listening: nothing to read or render. A listener that subscribes
+            // later catches up from the store first, so skipping loses nothing.
+            if self.tx.receiver_count() == 0 {
+                cursor = cursor.max(head);
+            }
             while cursor < head {
                 match store.events_after(cursor, BATCH).await {
                     Ok(batch) if batch.is_empty() => break,

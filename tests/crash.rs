@@ -10,19 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{SECRET, TestReceiver};
+use common::{SECRET, TestReceiver, free_port};
 use serde_json::json;
 
 const BURST: usize = 1200;
 const KILL_AFTER_ACKS: usize = 600;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The child process, killed (SIGKILL) and reaped however the test ends.
 struct Waas(Child);

@@ -9,21 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{SECRET, TestReceiver, spawn_app, spawn_app_in, spawn_app_unready, webhook};
+use common::{
+    SECRET, TestReceiver, free_port, python_signed, spawn_app, spawn_app_in, spawn_app_unready,
+    webhook,
+};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "hardening-token-0123456789";
 
 fn auth() -> String {
     format!("[auth]\ntokens = [\"{TOKEN}\"]\nsigning_secrets = [\"{SECRET}\"]\n")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The built binary as a child process, killed and reaped however the test ends.
@@ -328,29 +323,6 @@ fn the_open_file_limit_is_raised_at_start() {
 
 // ---------------------------------------------------------------------------------
 // Medium 3 and 4: a signed request acts once, whatever key or route it is replayed on.
-
-/// Headers for `body` signed by the official Python `standardwebhooks` library.
-fn python_signed(id: &str, body: &str) -> Value {
-    let mut child = Command::new("python3")
-        .arg("tests/interop/sign_standardwebhooks.py")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with standardwebhooks (see .ci/run)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            json!({"secret": SECRET, "id": id, "body": body})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the signing script failed");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 async fn post_signed(
     base: &str,

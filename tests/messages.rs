@@ -2,39 +2,15 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{SECRET, spawn_app};
+use common::{SECRET, python_signed, spawn_app};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-token-0123456789";
 
 fn auth_config() -> String {
     format!("[auth]\ntokens = [\"{TOKEN}\"]\nsigning_secrets = [\"{SECRET}\"]\n")
-}
-
-/// Headers for `body` signed by the official Python library.
-fn python_signed(id: &str, body: &str) -> Value {
-    let mut child = Command::new("python3")
-        .arg("tests/interop/sign_standardwebhooks.py")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with standardwebhooks (see .ci/run)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            json!({"secret": SECRET, "id": id, "body": body})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the signing script failed");
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 async fn post_signed(

@@ -315,8 +315,13 @@ async fn reconnects_after_the_server_dies_and_sends_what_was_queued() {
         })
         .await;
     assert_eq!(sent["conversationId"], "alice");
-    let (_, view) = app
-        .get(&format!("/v1/messages/{}", queued["id"].as_str().unwrap()))
+    // The puppet has it; the outcome is recorded right after (not in the same instant).
+    let id = queued["id"].as_str().unwrap().to_string();
+    let view = app
+        .eventually(5, "the send recorded as sent", || async {
+            let (_, view) = app.get(&format!("/v1/messages/{id}")).await;
+            (view["status"] != "queued").then_some(view)
+        })
         .await;
     assert_eq!(view["status"], "sent", "{view}");
 

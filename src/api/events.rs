@@ -156,16 +156,26 @@ pub(super) async fn pull(
     let matches = |t: &str, a: &str| (types.is_empty() || types.contains(t)) && in_account(a);
     // Subscribe before reading, so an event committed in between still arrives.
     let mut live = app.feed.subscribe();
-    let batch = app.store.events_after(after, limit).await?;
-    if let Some(last) = batch.last() {
-        after = last.seq;
-    }
-    let matching: Vec<FeedEvent> = batch
-        .iter()
-        .filter(|e| matches(&e.event_type, &e.account))
-        .map(FeedEvent::from)
-        .collect();
-    if !matching.is_empty() || batch.len() as u32 == limit || wait.is_zero() {
+    // One page from the store, from the cursor: the matching events, and whether the
+    // page was full (then it is the answer even if nothing in it matched).
+    let store = app.store.clone();
+    let matches = &matches;
+    let read_page = |after: i64| {
+        let store = store.clone();
+        async move {
+            let batch = store.events_after(after, limit).await?;
+            let last = batch.last().map_or(after, |e| e.seq);
+            let matching: Vec<FeedEvent> = batch
+                .iter()
+                .filter(|e| matches(&e.event_type, &e.account))
+                .map(FeedEvent::from)
+                .collect();
+            Ok::<_, ApiError>((matching, last, batch.len() as u32 == limit))
+        }
+    };
+    let (matching, last, full) = read_page(after).await?;
+    after = last;
+    if !matching.is_empty() || full || wait.is_zero() {
         return Ok(events_response(&matching, after));
     }
     // Waiting: a long poll holds a place like a stream does.
@@ -201,16 +211,9 @@ pub(super) async fn pull(
             }
             // Too far behind the broadcast: read the store once, from the cursor.
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                let batch = app.store.events_after(after, limit).await?;
-                if let Some(last) = batch.last() {
-                    after = last.seq;
-                }
-                let matching: Vec<FeedEvent> = batch
-                    .iter()
-                    .filter(|e| matches(&e.event_type, &e.account))
-                    .map(FeedEvent::from)
-                    .collect();
-                if !matching.is_empty() || batch.len() as u32 == limit {
+                let (matching, last, full) = read_page(after).await?;
+                after = last;
+                if !matching.is_empty() || full {
                     return Ok(events_response(&matching, after));
                 }
             }

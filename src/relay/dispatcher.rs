@@ -8,7 +8,7 @@
 //! delivery, a finished attempt, a manual retry).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,8 @@ pub struct Target {
     meters: Meters,
     /// How events become requests for this webhook, and responses replies.
     format: Box<dyn Format>,
+    /// Successful attempts, logged as a summary at most every few seconds.
+    summary: DeliverySummary,
     keys: Vec<SigningKey>,
     lane: Arc<Lane>,
     slots: Arc<Semaphore>,
@@ -184,44 +186,56 @@ pub struct Dispatcher {
     sender_wake: HashMap<String, Arc<Notify>>,
     /// `send.allow_private_urls`, for the URLs in replies.
     allow_private_urls: bool,
-    /// Successful attempts, logged as a summary at most every few seconds.
-    summary: DeliverySummary,
 }
 
 /// One info line per webhook per [`SUMMARY_EVERY`] with how many deliveries succeeded,
-/// instead of a line per delivery (hundreds a second under load) or none at all.
+/// instead of a line per delivery (hundreds a second under load) or none at all. Kept
+/// with atomics: it is on every successful attempt's path.
 #[derive(Default)]
-struct DeliverySummary(Mutex<(Option<Instant>, HashMap<String, u64>)>);
+struct DeliverySummary {
+    /// Deliveries since the last line.
+    delivered: AtomicU64,
+    /// When the last line was written (unix ms); 0 before the first success.
+    since: AtomicI64,
+}
 
 /// How often delivered attempts are summed up in the log.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 impl DeliverySummary {
     fn delivered(&self, webhook: &str) {
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (since, counts) = &mut *guard;
-        let now = Instant::now();
-        let Some(started) = *since else {
-            // The very first success is told at once: a newcomer sees it work.
-            *since = Some(now);
-            tracing::info!(
-                webhook,
-                "delivered; from now on successes are summed up every {}s",
-                SUMMARY_EVERY.as_secs()
-            );
-            return;
-        };
-        *counts.entry(webhook.to_string()).or_default() += 1;
-        if now.duration_since(started) >= SUMMARY_EVERY {
-            for (webhook, delivered) in counts.drain() {
+        let now = now_millis();
+        let since = self.since.load(AtomicOrdering::Relaxed);
+        if since == 0 {
+            if self
+                .since
+                .compare_exchange(0, now, AtomicOrdering::Relaxed, AtomicOrdering::Relaxed)
+                .is_ok()
+            {
+                // The very first success is told at once: a newcomer sees it work.
                 tracing::info!(
-                    webhook = %webhook,
-                    delivered,
-                    seconds = now.duration_since(started).as_secs(),
-                    "deliveries succeeded"
+                    webhook,
+                    "delivered; from now on successes are summed up every {}s",
+                    SUMMARY_EVERY.as_secs()
                 );
             }
-            *since = Some(now);
+            return;
+        }
+        self.delivered.fetch_add(1, AtomicOrdering::Relaxed);
+        let every = SUMMARY_EVERY.as_millis() as i64;
+        if now - since >= every
+            && self
+                .since
+                .compare_exchange(since, now, AtomicOrdering::Relaxed, AtomicOrdering::Relaxed)
+                .is_ok()
+        {
+            let delivered = self.delivered.swap(0, AtomicOrdering::Relaxed);
+            tracing::info!(
+                webhook,
+                delivered,
+                seconds = (now - since) / 1000,
+                "deliveries succeeded"
+            );
         }
     }
 }
@@ -260,7 +274,6 @@ impl Dispatcher {
             running: Mutex::new(None),
             sender_wake,
             allow_private_urls,
-            summary: DeliverySummary::default(),
         }
     }
 
@@ -542,6 +555,9 @@ impl Dispatcher {
             }
         };
         self.log_outcome(hook, &delivery, &attempt, outcome, failures);
+        if outcome == Outcome::Delivered {
+            target.summary.delivered(&hook.name);
+        }
         target.meters.record(outcome, duration_ms);
         if let Outcome::Disabled { .. } = outcome {
             target.lane.direct.store(false, AtomicOrdering::Relaxed);
@@ -560,10 +576,13 @@ impl Dispatcher {
         // Until it is recorded the delivery stays claimed; once the store recovers the
         // record goes in, without a restart. Stopped first, it stays claimed in the
         // store and goes out again after the next start (same webhook-id).
-        let what = format!("the attempt at delivery {}", finished.delivery_id);
-        if let Some(Err(e)) =
-            crate::store::until_stored(&what, &shutdown, || self.store.finish_attempt(&finished))
-                .await
+        if let Some(Err(e)) = crate::store::until_stored(
+            "an attempt at a delivery",
+            &finished.delivery_id,
+            &shutdown,
+            || self.store.finish_attempt(&finished),
+        )
+        .await
         {
             tracing::error!(webhook = %hook.name, delivery_id = %finished.delivery_id, error = %e, "cannot record an attempt");
         }
@@ -662,7 +681,6 @@ impl Dispatcher {
                     webhook = %hook.name, delivery_id = %d.id, event_id = %d.event.id,
                     status = attempt.status_code, ms = attempt.duration_ms, "delivered"
                 );
-                self.summary.delivered(&hook.name);
             }
             Outcome::Retry { at } => tracing::warn!(
                 webhook = %hook.name, delivery_id = %d.id, event_id = %d.event.id, attempt = failures,
@@ -746,6 +764,7 @@ fn build_targets(
             Some(Arc::new(Target {
                 url,
                 format: super::format::for_webhook(w.format),
+                summary: DeliverySummary::default(),
                 meters: Meters::new(&w.name),
                 failing_since: Mutex::new(state.failing_since),
                 keys: w

@@ -241,8 +241,7 @@ impl Sender {
         metrics::counter!("waas_sends_total", "outcome" => label).increment(1);
         // The send stays claimed until its outcome is recorded, however long the store
         // takes to recover: releasing it would send it again.
-        let what = format!("the outcome of send {}", send.id);
-        match crate::store::until_stored(&what, &shutdown, || {
+        match crate::store::until_stored("the outcome of a send", &send.id, &shutdown, || {
             self.store.finish_send(&send, outcome.clone(), now)
         })
         .await

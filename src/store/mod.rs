@@ -51,7 +51,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// attempt that was made, an event the puppet handed over). Gives up only on an error
 /// that will not go away, or when `stop` is cancelled (`None`).
 pub async fn until_stored<T, F, Fut>(
-    what: &str,
+    what: &'static str,
+    id: &str,
     stop: &tokio_util::sync::CancellationToken,
     mut write: F,
 ) -> Option<Result<T>>
@@ -65,13 +66,18 @@ where
         match write().await {
             Ok(v) => {
                 if failures > 0 {
-                    tracing::info!(what, retries = failures, "the store took the write again");
+                    tracing::info!(
+                        what,
+                        id,
+                        retries = failures,
+                        "the store took the write again"
+                    );
                 }
                 return Some(Ok(v));
             }
             Err(e) if e.is_transient() => {
                 if failures == 0 {
-                    tracing::error!(what, error = %e, "the store refused a write; holding it and retrying until the store recovers");
+                    tracing::error!(what, id, error = %e, "the store refused a write; holding it and retrying until the store recovers");
                 }
                 failures += 1;
             }
@@ -80,7 +86,7 @@ where
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => {
-                tracing::error!(what, "shutting down with a write the store never took");
+                tracing::error!(what, id, "shutting down with a write the store never took");
                 return None;
             }
         }

@@ -19,6 +19,41 @@ use waas::config::Settings;
 
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Headers for `body` signed with [`SECRET`] by the official Python `standardwebhooks`
+/// library: `{"webhook-timestamp", "webhook-signature"}`.
+pub fn python_signed(id: &str, body: &str) -> Value {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .arg("tests/interop/sign_standardwebhooks.py")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with standardwebhooks (see .ci/run)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            json!({"secret": SECRET, "id": id, "body": body})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the signing script failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn init_logs() {
     waas::install_crypto_provider();
     if std::env::var_os("TEST_LOG").is_some() {

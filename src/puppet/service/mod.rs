@@ -955,10 +955,12 @@ impl ServicePuppet {
 /// store takes it; the stream waits meanwhile, in order, rather than lose it.
 async fn record(ingest: &Ingest, data: EventData) {
     let kind = data.event_type();
-    let what = format!("a puppet `{kind}` event");
     let never = CancellationToken::new();
     if let Some(Err(e)) =
-        crate::store::until_stored(&what, &never, || ingest.record(data.clone())).await
+        crate::store::until_stored("a puppet event", kind.as_str(), &never, || {
+            ingest.record(data.clone())
+        })
+        .await
     {
         tracing::error!(event_type = %kind, error = %e, "could not store a puppet event");
     }
