@@ -19,31 +19,6 @@ fn two_accounts() -> String {
         .to_string()
 }
 
-async fn get_with(app: &common::TestApp, token: &str, path: &str) -> (u16, Value) {
-    let resp = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn post_with(app: &common::TestApp, token: &str, path: &str, body: Value) -> (u16, Value) {
-    let resp = app
-        .client
-        .post(app.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn two_mock_accounts_side_by_side() {
     let all = TestReceiver::start().await;
@@ -185,52 +160,52 @@ async fn a_scoped_token_sees_and_acts_on_its_accounts_only() {
     );
     let app = spawn_app(&toml).await;
     for account in ["sales", "support"] {
-        let (status, _) = post_with(
-            &app,
-            GLOBAL,
-            &format!("/v1/accounts/{account}/mock/messages"),
-            json!({"from": "alice", "text": format!("hello {account}")}),
-        )
-        .await;
+        let (status, _) = app
+            .post_as(
+                GLOBAL,
+                &format!("/v1/accounts/{account}/mock/messages"),
+                json!({"from": "alice", "text": format!("hello {account}")}),
+            )
+            .await;
         assert_eq!(status, 201);
     }
-    let (_, support_send) = post_with(
-        &app,
-        GLOBAL,
-        "/v1/accounts/support/messages",
-        json!({"to": {"contact": "bob"}, "text": "support business"}),
-    )
-    .await;
+    let (_, support_send) = app
+        .post_as(
+            GLOBAL,
+            "/v1/accounts/support/messages",
+            json!({"to": {"contact": "bob"}, "text": "support business"}),
+        )
+        .await;
 
     // Its own account: fine.
-    let (status, _) = get_with(&app, SALES, "/v1/accounts/sales/contacts").await;
+    let (status, _) = app.get_as(SALES, "/v1/accounts/sales/contacts").await;
     assert_eq!(status, 200);
-    let (status, _) = post_with(
-        &app,
-        SALES,
-        "/v1/accounts/sales/messages",
-        json!({"to": {"contact": "bob"}, "text": "sales business"}),
-    )
-    .await;
+    let (status, _) = app
+        .post_as(
+            SALES,
+            "/v1/accounts/sales/messages",
+            json!({"to": {"contact": "bob"}, "text": "sales business"}),
+        )
+        .await;
     assert_eq!(status, 202);
     // Another account: 403, for reading and for acting.
-    let (status, err) = get_with(&app, SALES, "/v1/accounts/support/contacts").await;
+    let (status, err) = app.get_as(SALES, "/v1/accounts/support/contacts").await;
     assert_eq!(status, 403, "{err}");
     assert_eq!(err["error"]["code"], "forbidden");
-    let (status, _) = post_with(
-        &app,
-        SALES,
-        "/v1/accounts/support/messages",
-        json!({"to": {"contact": "bob"}, "text": "not mine"}),
-    )
-    .await;
+    let (status, _) = app
+        .post_as(
+            SALES,
+            "/v1/accounts/support/messages",
+            json!({"to": {"contact": "bob"}, "text": "not mine"}),
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, _) = get_with(&app, SALES, "/v1/accounts/support/session").await;
+    let (status, _) = app.get_as(SALES, "/v1/accounts/support/session").await;
     assert_eq!(status, 403);
-    let (status, _) = get_with(&app, SALES, "/v1/events?account=support").await;
+    let (status, _) = app.get_as(SALES, "/v1/events?account=support").await;
     assert_eq!(status, 403);
     // Listings hold its own account's things only.
-    let (_, page) = get_with(&app, SALES, "/v1/events?types=message").await;
+    let (_, page) = app.get_as(SALES, "/v1/events?types=message").await;
     let accounts: Vec<&str> = page["events"]
         .as_array()
         .unwrap()
@@ -238,7 +213,7 @@ async fn a_scoped_token_sees_and_acts_on_its_accounts_only() {
         .map(|e| e["account"].as_str().unwrap())
         .collect();
     assert_eq!(accounts, ["sales"], "{page}");
-    let (_, hooks) = get_with(&app, SALES, "/v1/webhooks").await;
+    let (_, hooks) = app.get_as(SALES, "/v1/webhooks").await;
     let names: Vec<&str> = hooks["webhooks"]
         .as_array()
         .unwrap()
@@ -250,18 +225,20 @@ async fn a_scoped_token_sees_and_acts_on_its_accounts_only() {
         ["sales-hook"],
         "a webhook of every account is not its to see"
     );
-    let (status, _) = post_with(&app, SALES, "/v1/webhooks/everything/test", json!({})).await;
+    let (status, _) = app
+        .post_as(SALES, "/v1/webhooks/everything/test", json!({}))
+        .await;
     assert_eq!(status, 404);
-    let (_, listed) = get_with(&app, SALES, "/v1/accounts").await;
+    let (_, listed) = app.get_as(SALES, "/v1/accounts").await;
     assert_eq!(listed["accounts"].as_array().unwrap().len(), 1);
-    let (status, _) = get_with(
-        &app,
-        SALES,
-        &format!("/v1/messages/{}", support_send["id"].as_str().unwrap()),
-    )
-    .await;
+    let (status, _) = app
+        .get_as(
+            SALES,
+            &format!("/v1/messages/{}", support_send["id"].as_str().unwrap()),
+        )
+        .await;
     assert_eq!(status, 404, "another account's send is not there for it");
-    let (_, ds) = get_with(&app, SALES, "/v1/deliveries?webhook=everything").await;
+    let (_, ds) = app.get_as(SALES, "/v1/deliveries?webhook=everything").await;
     assert_eq!(ds["deliveries"].as_array().unwrap().len(), 1);
     // The legacy polling API acts on the token's one account.
     let (_, legacy) = app.get(&format!("/t/{SALES}/api/message")).await;
@@ -273,7 +250,7 @@ async fn a_scoped_token_sees_and_acts_on_its_accounts_only() {
         .collect();
     assert_eq!(texts, ["hello sales"]);
     // The global token sees both.
-    let (_, page) = get_with(&app, GLOBAL, "/v1/events?types=message").await;
+    let (_, page) = app.get_as(GLOBAL, "/v1/events?types=message").await;
     assert_eq!(page["events"].as_array().unwrap().len(), 2);
     app.stop().await;
 }

@@ -55,11 +55,10 @@ pub struct Requeued {
 )]
 pub(super) async fn list(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     scope: Option<Extension<AccountScope>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let credential = credential.map_or_else(Credential::open, |Extension(c)| c);
     let accounts = visible_accounts(
         &app,
         &credential,
@@ -108,10 +107,10 @@ pub(super) async fn list(
 )]
 pub(super) async fn retry(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Requeued>), ApiError> {
-    if credential.is_some_and(|Extension(c)| !c.is_global()) {
+    if !credential.is_global() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -129,11 +129,10 @@ fn parse_types(raw: Option<&str>) -> Result<HashSet<String>, ApiError> {
 )]
 pub(super) async fn pull(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     scope: Option<Extension<AccountScope>>,
     ApiQuery(q): ApiQuery<PullQuery>,
 ) -> Result<Response, ApiError> {
-    let credential = credential_of(credential);
     let accounts = visible_accounts(
         &app,
         &credential,
@@ -224,11 +223,6 @@ pub(super) async fn pull(
     Ok(events_response(&found, after))
 }
 
-/// The credential a request came with.
-fn credential_of(credential: Option<Extension<Credential>>) -> Credential {
-    credential.map_or_else(Credential::open, |Extension(c)| c)
-}
-
 fn events_response<E: std::borrow::Borrow<FeedEvent>>(events: &[E], next_after: i64) -> Response {
     // The bodies are JSON already; splice them rather than re-encode.
     let mut body = String::with_capacity(
@@ -274,12 +268,11 @@ pub struct StreamQuery {
 )]
 pub(super) async fn stream(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     scope: Option<Extension<AccountScope>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let credential = credential_of(credential);
     let accounts = visible_accounts(
         &app,
         &credential,

@@ -226,7 +226,7 @@ async fn wait_for_outcome(
 )]
 pub(super) async fn status(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<SendView>, ApiError> {
@@ -235,7 +235,7 @@ pub(super) async fn status(
         Some(wait) => wait_for_outcome(&app, &id, wait).await?,
         None => app.store.get_send(&id).await?,
     };
-    let allowed = |v: &SendView| credential.as_ref().is_none_or(|c| c.0.allows(&v.account));
+    let allowed = |v: &SendView| credential.allows(&v.account);
     let view = view
         .filter(allowed)
         .ok_or_else(|| ApiError::not_found(format!("no message `{id}`")))?;

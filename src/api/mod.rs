@@ -582,6 +582,23 @@ pub struct Credential {
     pub accounts: Option<Vec<String>>,
 }
 
+/// Handlers take the credential as an extractor: the one `require_auth` found, or the
+/// open one where no auth applies.
+impl<S: Send + Sync> FromRequestParts<S> for Credential {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Credential, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Credential>()
+            .cloned()
+            .unwrap_or_else(Credential::open))
+    }
+}
+
 impl Credential {
     pub fn open() -> Credential {
         Credential {

@@ -55,12 +55,12 @@ pub struct AccountList {
 #[utoipa::path(get, path = "/v1/accounts", operation_id = "list_accounts", tag = "session", responses((status = 200, body = AccountList)))]
 pub(super) async fn accounts(
     axum::extract::State(app): axum::extract::State<AppState>,
-    credential: Option<axum::extract::Extension<super::Credential>>,
+    credential: super::Credential,
 ) -> Json<AccountList> {
     let accounts = app
         .accounts
         .iter()
-        .filter(|a| credential.as_ref().is_none_or(|c| c.0.allows(&a.name)))
+        .filter(|a| credential.allows(&a.name))
         .map(|a| {
             let session = a.session.get();
             AccountView {

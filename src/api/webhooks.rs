@@ -86,17 +86,10 @@ fn visible(target: &Target, credential: &Credential) -> bool {
     }
 }
 
-fn known(
-    app: &AppState,
-    credential: &Option<Extension<Credential>>,
-    name: &str,
-) -> Result<Arc<Target>, ApiError> {
-    let credential = credential
-        .as_ref()
-        .map_or_else(Credential::open, |Extension(c)| c.clone());
+fn known(app: &AppState, credential: &Credential, name: &str) -> Result<Arc<Target>, ApiError> {
     app.dispatcher
         .target(name)
-        .filter(|t| visible(t, &credential))
+        .filter(|t| visible(t, credential))
         .ok_or_else(|| ApiError::not_found(format!("no webhook named `{name}`")))
 }
 
@@ -110,7 +103,7 @@ fn known(
 )]
 pub(super) async fn test(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     ApiPath(name): ApiPath<String>,
 ) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
     let target = known(&app, &credential, &name)?;
@@ -169,7 +162,7 @@ pub struct ReplayBody {
 )]
 pub(super) async fn replay(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ReplayBody>,
 ) -> Result<(StatusCode, Json<ReplayProgress>), ApiError> {
@@ -217,7 +210,7 @@ pub(super) async fn replay(
 )]
 pub(super) async fn replay_progress(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<Json<ReplayProgress>, ApiError> {
     known(&app, &credential, &name)?;
@@ -238,7 +231,7 @@ pub(super) async fn replay_progress(
 )]
 pub(super) async fn enable(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Enabled>, ApiError> {
     known(&app, &credential, &name)?;
@@ -257,13 +250,11 @@ pub(super) async fn enable(
 #[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", params(WebhooksQuery), responses((status = 200, body = WebhookList)))]
 pub(super) async fn list(
     State(app): State<AppState>,
-    credential: Option<Extension<Credential>>,
+    credential: Credential,
     scope: Option<Extension<AccountScope>>,
     ApiQuery(q): ApiQuery<WebhooksQuery>,
 ) -> Result<Json<WebhookList>, ApiError> {
-    let who = credential
-        .as_ref()
-        .map_or_else(Credential::open, |Extension(c)| c.clone());
+    let who = credential;
     let only = visible_accounts(
         &app,
         &who,
