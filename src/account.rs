@@ -8,16 +8,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AccountSettings, DEFAULT_ACCOUNT, PuppetKind, PuppetSettings, Settings};
 use crate::ingest::Ingest;
+use crate::outbox::Outbox;
 use crate::puppet::mock::MockPuppet;
 use crate::puppet::service::ServicePuppet;
 use crate::puppet::{Puppet, SessionHandle};
-use crate::relay::dispatcher::Lanes;
 use crate::relay::sender::Sender;
 use crate::store::Store;
 
@@ -37,9 +37,7 @@ pub struct Account {
 pub struct Shared<'a> {
     pub settings: &'a Settings,
     pub store: Arc<dyn Store>,
-    pub lanes: Arc<Lanes>,
-    /// The newest stored seq, across accounts.
-    pub last_seq: Arc<watch::Sender<i64>>,
+    pub outbox: Arc<Outbox>,
 }
 
 impl Account {
@@ -67,15 +65,14 @@ impl Account {
         };
         let ingest = Arc::new(Ingest::new(
             &account.name,
-            shared.store.clone(),
+            shared.outbox.clone(),
             &shared.settings.webhooks,
-            shared.lanes.clone(),
             puppet_settings,
-            shared.last_seq.clone(),
         ));
         let sender = Arc::new(Sender::new(
             &account.name,
             shared.store.clone(),
+            shared.outbox.claimant().clone(),
             puppet.clone(),
             session.clone(),
             wake,

@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::account::{Account, Accounts};
 use crate::config::{AuthSettings, Settings};
 use crate::event::now_millis;
-use crate::puppet::mock::MockPuppet;
+use crate::outbox::Outbox;
 use crate::relay::dispatcher::{Dispatcher, Lanes};
 use crate::relay::signing::SigningKey;
-use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Claimant, Store};
 
 /// Everything a request handler may need.
 pub struct App {
@@ -29,8 +29,8 @@ pub struct App {
     pub accounts: Accounts,
     pub dispatcher: Arc<Dispatcher>,
     pub lanes: Arc<Lanes>,
-    /// The newest stored seq, across accounts.
-    pub last_seq: Arc<watch::Sender<i64>>,
+    /// Where work is written and its worker woken.
+    pub outbox: Arc<Outbox>,
     /// Replays started by hand, with their progress.
     pub replays: crate::relay::replay::Replays,
     /// Stored events, broadcast to streams and long polls.
@@ -182,20 +182,25 @@ impl Application {
             .iter()
             .map(|a| (a.name.clone(), Arc::new(Notify::new())))
             .collect();
+        let claimant = Claimant::new(instance_name(), crate::outbox::CLAIM_LEASE);
+        let outbox = Arc::new(Outbox::new(
+            store.clone(),
+            lanes.clone(),
+            wakers.clone(),
+            claimant,
+        ));
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
+            outbox.clone(),
             &settings.webhooks,
             &stats,
             &lanes,
-            wakers.clone(),
             settings.send.allow_private_urls,
         ));
-        let last_seq = Arc::new(watch::Sender::new(0));
         let shared = crate::account::Shared {
             settings: &settings,
             store: store.clone(),
-            lanes: lanes.clone(),
-            last_seq: last_seq.clone(),
+            outbox: outbox.clone(),
         };
         let mut list = Vec::new();
         for account in &settings.accounts {
@@ -222,7 +227,7 @@ impl Application {
                 accounts,
                 dispatcher,
                 lanes,
-                last_seq,
+                outbox,
                 replays: Default::default(),
                 feed: Default::default(),
                 listeners,
@@ -254,11 +259,11 @@ impl Application {
         app.dispatcher.spawn(&tracker, work.clone());
         tracker.spawn(prune_loop(app.clone(), work.clone()));
         tracker.spawn(crate::metrics::upkeep(work.clone()));
-        tracker.spawn(app.feed.clone().run(
-            app.store.clone(),
-            app.last_seq.subscribe(),
-            work.clone(),
-        ));
+        tracker.spawn(
+            app.feed
+                .clone()
+                .run(app.store.clone(), app.outbox.last_seq(), work.clone()),
+        );
 
         let addr = self.listener.local_addr()?;
         announce(&app, addr);
@@ -296,69 +301,16 @@ impl Application {
     }
 }
 
-/// A waas running inside this process (the bench, the soak, tests): the mock puppet,
-/// a free loopback port, and a store in a fresh temporary folder removed on stop.
-pub struct Embedded {
-    pub app: Arc<App>,
-    pub addr: SocketAddr,
-    /// The mock puppet of the (first) account, to inject events.
-    pub mock: Arc<MockPuppet>,
-    /// Every account's mock puppet, in configuration order.
-    pub mocks: Vec<Arc<MockPuppet>>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    dir: std::path::PathBuf,
-}
-
-impl Embedded {
-    /// Starts waas from `toml` (over the defaults; `server.listen` and `storage.url`
-    /// are chosen here) and returns once the mock account is logged in.
-    pub async fn start(toml: &str) -> anyhow::Result<Embedded> {
-        let mut settings = Settings::from_toml(toml)?;
-        let dir = std::env::temp_dir().join(format!("waas-embedded-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        settings.storage.url = format!("sqlite://{}/waas.db", dir.display());
-        let application = Application::build(settings).await?;
-        let addr = application.local_addr();
-        let app = application.app();
-        let mocks = app
-            .accounts
-            .iter()
-            .map(|a| a.mock.clone())
-            .collect::<Option<Vec<_>>>()
-            .context("an embedded waas uses the mock puppet for every account")?;
-        let mock = mocks
-            .first()
-            .cloned()
-            .context("an embedded waas has an account")?;
-        let mut sessions: Vec<_> = app.accounts.iter().map(|a| a.session.subscribe()).collect();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(application.run(shutdown.clone()));
-        for session in &mut sessions {
-            session
-                .wait_for(|s| s.state == crate::puppet::SessionState::LoggedIn)
-                .await
-                .context("the embedded waas stopped before logging in")?;
-        }
-        Ok(Embedded {
-            app,
-            addr,
-            mock,
-            mocks,
-            shutdown,
-            task,
-            dir,
-        })
-    }
-
-    /// Shuts down as SIGTERM would, and removes the store.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.task.await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// This instance's name, as the owner of the work it claims: the host's name and the
+/// process id.
+pub fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// The start-up banner: what runs, where, and what a newcomer should know first.
@@ -379,7 +331,7 @@ fn announce(app: &App, addr: SocketAddr) {
         version = env!("CARGO_PKG_VERSION"),
         store,
         puppet = settings.puppet.kind.as_str(),
-        accounts = 1,
+        accounts = app.accounts.len(),
         webhooks = settings.webhooks.len(),
         auth = %access,
         "waas {} listening on http://{addr} (open it in a browser for the session and the QR code)",

@@ -1,18 +1,16 @@
 //! Ingest: where puppet events become stored events. Drops what must not be relayed
 //! (the bot's own messages, stale replays), decides which webhooks get a delivery
-//! (their filters), commits event and deliveries together, then wakes the dispatcher.
+//! (their filters), and records the event for them in the outbox.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use time::OffsetDateTime;
-use tokio::sync::watch;
-
 use crate::config::{PuppetSettings, WebhookSettings};
 use crate::event::{BotRef, EventData, EventType, new_event_id, now_millis};
-use crate::relay::dispatcher::Lanes;
-use crate::store::{Appended, DueDelivery, NewDelivery, NewEvent, Store, StoreError, StoredEvent};
+use crate::outbox::{Outbox, Recipient};
+use crate::store::{Appended, NewEvent, StoreError};
+use time::OffsetDateTime;
 
 /// Which events one webhook receives.
 #[derive(Debug, Clone)]
@@ -86,37 +84,30 @@ pub enum Recorded {
 pub struct Ingest {
     /// The account whose puppet reports here; every event is stored as its.
     account: String,
-    store: Arc<dyn Store>,
+    outbox: Arc<Outbox>,
     routes: RwLock<Arc<Vec<WebhookRoute>>>,
-    lanes: Arc<Lanes>,
     bot: RwLock<BotRef>,
     skip_self: bool,
     skip_older_than: Duration,
-    /// The newest stored seq, shared by every account's ingest (the feed watches it).
-    last_seq: Arc<watch::Sender<i64>>,
 }
 
 impl Ingest {
     pub fn new(
         account: &str,
-        store: Arc<dyn Store>,
+        outbox: Arc<Outbox>,
         webhooks: &[WebhookSettings],
-        lanes: Arc<Lanes>,
         puppet: &PuppetSettings,
-        last_seq: Arc<watch::Sender<i64>>,
     ) -> Ingest {
         Ingest {
             account: account.to_string(),
-            store,
+            outbox,
             routes: RwLock::new(Arc::new(webhooks.iter().map(WebhookRoute::new).collect())),
-            lanes,
             bot: RwLock::new(BotRef {
                 id: String::new(),
                 name: String::new(),
             }),
             skip_self: puppet.skip_self,
             skip_older_than: puppet.skip_older_than,
-            last_seq,
         }
     }
 
@@ -146,11 +137,6 @@ impl Ingest {
         *self.bot.write().unwrap_or_else(|e| e.into_inner()) = bot;
     }
 
-    /// The `seq` of the newest stored event, to wait on for new events.
-    pub fn last_seq(&self) -> watch::Receiver<i64> {
-        self.last_seq.subscribe()
-    }
-
     /// Stores one event and its deliveries. Returns once committed.
     pub async fn record(&self, data: EventData) -> Result<Recorded, StoreError> {
         if let EventData::Message(m) = &data {
@@ -168,12 +154,15 @@ impl Ingest {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let hooks: Vec<(String, bool)> = routes
+        let recipients = routes
             .iter()
             .filter(|r| r.takes_account(&self.account) && r.accepts(&data))
-            .map(|r| (r.name.clone(), r.ordered))
+            .map(|r| Recipient {
+                webhook: r.name.clone(),
+                ordered: r.ordered,
+            })
             .collect();
-        self.append_ordered(data, hooks).await.map(Recorded::Stored)
+        self.append_to(data, recipients).await.map(Recorded::Stored)
     }
 
     /// Stores an event for exactly these webhooks, bypassing filters (`webhook.test`).
@@ -182,15 +171,21 @@ impl Ingest {
         data: EventData,
         hooks: Vec<String>,
     ) -> Result<Appended, StoreError> {
-        self.append_ordered(data, hooks.into_iter().map(|h| (h, false)).collect())
-            .await
+        let recipients = hooks
+            .into_iter()
+            .map(|webhook| Recipient {
+                webhook,
+                ordered: false,
+            })
+            .collect();
+        self.append_to(data, recipients).await
     }
 
-    /// Stores an event for these webhooks: (name, keeps conversation order).
-    async fn append_ordered(
+    /// Stores an event for these webhooks.
+    async fn append_to(
         &self,
         data: EventData,
-        hooks: Vec<(String, bool)>,
+        recipients: Vec<Recipient>,
     ) -> Result<Appended, StoreError> {
         let bot_json = {
             let bot = self.bot.read().unwrap_or_else(|e| e.into_inner());
@@ -206,59 +201,7 @@ impl Ingest {
             bot_json,
             data_json: serde_json::to_string(&data).unwrap_or_else(|_| "{}".into()),
         };
-        let deliveries: Vec<NewDelivery> = hooks
-            .into_iter()
-            .map(|(webhook, ordered)| NewDelivery {
-                id: format!("dlv_{}", ulid::Ulid::new()),
-                claimed: self.lanes.can_hand_off(&webhook),
-                conversation: if ordered {
-                    event.conversation.clone()
-                } else {
-                    None
-                },
-                webhook,
-            })
-            .collect();
-        // What the dispatcher needs to send the deliveries handed over in memory.
-        let handed = deliveries.iter().any(|d| d.claimed).then(|| StoredEvent {
-            id: event.id.clone(),
-            event_type: event.event_type.to_string(),
-            seq: 0,
-            created_at: event.created_at,
-            account: event.account.clone(),
-            bot_json: event.bot_json.clone(),
-            data_json: event.data_json.clone(),
-        });
-        let event_type = event.event_type;
-        let appended = self.store.append_event(event, deliveries.clone()).await?;
-        if !appended.duplicate {
-            metrics::counter!("waas_events_stored_total", "type" => event_type).increment(1);
-            tracing::debug!(event_id = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
-            let mut to_wake = Vec::new();
-            for d in deliveries {
-                match &handed {
-                    Some(stored) if d.claimed => self.lanes.hand_off(DueDelivery {
-                        id: d.id,
-                        webhook: d.webhook,
-                        attempts: 0,
-                        event: StoredEvent {
-                            seq: appended.seq,
-                            ..stored.clone()
-                        },
-                    }),
-                    _ => to_wake.push(d.webhook),
-                }
-            }
-            self.lanes.wake(&to_wake);
-            self.last_seq.send_if_modified(|s| {
-                let newer = appended.seq > *s;
-                if newer {
-                    *s = appended.seq;
-                }
-                newer
-            });
-        }
-        Ok(appended)
+        self.outbox.record_event(event, recipients).await
     }
 }
 

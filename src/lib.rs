@@ -5,10 +5,10 @@
 //!  puppet (mock | Wechaty puppet service)      ▲ sends (relay::sender, paced)
 //!     │ events                                  │
 //!     ▼                                         │
-//!  ingest ──► store (SQLite outbox) ◄── send queue ◄── api (axum)
-//!                │ due deliveries                        ▲
-//!                ▼                                       │
-//!       relay::dispatcher ──► signed POST ──► reply in the response
+//!  ingest ──► outbox ──► store (SQLite) ◄── send queue ◄── outbox ◄── api (axum)
+//!                │ wakes     │ due deliveries                        ▲
+//!                ▼           ▼                                       │
+//!       relay::dispatcher ──► signed POST (relay::format) ──► reply in the response
 //! ```
 //!
 //! - [`account`]: one WeChat login — its puppet, session, ingest and sender.
@@ -18,29 +18,31 @@
 //! - [`puppet`]: the session trait, the mock account and the Puppet Service client.
 //! - [`feed`]: stored events broadcast once to every stream and long poll.
 //! - [`ingest`]: puppet events → stored events with their deliveries.
-//! - [`store`]: the durable outbox and send queue.
+//! - [`outbox`]: the one place work is written and its worker woken.
+//! - [`store`]: durable storage, split by concern (event log, delivery queue, webhook
+//!   state, send queue, signed requests).
 //! - [`relay`]: the dispatcher, retry schedule, signatures and sender.
 //! - [`api`]: the HTTP routes; [`server`] the listener and its connection limits;
-//!   [`app`] wires everything together.
+//!   [`app`] wires everything together; [`harness`] runs it inside a process (tests,
+//!   bench, soak).
 #![forbid(unsafe_code)]
 
 pub mod account;
 pub mod address;
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod config;
 pub mod event;
 pub mod feed;
+pub mod harness;
 pub mod ingest;
 pub mod metrics;
+pub mod outbox;
 pub mod puppet;
 pub mod relay;
 pub mod send;
 pub mod server;
-pub mod soak;
 pub mod store;
-pub mod tail;
 pub mod telemetry;
 
 /// rustls needs one process-wide crypto provider; waas uses ring. Safe to call often.

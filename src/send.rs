@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::{Conversation, MessageData, now_millis};
+
 /// Who a message goes to, as the request names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -236,6 +238,53 @@ pub fn new_send(
         conversation: conversation.key(),
         created_at: now,
     }
+}
+
+/// Turns a reply in a webhook response into sends into the event's conversation, keyed
+/// by the event and the webhook, so that a repeated delivery never sends twice and two
+/// webhooks that both answer each get their reply sent.
+pub fn reply_sends(
+    event: &crate::store::StoredEvent,
+    webhook: &str,
+    contents: Vec<Content>,
+    allow_private_urls: bool,
+) -> Result<Vec<crate::store::NewSend>, String> {
+    for content in &contents {
+        content
+            .check_urls(allow_private_urls)
+            .map_err(|e| e.to_string())?;
+    }
+    if contents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let message: MessageData = serde_json::from_str(&event.data_json)
+        .map_err(|e| format!("the event is not a message: {e}"))?;
+    let conversation = message.conversation();
+    let to = match &conversation {
+        Conversation::Contact(id) => Recipient::Contact(id.clone()),
+        Conversation::Room(id) => Recipient::Room(id.clone()),
+    };
+    let now = now_millis();
+    Ok(contents
+        .into_iter()
+        .enumerate()
+        .map(|(i, content)| {
+            let key = match i {
+                0 => format!("{}:{}", event.id, webhook),
+                i => format!("{}:{}#{i}", event.id, webhook),
+            };
+            new_send(
+                &event.account,
+                SendRequest {
+                    to: to.clone(),
+                    content,
+                },
+                &conversation,
+                Some(key),
+                now,
+            )
+        })
+        .collect())
 }
 
 /// A queued send as stored: where, and what.

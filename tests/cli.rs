@@ -97,11 +97,11 @@ fn the_documented_example_config_is_valid() {
 async fn tail_prints_live_events_readably() {
     use std::io::{BufRead, BufReader};
     waas::install_crypto_provider();
-    let relay = waas::app::Embedded::start("[auth]\ntokens = [\"tail-token-0123456789\"]\n")
+    let relay = waas::harness::Embedded::start("[auth]\ntokens = [\"tail-token-0123456789\"]\n")
         .await
         .unwrap();
     let base = format!("http://{}", relay.addr);
-    let mock = relay.mock.clone();
+    let mock = relay.mock().unwrap().clone();
     let inject = |text: &str, room: Option<&str>| waas::puppet::mock::Injection {
         from: "alice".into(),
         room: room.map(str::to_string),
@@ -138,7 +138,7 @@ async fn tail_prints_live_events_readably() {
         assert!(std::time::Instant::now() < deadline, "tail printed nothing");
     };
     drop(child);
-    relay.stop().await;
+    relay.stop().await.unwrap();
     assert!(
         line.contains("message") && line.contains("Alice @ Mock Room: hello tail"),
         "{line}"

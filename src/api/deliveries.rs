@@ -117,11 +117,10 @@ pub(super) async fn retry(
             "retrying a delivery by hand needs a credential for every account",
         ));
     }
-    let Some(webhook) = app.store.retry_delivery(&id, now_millis()).await? else {
+    let Some(webhook) = app.outbox.retry_delivery(&id, now_millis()).await? else {
         return Err(ApiError::not_found(format!("no delivery `{id}`")));
     };
     tracing::info!(delivery_id = %id, webhook = %webhook, "delivery re-queued by hand");
-    app.lanes.wake(std::slice::from_ref(&webhook));
     Ok((
         StatusCode::ACCEPTED,
         Json(Requeued {

@@ -163,8 +163,8 @@ pub(super) async fn queue_send(
     }
     let request = SendRequest { to, content };
     let enqueued = app
-        .store
-        .enqueue_send(new_send(
+        .outbox
+        .queue_send(new_send(
             &account.name,
             request,
             &conversation,
@@ -172,14 +172,6 @@ pub(super) async fn queue_send(
             now_millis(),
         ))
         .await?;
-    if !enqueued.replayed {
-        tracing::info!(send_id = %enqueued.send.id, conversation = %conversation.key(), "message queued");
-    }
-    // Also on a replay: the first request may have committed after its caller gave up
-    // (a timeout), before anyone woke the sender.
-    if enqueued.send.status == SendStatus::Queued {
-        account.sender.wake();
-    }
     Ok(enqueued.send)
 }
 

@@ -185,8 +185,7 @@ pub(super) async fn replay(
     let progress = app
         .replays
         .start(
-            app.store.clone(),
-            app.lanes.clone(),
+            app.outbox.clone(),
             ReplayRequest {
                 webhook: name,
                 after_seq: body.after_seq,

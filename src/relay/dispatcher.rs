@@ -20,10 +20,10 @@ use super::format::{Attempt, Format};
 use super::retry::{next_delay, parse_retry_after};
 use super::signing::SigningKey;
 use crate::config::{Ordering, WebhookSettings};
-use crate::event::{Conversation, MessageData, now_millis};
-use crate::send::{Content, Recipient, SendRequest, new_send};
+use crate::event::now_millis;
+use crate::outbox::Outbox;
 use crate::store::{
-    AttemptRecord, Claim, DueDelivery, FinishedAttempt, NewSend, Outcome, Store, WebhookStats,
+    AttemptRecord, Claim, DueDelivery, FinishedAttempt, Outcome, Store, WebhookStats,
 };
 
 /// How much of a response is kept in the attempt record.
@@ -182,8 +182,8 @@ pub struct Dispatcher {
     targets: RwLock<Vec<Arc<Target>>>,
     /// Where loops run, once started: reload starts new ones there.
     running: Mutex<Option<(TaskTracker, CancellationToken)>>,
-    /// Wakes an account's sender when a reply was queued for it.
-    sender_wake: HashMap<String, Arc<Notify>>,
+    /// Where replies queued by a finished attempt wake their account's sender.
+    outbox: Arc<Outbox>,
     /// `send.allow_private_urls`, for the URLs in replies.
     allow_private_urls: bool,
 }
@@ -261,10 +261,10 @@ impl Dispatcher {
     /// `disabled` names the webhooks the store remembers as disabled.
     pub fn new(
         store: Arc<dyn Store>,
+        outbox: Arc<Outbox>,
         webhooks: &[WebhookSettings],
         stats: &HashMap<String, WebhookStats>,
         lanes: &Lanes,
-        sender_wake: HashMap<String, Arc<Notify>>,
         allow_private_urls: bool,
     ) -> Dispatcher {
         Dispatcher {
@@ -272,7 +272,7 @@ impl Dispatcher {
             client: http_client(),
             targets: RwLock::new(build_targets(webhooks, stats, lanes)),
             running: Mutex::new(None),
-            sender_wake,
+            outbox,
             allow_private_urls,
         }
     }
@@ -389,8 +389,11 @@ impl Dispatcher {
                 dirty = false;
                 let (store, name, limit) =
                     (self.store.clone(), name.clone(), prefetch - ready.len());
+                let by = self.outbox.claimant().clone();
                 claiming = Some(tokio::spawn(async move {
-                    store.claim_due(&name, ordering, limit, now_millis()).await
+                    store
+                        .claim_due(&by, &name, ordering, limit, now_millis())
+                        .await
                 }));
             }
             while !ready.is_empty() {
@@ -522,7 +525,12 @@ impl Dispatcher {
                         .format
                         .replies(&delivery.event, &bytes)
                         .and_then(|contents| {
-                            reply_sends(&delivery, contents, self.allow_private_urls)
+                            crate::send::reply_sends(
+                                &delivery.event,
+                                &delivery.webhook,
+                                contents,
+                                self.allow_private_urls,
+                            )
                         }) {
                         Ok(sends) => replies = sends,
                         Err(why) => {
@@ -586,8 +594,8 @@ impl Dispatcher {
         {
             tracing::error!(webhook = %hook.name, delivery_id = %finished.delivery_id, error = %e, "cannot record an attempt");
         }
-        if queued_replies && let Some(wake) = self.sender_wake.get(&account) {
-            wake.notify_one();
+        if queued_replies {
+            self.outbox.sends_queued(&account);
         }
         // A recorded attempt changes what is due only when it scheduled a retry, or when
         // it lets the next delivery of the same conversation go.
@@ -695,52 +703,6 @@ impl Dispatcher {
             ),
         }
     }
-}
-
-/// Turns a reply in a webhook response into sends into the event's conversation, keyed
-/// by the event and the webhook, so that a repeated delivery never sends twice and two
-/// webhooks that both answer each get their reply sent.
-fn reply_sends(
-    delivery: &DueDelivery,
-    contents: Vec<Content>,
-    allow_private_urls: bool,
-) -> Result<Vec<NewSend>, String> {
-    for content in &contents {
-        content
-            .check_urls(allow_private_urls)
-            .map_err(|e| e.to_string())?;
-    }
-    if contents.is_empty() {
-        return Ok(Vec::new());
-    }
-    let message: MessageData = serde_json::from_str(&delivery.event.data_json)
-        .map_err(|e| format!("the event is not a message: {e}"))?;
-    let conversation = message.conversation();
-    let to = match &conversation {
-        Conversation::Contact(id) => Recipient::Contact(id.clone()),
-        Conversation::Room(id) => Recipient::Room(id.clone()),
-    };
-    let now = now_millis();
-    Ok(contents
-        .into_iter()
-        .enumerate()
-        .map(|(i, content)| {
-            let key = match i {
-                0 => format!("{}:{}", delivery.event.id, delivery.webhook),
-                i => format!("{}:{}#{i}", delivery.event.id, delivery.webhook),
-            };
-            new_send(
-                &delivery.event.account,
-                SendRequest {
-                    to: to.clone(),
-                    content,
-                },
-                &conversation,
-                Some(key),
-                now,
-            )
-        })
-        .collect())
 }
 
 fn build_targets(

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::event::{Millis, now_millis};
-use crate::relay::dispatcher::Lanes;
-use crate::store::{RequeueChunk, Store};
+use crate::outbox::Outbox;
+use crate::store::RequeueChunk;
 
 /// Deliveries one chunk looks at.
 const CHUNK_ROWS: i64 = 5_000;
@@ -50,8 +50,7 @@ impl Replays {
     /// by then), the rest in the background.
     pub async fn start(
         &self,
-        store: Arc<dyn Store>,
-        lanes: Arc<Lanes>,
+        outbox: Arc<Outbox>,
         request: ReplayRequest,
     ) -> crate::store::Result<ReplayProgress> {
         let job = Arc::new(Mutex::new(ReplayProgress {
@@ -62,7 +61,7 @@ impl Replays {
             progress: 0.0,
             error: None,
         }));
-        let next = chunk(&*store, &lanes, &request, &job, 0).await?;
+        let next = chunk(&outbox, &request, &job, 0).await?;
         {
             let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
             if jobs.len() >= KEPT
@@ -79,7 +78,7 @@ impl Replays {
             tokio::spawn(async move {
                 let mut cursor = Some(cursor);
                 while let Some(at) = cursor {
-                    match chunk(&*store, &lanes, &request, &job, at).await {
+                    match chunk(&outbox, &request, &job, at).await {
                         Ok(next) => cursor = next,
                         Err(e) => {
                             tracing::error!(webhook = %request.webhook, error = %e, "replay stopped: the store refused a chunk");
@@ -110,13 +109,12 @@ fn snapshot(job: &Mutex<ReplayProgress>) -> ReplayProgress {
 
 /// One chunk; returns where the next starts, `None` when the replay is done.
 async fn chunk(
-    store: &dyn Store,
-    lanes: &Lanes,
+    outbox: &Outbox,
     request: &ReplayRequest,
     job: &Mutex<ReplayProgress>,
     cursor: i64,
 ) -> crate::store::Result<Option<i64>> {
-    let done = store
+    let done = outbox
         .requeue(RequeueChunk {
             webhook: request.webhook.clone(),
             after_seq: request.after_seq,
@@ -126,9 +124,6 @@ async fn chunk(
             rows: CHUNK_ROWS,
         })
         .await?;
-    if done.requeued > 0 {
-        lanes.wake(std::slice::from_ref(&request.webhook));
-    }
     let mut p = job.lock().unwrap_or_else(|e| e.into_inner());
     p.requeued += done.requeued;
     match done.cursor {

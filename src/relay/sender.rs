@@ -15,7 +15,7 @@ use crate::config::SendSettings;
 use crate::event::now_millis;
 use crate::puppet::{Puppet, PuppetError, SessionHandle, SessionState};
 use crate::send::SendRequest;
-use crate::store::{QueuedSend, SendOutcome, Store};
+use crate::store::{Claimant, QueuedSend, SendOutcome, Store};
 
 /// Sends attempted at once (across conversations).
 const CONCURRENCY: usize = 8;
@@ -68,6 +68,8 @@ pub struct Sender {
     /// The account whose queued sends this sender takes.
     account: String,
     store: Arc<dyn Store>,
+    /// Who this sender claims sends as.
+    claimant: Claimant,
     puppet: Arc<dyn Puppet>,
     session: SessionHandle,
     notify: Arc<Notify>,
@@ -81,6 +83,7 @@ impl Sender {
     pub fn new(
         account: &str,
         store: Arc<dyn Store>,
+        claimant: Claimant,
         puppet: Arc<dyn Puppet>,
         session: SessionHandle,
         notify: Arc<Notify>,
@@ -89,6 +92,7 @@ impl Sender {
         Sender {
             account: account.to_string(),
             store,
+            claimant,
             puppet,
             session,
             notify,
@@ -127,7 +131,11 @@ impl Sender {
                 next_due = Some(now_millis() + 1000);
             } else if free > 0 {
                 let now = now_millis();
-                match self.store.claim_sends(&self.account, free, now).await {
+                match self
+                    .store
+                    .claim_sends(&self.claimant, &self.account, free, now)
+                    .await
+                {
                     Ok(claim) => {
                         next_due = claim.next_due;
                         for send in claim.items {
@@ -184,7 +192,11 @@ impl Sender {
             Ok(permit) => {
                 tracker.spawn(self.clone().attempt(send, permit, shutdown.clone()));
             }
-            Err(_) => self.store.release_send(&send.id).await,
+            Err(_) => {
+                if let Err(e) = self.store.release_send(&send.id).await {
+                    tracing::error!(send_id = %send.id, error = %e, "cannot release a send");
+                }
+            }
         }
         next_due
     }

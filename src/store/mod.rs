@@ -1,10 +1,12 @@
 //! The store: the one source of truth. Events with their delivery rows, every attempt,
 //! and the send queue. Nothing is acknowledged before the store has committed it.
 //!
-//! [`Store`] is what the rest of waas calls; [`sqlite::SqliteStore`] implements it for
-//! one process. A Postgres implementation for several instances fits the same trait:
-//! `claim_due` becomes `FOR UPDATE SKIP LOCKED` with a lease instead of the in-process
-//! in-flight set.
+//! The store is split by concern ([`EventLog`], [`DeliveryQueue`], [`WebhookState`],
+//! [`SendQueue`], [`SignedRequests`]); [`Store`] is all of them, and
+//! [`sqlite::SqliteStore`] implements it for one process. Errors are the backend's
+//! own mapped to [`StoreError`], and claims carry an owner and an expiry
+//! ([`Claimant`]), so a backend shared by several instances (Postgres, claims with
+//! `FOR UPDATE SKIP LOCKED`) fits without new callers.
 
 pub mod sqlite;
 
@@ -16,16 +18,19 @@ use serde::Serialize;
 use crate::config::Ordering;
 use crate::event::{Millis, format_millis};
 
+/// What went wrong in the store, in terms that do not depend on the backend (each
+/// backend maps its own errors here).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database cannot take this now (a full disk, a locked or unreachable
+    /// database, a failed commit): the same operation may succeed later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused this operation, and will refuse it again.
+    #[error("the database refused the operation: {0}")]
+    Rejected(String),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("commit failed: {0}")]
-    Commit(String),
+    Migrate(String),
     #[error("the store is shut down")]
     Closed,
     #[error("the same idempotency key was used with a different request")]
@@ -36,10 +41,7 @@ impl StoreError {
     /// Whether the same write may succeed later (a full disk, a locked or unreachable
     /// database), as opposed to a request that will never be accepted.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Database(_) | StoreError::Sqlite(_) | StoreError::Commit(_)
-        )
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 
@@ -121,14 +123,15 @@ pub struct NewEvent {
 pub struct NewDelivery {
     pub id: String,
     pub webhook: String,
-    /// Created already claimed: the caller hands it to the dispatcher in memory.
+    /// Created already claimed (by the claimant given to [`EventLog::append_event`]):
+    /// the caller hands it to the dispatcher in memory.
     pub claimed: bool,
     /// The event's conversation, for webhooks that keep conversation order; `None`
     /// otherwise, which keeps the delivery out of the ordering index.
     pub conversation: Option<String>,
 }
 
-/// The result of [`Store::append_event`].
+/// The result of [`EventLog::append_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub id: String,
@@ -150,7 +153,7 @@ pub struct StoredEvent {
     pub data_json: String,
 }
 
-/// A delivery the dispatcher now owns until it calls [`Store::finish_attempt`].
+/// A delivery the dispatcher now owns until it calls [`DeliveryQueue::finish_attempt`].
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
     pub id: String,
@@ -326,7 +329,7 @@ pub struct SendView {
     pub message_id: Option<String>,
 }
 
-/// The result of [`Store::enqueue_send`].
+/// The result of [`SendQueue::enqueue_send`].
 #[derive(Debug, Clone)]
 pub struct Enqueued {
     pub send: SendView,
@@ -350,7 +353,7 @@ pub enum SendOutcome {
     Failed { error: String },
 }
 
-/// One chunk of a replay: see [`Store::requeue`].
+/// One chunk of a replay: see [`DeliveryQueue::requeue`].
 #[derive(Debug, Clone)]
 pub struct RequeueChunk {
     pub webhook: String,
@@ -393,10 +396,10 @@ pub struct RecordedAnswer {
     pub body: Vec<u8>,
 }
 
-/// What [`Store::begin_signed`] found.
+/// What [`SignedRequests::begin_signed`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignedBegin {
-    /// First sight of this `webhook-id`: serve it, then [`Store::finish_signed`].
+    /// First sight of this `webhook-id`: serve it, then [`SignedRequests::finish_signed`].
     New,
     /// The first request with this id is still being served.
     InProgress,
@@ -406,60 +409,45 @@ pub enum SignedBegin {
     Conflict,
 }
 
-/// What the rest of waas needs from durable storage.
+/// Who takes work from a queue, and for how long. A claim names its owner and expires
+/// at `now + lease`: the owner finishes or releases it before then, and an owner never
+/// takes its own claims again (it knows they are in flight); once expired, another
+/// owner may take the work over (an instance that died mid-attempt). A backend shared
+/// by several processes (Postgres, `FOR UPDATE SKIP LOCKED`) enforces the expiry; the
+/// SQLite store has one process per file, so every claim is this process's and lives
+/// until it is finished or released, or the process stops (see `sqlite`).
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub owner: std::sync::Arc<str>,
+    pub lease: std::time::Duration,
+}
+
+impl Claimant {
+    pub fn new(owner: impl Into<std::sync::Arc<str>>, lease: std::time::Duration) -> Claimant {
+        Claimant {
+            owner: owner.into(),
+            lease,
+        }
+    }
+
+    /// When a claim made at `now` expires.
+    pub fn until(&self, now: Millis) -> Millis {
+        now.saturating_add(self.lease.as_millis() as i64)
+    }
+}
+
+/// The event log: every event, once, in `seq` order.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait EventLog: Send + Sync {
     /// Commits an event and its pending deliveries, atomically. A duplicate dedup key
-    /// stores nothing and returns the first event's id.
-    async fn append_event(&self, event: NewEvent, deliveries: Vec<NewDelivery>)
-    -> Result<Appended>;
-
-    /// Takes up to `limit` due deliveries of one webhook for sending. With
-    /// `Ordering::Conversation`, only the oldest pending delivery of each conversation
-    /// is eligible. Claimed deliveries are not returned again until finished or
-    /// released. `next_due` is when the next unclaimed one becomes due.
-    async fn claim_due(
+    /// stores nothing and returns the first event's id. Deliveries marked `claimed` are
+    /// created claimed by `by` (handed to a dispatcher in memory).
+    async fn append_event(
         &self,
-        webhook: &str,
-        ordering: Ordering,
-        limit: usize,
-        now: Millis,
-    ) -> Result<Claim<DueDelivery>>;
-
-    /// Records an attempt and its outcome, queues the sends a reply in the response
-    /// asked for (in the same transaction), and releases the claim.
-    async fn finish_attempt(&self, finished: &FinishedAttempt) -> Result<()>;
-
-    /// Gives up a claim on a delivery without recording anything.
-    async fn release_delivery(&self, delivery_id: &str) -> Result<()>;
-
-    /// Gives up a claim on a send without recording anything.
-    async fn release_send(&self, send_id: &str);
-
-    /// Re-queues one delivery now, whatever its status. False when it does not exist.
-    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>>;
-
-    /// Re-queues, now, the finished (delivered or dead) deliveries to `webhook` of the
-    /// events after `after_seq` or created at or after `since`, one bounded chunk at a
-    /// time (so a replay of millions never stalls other writes): those among the next
-    /// `rows` deliveries from `cursor` on. Start with `cursor = 0`, go on with the
-    /// answer's `cursor` until it is `None`.
-    async fn requeue(&self, chunk: RequeueChunk) -> Result<Requeued>;
-
-    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>>;
-
-    async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>>;
-
-    /// Marks a webhook disabled (`Some(reason)`) or enabled (`None`).
-    async fn set_webhook_disabled(
-        &self,
-        name: &str,
-        reason: Option<String>,
-        now: Millis,
-    ) -> Result<()>;
-
-    /// Remembers when this webhook started losing deliveries (`None`: it recovered).
-    async fn set_webhook_failing_since(&self, name: &str, since: Option<Millis>) -> Result<()>;
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        by: &Claimant,
+    ) -> Result<Appended>;
 
     /// Events with `seq > after`, oldest first.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;
@@ -474,28 +462,112 @@ pub trait Store: Send + Sync + 'static {
         since: Millis,
         limit: u32,
     ) -> Result<Vec<StoredEvent>>;
+}
 
+/// The delivery queue: one row per (event, webhook), claimed, attempted, finished.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Claims up to `limit` due deliveries of one webhook for `by`. With
+    /// `Ordering::Conversation`, only the oldest pending delivery of each conversation
+    /// is eligible. Claimed deliveries are not returned again until finished, released
+    /// or (for another owner) expired. `next_due` is when the next unclaimed one
+    /// becomes due.
+    async fn claim_due(
+        &self,
+        by: &Claimant,
+        webhook: &str,
+        ordering: Ordering,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Claim<DueDelivery>>;
+
+    /// Records an attempt and its outcome, queues the sends a reply in the response
+    /// asked for (in the same transaction), and releases the claim.
+    async fn finish_attempt(&self, finished: &FinishedAttempt) -> Result<()>;
+
+    /// Gives up a claim on a delivery without recording anything.
+    async fn release_delivery(&self, delivery_id: &str) -> Result<()>;
+
+    /// Re-queues one delivery now, whatever its status. `None` when it does not exist;
+    /// otherwise the delivery's webhook.
+    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>>;
+
+    /// Re-queues, now, the finished (delivered or dead) deliveries to `webhook` of the
+    /// events after `after_seq` or created at or after `since`, one bounded chunk at a
+    /// time (so a replay of millions never stalls other writes): those among the next
+    /// `rows` deliveries from `cursor` on. Start with `cursor = 0`, go on with the
+    /// answer's `cursor` until it is `None`.
+    async fn requeue(&self, chunk: RequeueChunk) -> Result<Requeued>;
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>>;
+}
+
+/// What is known of each webhook's health, kept across restarts.
+#[async_trait]
+pub trait WebhookState: Send + Sync {
+    async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>>;
+
+    /// Marks a webhook disabled (`Some(reason)`) or enabled (`None`).
+    async fn set_webhook_disabled(
+        &self,
+        name: &str,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<()>;
+
+    /// Remembers when this webhook started losing deliveries (`None`: it recovered).
+    async fn set_webhook_failing_since(&self, name: &str, since: Option<Millis>) -> Result<()>;
+}
+
+/// The send queue: outbound messages, per account, in conversation order.
+#[async_trait]
+pub trait SendQueue: Send + Sync {
     /// Commits an outbound message. An idempotency key seen before with the same
     /// request returns the first send; with another request it is a conflict.
     async fn enqueue_send(&self, send: NewSend) -> Result<Enqueued>;
 
-    /// Takes up to `limit` due sends of `account`, only the oldest queued one per
-    /// conversation.
+    /// Claims up to `limit` due sends of `account` for `by`, only the oldest queued one
+    /// per conversation.
     async fn claim_sends(
         &self,
+        by: &Claimant,
         account: &str,
         limit: usize,
         now: Millis,
     ) -> Result<Claim<QueuedSend>>;
 
+    /// Records a claimed send's outcome and releases the claim. A send whose outcome
+    /// could not be recorded stays claimed: it went out (or was tried), and claiming it
+    /// again would send it twice.
     async fn finish_send(&self, send: &QueuedSend, outcome: SendOutcome, now: Millis)
     -> Result<()>;
 
     /// Puts a claimed send back, not before `at` (pacing), without counting an attempt.
     async fn defer_send(&self, send: &QueuedSend, at: Millis) -> Result<()>;
 
-    async fn get_send(&self, id: &str) -> Result<Option<SendView>>;
+    /// Gives up a claim on a send without recording anything.
+    async fn release_send(&self, send_id: &str) -> Result<()>;
 
+    async fn get_send(&self, id: &str) -> Result<Option<SendView>>;
+}
+
+/// Signed requests seen, with their answers, so a replayed `webhook-id` acts once.
+#[async_trait]
+pub trait SignedRequests: Send + Sync {
+    /// Reserves a signed request's `webhook-id`, or tells how it was answered before.
+    async fn begin_signed(&self, request: SignedRequest) -> Result<SignedBegin>;
+
+    /// Keeps the answer of a signed request for its replays (`Some`), or forgets the
+    /// reservation (`None`: it failed in a way a retry may fix, such as a 5xx).
+    async fn finish_signed(&self, webhook_id: &str, answer: Option<RecordedAnswer>) -> Result<()>;
+}
+
+/// Everything waas keeps durably: each concern a trait of its own (a worker holds only
+/// the one it uses), one backend implementing them all.
+#[async_trait]
+pub trait Store:
+    EventLog + DeliveryQueue + WebhookState + SendQueue + SignedRequests + 'static
+{
     /// Deletes delivered events, their attempts and finished sends older than `before`.
     /// Returns how many events were pruned.
     async fn prune(&self, before: Millis) -> Result<u64>;
@@ -503,13 +575,6 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the store is usable (`/readyz`): it can be read, and its last
     /// write did not fail.
     async fn ping(&self) -> Result<()>;
-
-    /// Reserves a signed request's `webhook-id`, or tells how it was answered before.
-    async fn begin_signed(&self, request: SignedRequest) -> Result<SignedBegin>;
-
-    /// Keeps the answer of a signed request for its replays (`Some`), or forgets the
-    /// reservation (`None`: it failed in a way a retry may fix, such as a 5xx).
-    async fn finish_signed(&self, webhook_id: &str, answer: Option<RecordedAnswer>) -> Result<()>;
 
     /// Why writes are failing now (a full disk, a locked database), or `None` while they
     /// succeed. Workers stop taking new work while it is `Some`.

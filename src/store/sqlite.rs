@@ -4,15 +4,18 @@
 //! connection and commits whatever has queued up in a single transaction (group
 //! commit). Callers get their answer only after the commit.
 //!
-//! Reads use a small pool of their own (WAL lets them run beside the writer). A claimed
-//! delivery is marked in its row (claims go through the writer, so two never overlap)
-//! and every mark is cleared at start-up: one process owns the file, so after a crash
-//! nothing is claimed. Sends, a far smaller stream, are claimed in memory.
+//! Reads use a small pool of their own (WAL lets them run beside the writer). Claims go
+//! through the writer, so two never overlap, and are kept in their rows: a delivery's
+//! `claimed` holds its claim's expiry, a send's `claimed_by` and `claimed_until` its
+//! owner and expiry. One process owns the file (it holds `.lock`), so every claim is
+//! this process's own: it lives until finished or released, and every claim is cleared
+//! at start-up (after a crash nothing is in flight). The expiry matters where several
+//! processes share a database; here it is kept for the record.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +32,7 @@ use crate::event::now_millis;
 
 mod writer;
 
-use writer::{Backlog, ClaimRequest, Reply, Write, WriteHealth};
+use writer::{Backlog, ClaimRequest, Reply, SendClaimRequest, Write, WriteHealth};
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Write>,
@@ -40,11 +43,6 @@ pub struct SqliteStore {
     /// Held for the store's lifetime: one waas process per database file.
     _lock: std::fs::File,
     pool: SqlitePool,
-    /// Sends claimed by this process and not yet finished.
-    in_flight: Mutex<HashSet<String>>,
-    /// Held while a claim reads and filters, and while a finish releases its claim, so
-    /// that a claim never sees a row as pending after its claim was already released.
-    claim_gate: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
@@ -53,7 +51,7 @@ impl SqliteStore {
     pub async fn open(url: &str, synchronous: Synchronous) -> Result<SqliteStore> {
         let path = sqlite_path(url).unwrap_or(url);
         let lock =
-            prepare_files(Path::new(path)).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            prepare_files(Path::new(path)).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -75,10 +73,17 @@ impl SqliteStore {
             .execute(&mut conn)
             .await?
             .rows_affected();
-        if released > 0 {
+        let sends = sqlx::query(
+            "UPDATE sends SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by IS NOT NULL",
+        )
+        .execute(&mut conn)
+        .await?
+        .rows_affected();
+        if released + sends > 0 {
             tracing::info!(
                 deliveries = released,
-                "released deliveries claimed before the last stop"
+                sends,
+                "released work claimed before the last stop"
             );
         }
         // The backlog is counted once here; the writer keeps it current from then on.
@@ -114,8 +119,6 @@ impl SqliteStore {
             backlog,
             _lock: lock,
             pool,
-            in_flight: Mutex::new(HashSet::new()),
-            claim_gate: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -127,16 +130,36 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+}
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        // A poisoned lock only means another thread panicked mid-insert; the set is
-        // still a valid set.
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if writer::is_resource_code(f.code) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Rejected(e.to_string()),
+        }
     }
+}
 
-    async fn unclaim(&self, id: &str) {
-        let _gate = self.claim_gate.lock().await;
-        self.in_flight().remove(id);
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        // Reads fail for reasons of the database's (a locked or missing file, a full
+        // pool) far more often than for the query's; treated as passing.
+        match &e {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::Decode(_) => StoreError::Rejected(e.to_string()),
+            _ => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Migrate(e.to_string())
     }
 }
 
@@ -250,17 +273,61 @@ fn stored_event(row: &SqliteRow, at: usize) -> Result<StoredEvent> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl EventLog for SqliteStore {
     async fn append_event(
         &self,
         event: NewEvent,
         deliveries: Vec<NewDelivery>,
+        by: &Claimant,
     ) -> Result<Appended> {
-        self.write(|r| Write::Append(event, deliveries, r)).await
+        let until = by.until(event.created_at);
+        self.write(|r| Write::Append(event, deliveries, until, r))
+            .await
     }
 
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, type, seq, created_at, bot, data, account FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| stored_event(r, 0)).collect()
+    }
+
+    async fn last_seq(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn recent_events(
+        &self,
+        event_type: &str,
+        since: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, type, seq, created_at, bot, data, account FROM events
+             WHERE created_at >= ? AND type = ? ORDER BY seq LIMIT ?",
+        )
+        .bind(since)
+        .bind(event_type)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| stored_event(r, 0)).collect()
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for SqliteStore {
     async fn claim_due(
         &self,
+        by: &Claimant,
         webhook: &str,
         ordering: Ordering,
         limit: usize,
@@ -271,6 +338,7 @@ impl Store for SqliteStore {
             ordering,
             limit,
             now,
+            until: by.until(now),
         };
         let claim = self.write(|r| Write::Claim(request, r)).await?;
         let mut events: HashMap<i64, StoredEvent> = HashMap::with_capacity(claim.items.len());
@@ -314,10 +382,6 @@ impl Store for SqliteStore {
     async fn release_delivery(&self, delivery_id: &str) -> Result<()> {
         let id = delivery_id.to_string();
         self.write(|r| Write::Release(id, r)).await
-    }
-
-    async fn release_send(&self, send_id: &str) {
-        self.unclaim(send_id).await;
     }
 
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<String>> {
@@ -387,7 +451,10 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
+}
 
+#[async_trait]
+impl WebhookState for SqliteStore {
     async fn webhook_stats(&self) -> Result<HashMap<String, WebhookStats>> {
         let mut stats: HashMap<String, WebhookStats> = HashMap::new();
         for (webhook, (pending, dead)) in self.backlog.get() {
@@ -426,92 +493,29 @@ impl Store for SqliteStore {
         let name = name.to_string();
         self.write(|r| Write::Failing(name, since, r)).await
     }
+}
 
-    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, type, seq, created_at, bot, data, account FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| stored_event(r, 0)).collect()
-    }
-
-    async fn last_seq(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn recent_events(
-        &self,
-        event_type: &str,
-        since: Millis,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, type, seq, created_at, bot, data, account FROM events
-             WHERE created_at >= ? AND type = ? ORDER BY seq LIMIT ?",
-        )
-        .bind(since)
-        .bind(event_type)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| stored_event(r, 0)).collect()
-    }
-
+#[async_trait]
+impl SendQueue for SqliteStore {
     async fn enqueue_send(&self, send: NewSend) -> Result<Enqueued> {
         self.write(|r| Write::Enqueue(send, r)).await
     }
 
     async fn claim_sends(
         &self,
+        by: &Claimant,
         account: &str,
         limit: usize,
         now: Millis,
     ) -> Result<Claim<QueuedSend>> {
-        let _gate = self.claim_gate.lock().await;
-        let skip = self.in_flight().len();
-        let rows = sqlx::query(
-            "SELECT s.id, s.request, s.conversation, s.attempts, s.next_attempt_at FROM sends s
-             WHERE s.account = ? AND s.status = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM sends p WHERE p.account = s.account
-                               AND p.status = 'queued'
-                               AND p.conversation = s.conversation AND p.seq < s.seq)
-             ORDER BY s.next_attempt_at, s.seq LIMIT ?",
-        )
-        .bind(account)
-        .bind((limit + skip + 1) as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut in_flight = self.in_flight();
-        let mut claim = Claim {
-            items: Vec::new(),
-            next_due: None,
+        let request = SendClaimRequest {
+            account: account.to_string(),
+            owner: by.owner.clone(),
+            limit,
+            now,
+            until: by.until(now),
         };
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if in_flight.contains(&id) {
-                continue;
-            }
-            let due_at: Millis = row.try_get(4)?;
-            if due_at > now || claim.items.len() == limit {
-                claim.next_due = Some(due_at);
-                break;
-            }
-            in_flight.insert(id.clone());
-            claim.items.push(QueuedSend {
-                id,
-                request_json: row.try_get(1)?,
-                conversation: row.try_get(2)?,
-                attempts: row.try_get::<i64, _>(3)? as u32,
-            });
-        }
-        Ok(claim)
+        self.write(|r| Write::ClaimSends(request, r)).await
     }
 
     async fn finish_send(
@@ -520,22 +524,21 @@ impl Store for SqliteStore {
         outcome: SendOutcome,
         now: Millis,
     ) -> Result<()> {
+        // A send whose outcome is not recorded stays claimed (its row is unchanged): it
+        // went out (or was tried), and claiming it again would send it again. The
+        // caller retries the write.
         let id = send.id.clone();
-        let result = self.write(|r| Write::FinishSend(id, outcome, now, r)).await;
-        // A send whose outcome is not recorded stays claimed: it went out (or was
-        // tried), and claiming it again would send it again. The caller retries the
-        // write.
-        if result.is_ok() {
-            self.unclaim(&send.id).await;
-        }
-        result
+        self.write(|r| Write::FinishSend(id, outcome, now, r)).await
     }
 
     async fn defer_send(&self, send: &QueuedSend, at: Millis) -> Result<()> {
         let id = send.id.clone();
-        let result = self.write(|r| Write::Defer(id, at, r)).await;
-        self.unclaim(&send.id).await;
-        result
+        self.write(|r| Write::Defer(id, at, r)).await
+    }
+
+    async fn release_send(&self, send_id: &str) -> Result<()> {
+        let id = send_id.to_string();
+        self.write(|r| Write::ReleaseSend(id, r)).await
     }
 
     async fn get_send(&self, id: &str) -> Result<Option<SendView>> {
@@ -555,7 +558,22 @@ impl Store for SqliteStore {
         })
         .transpose()
     }
+}
 
+#[async_trait]
+impl SignedRequests for SqliteStore {
+    async fn begin_signed(&self, request: SignedRequest) -> Result<SignedBegin> {
+        self.write(|r| Write::BeginSigned(request, r)).await
+    }
+
+    async fn finish_signed(&self, webhook_id: &str, answer: Option<RecordedAnswer>) -> Result<()> {
+        let id = webhook_id.to_string();
+        self.write(|r| Write::FinishSigned(id, answer, r)).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
     async fn prune(&self, before: Millis) -> Result<u64> {
         let pruned = self.write(|r| Write::Prune(before, r)).await?;
         // Give the space back: the WAL is copied in and truncated.
@@ -567,19 +585,10 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<()> {
         if let Some(why) = self.health.failure() {
-            return Err(StoreError::Commit(why));
+            return Err(StoreError::Unavailable(why));
         }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    async fn begin_signed(&self, request: SignedRequest) -> Result<SignedBegin> {
-        self.write(|r| Write::BeginSigned(request, r)).await
-    }
-
-    async fn finish_signed(&self, webhook_id: &str, answer: Option<RecordedAnswer>) -> Result<()> {
-        let id = webhook_id.to_string();
-        self.write(|r| Write::FinishSigned(id, answer, r)).await
     }
 
     fn write_failure(&self) -> Option<String> {
@@ -614,6 +623,11 @@ mod tests {
         }
     }
 
+    /// This process, as the owner of its claims.
+    fn me() -> Claimant {
+        Claimant::new("test", Duration::from_secs(60))
+    }
+
     /// One unclaimed delivery to webhook `a`.
     fn hooks() -> Vec<NewDelivery> {
         vec![NewDelivery {
@@ -635,20 +649,26 @@ mod tests {
     async fn duplicates_are_stored_once_and_claims_are_exclusive() {
         let (_dir, store) = open().await;
         let first = store
-            .append_event(event("evt_1", 1, Some("m1")), hooks())
+            .append_event(event("evt_1", 1, Some("m1")), hooks(), &me())
             .await
             .unwrap();
         let again = store
-            .append_event(event("evt_2", 2, Some("m1")), hooks())
+            .append_event(event("evt_2", 2, Some("m1")), hooks(), &me())
             .await
             .unwrap();
         assert!(!first.duplicate && again.duplicate);
         assert_eq!(again.id, "evt_1");
 
-        let claim = store.claim_due("a", Ordering::None, 10, 100).await.unwrap();
+        let claim = store
+            .claim_due(&me(), "a", Ordering::None, 10, 100)
+            .await
+            .unwrap();
         assert_eq!(claim.items.len(), 1);
         assert_eq!(claim.items[0].event.id, "evt_1");
-        let second = store.claim_due("a", Ordering::None, 10, 100).await.unwrap();
+        let second = store
+            .claim_due(&me(), "a", Ordering::None, 10, 100)
+            .await
+            .unwrap();
         assert!(
             second.items.is_empty(),
             "a claimed delivery is not handed out twice"
@@ -656,7 +676,10 @@ mod tests {
         assert_eq!(second.next_due, None);
 
         store.release_delivery(&claim.items[0].id).await.unwrap();
-        let third = store.claim_due("a", Ordering::None, 10, 100).await.unwrap();
+        let third = store
+            .claim_due(&me(), "a", Ordering::None, 10, 100)
+            .await
+            .unwrap();
         assert_eq!(
             third.items.len(),
             1,
@@ -669,7 +692,7 @@ mod tests {
         let (dir, store) = open().await;
         for i in 0..2_000 {
             store
-                .append_event(event(&format!("evt_{i}"), 10, None), vec![])
+                .append_event(event(&format!("evt_{i}"), 10, None), vec![], &me())
                 .await
                 .unwrap();
         }
@@ -687,19 +710,19 @@ mod tests {
     async fn retention_prunes_delivered_events_and_keeps_dead_ones() {
         let (_dir, store) = open().await;
         store
-            .append_event(event("evt_old_ok", 10, None), hooks())
+            .append_event(event("evt_old_ok", 10, None), hooks(), &me())
             .await
             .unwrap();
         store
-            .append_event(event("evt_old_dead", 11, None), hooks())
+            .append_event(event("evt_old_dead", 11, None), hooks(), &me())
             .await
             .unwrap();
         store
-            .append_event(event("evt_new_ok", 5_000, None), hooks())
+            .append_event(event("evt_new_ok", 5_000, None), hooks(), &me())
             .await
             .unwrap();
         let claim = store
-            .claim_due("a", Ordering::None, 10, 10_000)
+            .claim_due(&me(), "a", Ordering::None, 10, 10_000)
             .await
             .unwrap();
         for d in claim.items {
@@ -738,5 +761,80 @@ mod tests {
             .unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].attempts.len(), 1);
+    }
+
+    fn send(id: &str, conversation: &str) -> NewSend {
+        NewSend {
+            id: id.into(),
+            account: "default".into(),
+            idempotency_key: None,
+            request_hash: String::new(),
+            request_json: "{}".into(),
+            conversation: conversation.into(),
+            created_at: 1,
+        }
+    }
+
+    fn ids(claim: &Claim<QueuedSend>) -> Vec<&str> {
+        claim.items.iter().map(|s| s.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn send_claims_have_an_owner_and_an_expiry() {
+        let (dir, store) = open().await;
+        for (id, chat) in [("out_1", "a"), ("out_2", "a"), ("out_3", "b")] {
+            store.enqueue_send(send(id, chat)).await.unwrap();
+        }
+        let mine = me();
+        let other = Claimant::new("other", Duration::from_secs(1));
+        // The oldest send of each conversation; a claimed one still holds its followers.
+        let first = store.claim_sends(&mine, "default", 10, 100).await.unwrap();
+        assert_eq!(ids(&first), ["out_1", "out_3"]);
+        assert!(
+            store
+                .claim_sends(&mine, "default", 10, 100)
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "an owner never takes its own claims again"
+        );
+        assert!(
+            store
+                .claim_sends(&other, "default", 10, 100)
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "another owner waits for the claim to expire"
+        );
+        let taken = store
+            .claim_sends(&other, "default", 10, 100 + 60_001)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&taken),
+            ["out_1", "out_3"],
+            "an expired claim is taken over"
+        );
+
+        // A finished send lets its conversation's next one go; a released one is free.
+        let sent = SendOutcome::Sent {
+            message_id: "m1".into(),
+        };
+        store.finish_send(&taken.items[0], sent, 200).await.unwrap();
+        store.release_send("out_3").await.unwrap();
+        let next = store.claim_sends(&mine, "default", 10, 300).await.unwrap();
+        assert_eq!(ids(&next), ["out_2", "out_3"]);
+
+        // The claims of a process that stopped are free when the file is opened again.
+        drop(store);
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let reopened = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        let after = reopened
+            .claim_sends(&mine, "default", 10, 300)
+            .await
+            .unwrap();
+        assert_eq!(ids(&after), ["out_2", "out_3"]);
     }
 }

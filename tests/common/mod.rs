@@ -13,9 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-use waas::app::Application;
-use waas::config::Settings;
+use waas::harness::Embedded;
 
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
@@ -214,13 +212,14 @@ pub fn webhook(name: &str, receiver: &TestReceiver, extra: &str) -> String {
     )
 }
 
-/// The real app, serving on a free loopback port, with its own SQLite file.
+/// The real app, serving on a free loopback port, with its own SQLite file: the
+/// library's embedded harness, with what tests add (a client, the first token, a
+/// folder kept across restarts).
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub token: Option<String>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    pub embedded: Embedded,
     pub dir: Arc<tempfile::TempDir>,
 }
 
@@ -230,7 +229,7 @@ pub async fn spawn_app(toml: &str) -> TestApp {
 
 /// Spawns the app on the database in `dir` (to restart on the same store).
 pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
-    let app = start(dir, toml).await;
+    let app = start_with(dir, None, toml).await;
     app.wait_logged_in().await;
     app
 }
@@ -247,7 +246,7 @@ pub async fn spawn_app_on(
 
 /// Spawns the app without waiting for the login.
 pub async fn spawn_app_unready(toml: &str) -> TestApp {
-    let app = start(Arc::new(tempfile::tempdir().unwrap()), toml).await;
+    let app = start_with(Arc::new(tempfile::tempdir().unwrap()), None, toml).await;
     app.eventually(10, "the API", || async {
         app.client
             .get(app.url("/healthz"))
@@ -260,10 +259,6 @@ pub async fn spawn_app_unready(toml: &str) -> TestApp {
     app
 }
 
-async fn start(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
-    start_with(dir, None, toml).await
-}
-
 async fn start_with(
     dir: Arc<tempfile::TempDir>,
     db: Option<&std::path::Path>,
@@ -271,27 +266,26 @@ async fn start_with(
 ) -> TestApp {
     init_logs();
     let db = db.map_or_else(|| dir.path().join("waas.db"), |p| p.to_path_buf());
-    let mut settings = Settings::from_toml(toml).expect("test config is valid");
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.storage.url = format!("sqlite://{}", db.display());
-    // No pacing in tests unless a test sets its own.
-    if !toml.contains("[send]") {
-        settings.send.min_interval = Duration::ZERO;
-    }
-    let token = settings.auth.tokens.first().map(|t| t.expose().to_string());
-    let app = Application::build(settings).await.expect("app builds");
-    let addr = app.local_addr();
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        app.run(stop).await.expect("app runs");
-    });
+    let paced = toml.contains("[send]");
+    let mut token = None;
+    let embedded = Embedded::builder(toml)
+        .database(db)
+        .without_login()
+        .settings(|settings| {
+            // No pacing in tests unless a test sets its own.
+            if !paced {
+                settings.send.min_interval = Duration::ZERO;
+            }
+            token = settings.auth.tokens.first().map(|t| t.expose().to_string());
+        })
+        .start()
+        .await
+        .expect("the app builds");
     TestApp {
-        addr,
+        addr: embedded.addr,
         client: reqwest::Client::new(),
         token,
-        shutdown,
-        task,
+        embedded,
         dir,
     }
 }
@@ -417,8 +411,10 @@ impl TestApp {
 
     /// Graceful shutdown, as SIGTERM does.
     pub async fn stop(self) -> Arc<tempfile::TempDir> {
-        self.shutdown.cancel();
-        let _ = self.task.await;
+        self.embedded
+            .stop()
+            .await
+            .expect("the app ran and stopped cleanly");
         self.dir
     }
 }

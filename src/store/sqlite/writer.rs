@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Synchronous;
 use crate::store::{
     Appended, AttemptRecord, Claim, Enqueued, FinishedAttempt, Millis, NewDelivery, NewEvent,
-    NewSend, Ordering, Outcome, RecordedAnswer, RequeueChunk, Requeued, Result, SendOutcome,
-    SendStatus, SendView, SignedBegin, SignedRequest, StoreError,
+    NewSend, Ordering, Outcome, QueuedSend, RecordedAnswer, RequeueChunk, Requeued, Result,
+    SendOutcome, SendStatus, SendView, SignedBegin, SignedRequest, StoreError,
 };
 
 /// What the WAL is truncated to after a checkpoint (bytes).
@@ -42,12 +42,25 @@ pub(super) struct ClaimRequest {
     pub ordering: Ordering,
     pub limit: usize,
     pub now: Millis,
+    /// When the claims expire (kept in `deliveries.claimed`).
+    pub until: Millis,
+}
+
+pub(super) struct SendClaimRequest {
+    pub account: String,
+    pub owner: std::sync::Arc<str>,
+    pub limit: usize,
+    pub now: Millis,
+    pub until: Millis,
 }
 
 pub(super) enum Write {
-    Append(NewEvent, Vec<NewDelivery>, Reply<Appended>),
+    /// An event, its deliveries, and when the claim of those created claimed expires.
+    Append(NewEvent, Vec<NewDelivery>, Millis, Reply<Appended>),
     Claim(ClaimRequest, Reply<Claim<ClaimedRow>>),
     Release(String, Reply<()>),
+    ClaimSends(SendClaimRequest, Reply<Claim<QueuedSend>>),
+    ReleaseSend(String, Reply<()>),
     Finish(Box<FinishedAttempt>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
     FinishSend(String, SendOutcome, Millis, Reply<()>),
@@ -148,12 +161,13 @@ impl Counts {
 /// Whether an error says the database cannot take writes now (as opposed to one
 /// operation being wrong).
 fn is_resource_error(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(_))
+}
+
+/// Whether SQLite says the database cannot take writes now (as opposed to one
+/// statement being wrong).
+pub(super) fn is_resource_code(code: rusqlite::ErrorCode) -> bool {
     use rusqlite::ErrorCode::*;
-    let code = match e {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f.code,
-        StoreError::Commit(_) => return true,
-        _ => return false,
-    };
     matches!(
         code,
         DiskFull
@@ -203,7 +217,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("waas-store-writer".into())
         .spawn(move || run(conn, rx, health, backlog))
-        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Ok(tx)
 }
 
@@ -300,8 +314,8 @@ fn fast_batch(conn: &mut Connection, ops: Vec<Write>, backlog: &Backlog) -> Opti
         let mut counts = Counts::default();
         for op in &ops {
             match op {
-                Write::Append(event, deliveries, _) => {
-                    appended.push(append(conn, event, deliveries, &mut counts)?);
+                Write::Append(event, deliveries, until, _) => {
+                    appended.push(append(conn, event, deliveries, *until, &mut counts)?);
                 }
                 Write::Finish(f, _) => {
                     record_attempt(conn, f, &mut counts)?;
@@ -341,7 +355,7 @@ fn fast_batch(conn: &mut Connection, ops: Vec<Write>, backlog: &Backlog) -> Opti
                     let _ = reply.send(Ok(c));
                 }
             }
-            Write::Append(_, _, reply) => {
+            Write::Append(.., reply) => {
                 if let Some(a) = appended.next() {
                     let _ = reply.send(Ok(a));
                 }
@@ -363,7 +377,7 @@ fn answer<T: 'static>(failure: &mut Option<String>, reply: Reply<T>, result: Res
     Box::new(move |failed: Option<&str>| {
         let _ = reply.send(match failed {
             None => result,
-            Some(msg) => Err(StoreError::Commit(msg.to_string())),
+            Some(msg) => Err(StoreError::Unavailable(msg.to_string())),
         });
     })
 }
@@ -411,10 +425,22 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Op
     }
     for op in batch {
         answers.push(match op {
-            Write::Append(event, deliveries, reply) => answer(
+            Write::Append(event, deliveries, until, reply) => answer(
                 &mut resource_failure,
                 reply,
-                counted(conn, &mut counts, |c, n| append(c, &event, &deliveries, n)),
+                counted(conn, &mut counts, |c, n| {
+                    append(c, &event, &deliveries, until, n)
+                }),
+            ),
+            Write::ClaimSends(request, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| claim_sends(c, &request)),
+            ),
+            Write::ReleaseSend(id, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| release_send(c, &id)),
             ),
             Write::Claim(request, reply) => answer(
                 &mut resource_failure,
@@ -516,7 +542,7 @@ fn track<T>(failure: &mut Option<String>, result: &Result<T>) {
 /// An append or an enqueue whose caller stopped waiting before the writer got to it.
 fn op_abandoned(op: &Write) -> bool {
     match op {
-        Write::Append(_, _, reply) => reply.is_closed(),
+        Write::Append(.., reply) => reply.is_closed(),
         Write::Enqueue(_, reply) => reply.is_closed(),
         _ => false,
     }
@@ -584,10 +610,12 @@ fn probe(conn: &Connection, now: Millis) -> Result<()> {
 
 fn fail(op: Write, msg: &str) {
     fn err<T>(msg: &str) -> Result<T> {
-        Err(StoreError::Commit(msg.to_string()))
+        Err(StoreError::Unavailable(msg.to_string()))
     }
     let _ = match op {
-        Write::Append(_, _, r) => r.send(err(msg)).is_ok(),
+        Write::Append(.., r) => r.send(err(msg)).is_ok(),
+        Write::ClaimSends(_, r) => r.send(err(msg)).is_ok(),
+        Write::ReleaseSend(_, r) => r.send(err(msg)).is_ok(),
         Write::Claim(_, r) => r.send(err(msg)).is_ok(),
         Write::Release(_, r) => r.send(err(msg)).is_ok(),
         Write::Finish(_, r) => r.send(err(msg)).is_ok(),
@@ -612,6 +640,7 @@ fn append(
     conn: &Connection,
     e: &NewEvent,
     deliveries: &[NewDelivery],
+    claimed_until: Millis,
     counts: &mut Counts,
 ) -> Result<Appended> {
     let inserted = exec(
@@ -652,7 +681,7 @@ fn append(
             d.webhook,
             e.created_at,
             d.conversation,
-            d.claimed
+            if d.claimed { claimed_until } else { 0 }
         ])?;
         counts.add(&d.webhook, 1, 0);
     }
@@ -797,7 +826,7 @@ fn claim(conn: &Connection, c: &ClaimRequest) -> Result<Claim<ClaimedRow>> {
     let mut items = conn
         .prepare_cached(match c.ordering {
             Ordering::None => {
-                "UPDATE deliveries SET claimed = 1 WHERE id IN (
+                "UPDATE deliveries SET claimed = ?4 WHERE id IN (
                      SELECT id FROM deliveries
                      WHERE webhook = ?1 AND status = 'pending' AND claimed = 0 AND next_attempt_at <= ?2
                      ORDER BY next_attempt_at LIMIT ?3)
@@ -807,7 +836,7 @@ fn claim(conn: &Connection, c: &ClaimRequest) -> Result<Claim<ClaimedRow>> {
             // one still counts, so its followers wait); events without a conversation
             // (login, scan…) are not ordered.
             Ordering::Conversation => {
-                "UPDATE deliveries SET claimed = 1 WHERE id IN (
+                "UPDATE deliveries SET claimed = ?4 WHERE id IN (
                      SELECT d.id FROM deliveries d
                      WHERE d.webhook = ?1 AND d.status = 'pending' AND d.claimed = 0
                        AND d.next_attempt_at <= ?2
@@ -819,7 +848,7 @@ fn claim(conn: &Connection, c: &ClaimRequest) -> Result<Claim<ClaimedRow>> {
                  RETURNING id, attempts, event_seq"
             }
         })?
-        .query_map(params![c.webhook, c.now, c.limit as i64], |r| {
+        .query_map(params![c.webhook, c.now, c.limit as i64, c.until], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?
         .collect::<rusqlite::Result<Vec<ClaimedRow>>>()?;
@@ -938,7 +967,7 @@ fn finish_send(conn: &Connection, id: &str, outcome: &SendOutcome, now: Millis) 
     exec(
         conn,
         "UPDATE sends SET status = ?1, attempts = attempts + 1, next_attempt_at = ?2, error = ?3,
-                message_id = ?4, finished_at = ?5
+                message_id = ?4, finished_at = ?5, claimed_by = NULL, claimed_until = 0
          WHERE id = ?6",
         params![status, next, error, message_id, finished, id],
     )?;
@@ -948,10 +977,72 @@ fn finish_send(conn: &Connection, id: &str, outcome: &SendOutcome, now: Millis) 
 fn defer(conn: &Connection, id: &str, at: Millis) -> Result<()> {
     exec(
         conn,
-        "UPDATE sends SET next_attempt_at = ?1 WHERE id = ?2",
+        "UPDATE sends SET next_attempt_at = ?1, claimed_by = NULL, claimed_until = 0 WHERE id = ?2",
         params![at, id],
     )?;
     Ok(())
+}
+
+fn release_send(conn: &Connection, id: &str) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE sends SET claimed_by = NULL, claimed_until = 0 WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// Claims up to `limit` due sends of one account, only the oldest queued send of each
+/// conversation (a claimed one still counts, so its followers wait). A send claimed by
+/// the same owner is never taken again; one claimed by another owner is taken once its
+/// claim has expired. Free sends sort first, so `limit + 1` rows tell what is due now
+/// and when the next one is.
+fn claim_sends(conn: &Connection, c: &SendClaimRequest) -> Result<Claim<QueuedSend>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT s.id, s.request, s.conversation, s.attempts, s.next_attempt_at,
+                    s.claimed_by IS NULL OR (s.claimed_by != ?2 AND s.claimed_until <= ?3)
+             FROM sends s
+             WHERE s.account = ?1 AND s.status = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM sends p WHERE p.account = s.account
+                               AND p.status = 'queued'
+                               AND p.conversation = s.conversation AND p.seq < s.seq)
+             ORDER BY 6 DESC, s.next_attempt_at, s.seq LIMIT ?4",
+        )?
+        .query_map(
+            params![c.account, &*c.owner, c.now, c.limit as i64 + 1],
+            |r| {
+                Ok((
+                    QueuedSend {
+                        id: r.get(0)?,
+                        request_json: r.get(1)?,
+                        conversation: r.get(2)?,
+                        attempts: r.get::<_, i64>(3)? as u32,
+                    },
+                    r.get::<_, Millis>(4)?,
+                    r.get::<_, bool>(5)?,
+                ))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut claim = Claim {
+        items: Vec::new(),
+        next_due: None,
+    };
+    let mut mark =
+        conn.prepare_cached("UPDATE sends SET claimed_by = ?1, claimed_until = ?2 WHERE id = ?3")?;
+    for (send, due_at, free) in rows {
+        if !free {
+            continue;
+        }
+        if due_at > c.now || claim.items.len() == c.limit {
+            claim.next_due = Some(due_at);
+            break;
+        }
+        mark.execute(params![&*c.owner, c.until, send.id])?;
+        claim.items.push(send);
+    }
+    Ok(claim)
 }
 
 /// One chunk of a replay: the deliveries with rowids in `(cursor, cursor + rows]`

@@ -20,8 +20,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use tokio::sync::Notify;
 
-use crate::app::Embedded;
-use crate::puppet::mock::Injection;
+use waas::harness::Embedded;
+use waas::puppet::mock::Injection;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -115,11 +115,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn peak_rss_mib() -> f64 {
-    crate::metrics::proc_status_kib("VmHWM").map_or(0.0, |kib| kib as f64 / 1024.0)
+    waas::metrics::proc_status_kib("VmHWM").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    crate::install_crypto_provider();
+    waas::install_crypto_provider();
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; run `cargo run --release -- bench` for real figures"
@@ -174,7 +174,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "[storage]\nsynchronous = \"{}\"\n[log]\nlevel = \"warn\"\n{accounts}\
          [[webhooks]]\nname = \"bench\"\nurl = \"{hook_url}\"\nsecret = \"{}\"\nevents = [\"message\"]\nmax_in_flight = {}\n",
         args.synchronous,
-        crate::relay::signing::generate_secret(),
+        waas::relay::signing::generate_secret(),
         args.concurrency
     ))
     .await
@@ -273,7 +273,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         peak_rss_mib()
     );
 
-    embedded.stop().await;
+    embedded.stop().await?;
     anyhow::ensure!(lost == 0 && lost_steady == 0, "events were lost");
     Ok(())
 }

@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Embedded;
-use crate::puppet::mock::Injection;
+use waas::harness::Embedded;
+use waas::puppet::mock::Injection;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SoakArgs {
@@ -136,12 +136,12 @@ fn soak_number(body: &[u8]) -> Option<usize> {
 }
 
 fn rss_mib() -> f64 {
-    crate::metrics::proc_status_kib("VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0)
+    waas::metrics::proc_status_kib("VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 /// Runs the soak; an error when any event was not delivered by the deadline.
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
-    crate::install_crypto_provider();
+    waas::install_crypto_provider();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let seen = Arc::new(Seen::default());
@@ -153,12 +153,12 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         "[log]\nlevel = \"error\"\n[puppet]\nskip_older_than = \"1h\"\n\
          [[webhooks]]\nname = \"chaos\"\nurl = \"{url}\"\nsecret = \"{}\"\nevents = [\"message\"]\n\
          timeout = \"1s\"\nmax_in_flight = 64\nretry = [{}]\n",
-        crate::relay::signing::generate_secret(),
+        waas::relay::signing::generate_secret(),
         vec!["\"1s\""; 16].join(", ")
     ))
     .await
     .context("starting the relay")?;
-    let mock = relay.mock.clone();
+    let mock = relay.mock()?.clone();
 
     let total = (args.seconds * args.rate) as usize;
     println!(
@@ -222,7 +222,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         backlog.1,
         rss_mib()
     );
-    relay.stop().await;
+    relay.stop().await?;
     stop.cancel();
     anyhow::ensure!(missing == 0, "{missing} events were not delivered in time");
     anyhow::ensure!(backlog == (0, 0), "backlog not empty: {backlog:?}");

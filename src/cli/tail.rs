@@ -66,7 +66,7 @@ pub fn summarize(event: &Value) -> String {
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
-    crate::install_crypto_provider();
+    waas::install_crypto_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()?;

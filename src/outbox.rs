@@ -1,0 +1,183 @@
+//! The outbox: the one place where work is written and whoever must act on it is woken.
+//!
+//! Ingest records events here (with a delivery per webhook that takes them), handlers
+//! queue sends and re-queue deliveries here, the dispatcher reports the replies it
+//! queued here. Each call commits to the store first, and only then wakes the worker:
+//! a webhook's dispatcher loop (handing new deliveries over in memory when it can, see
+//! [`Lanes`]), an account's sender, or the streams and long polls waiting on the feed.
+//! Nobody else reaches into the dispatcher's hand-off or a sender's wake-up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::relay::dispatcher::Lanes;
+use crate::store::{
+    Appended, Claimant, DueDelivery, Enqueued, NewDelivery, NewEvent, NewSend, RequeueChunk,
+    Requeued, Result, SendStatus, Store, StoredEvent,
+};
+
+/// How long a claim on a delivery or a send lasts before another instance may take the
+/// work over: far longer than any one attempt (webhook timeouts and puppet calls are
+/// bounded well below it).
+pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
+
+/// A webhook an event is recorded for.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub webhook: String,
+    /// The webhook keeps conversation order: the delivery carries its conversation.
+    pub ordered: bool,
+}
+
+pub struct Outbox {
+    store: Arc<dyn Store>,
+    /// Every webhook's dispatcher loop.
+    lanes: Arc<Lanes>,
+    /// Every account's sender.
+    senders: HashMap<String, Arc<Notify>>,
+    /// This instance, as the owner of what it claims.
+    claimant: Claimant,
+    /// The newest stored seq, across accounts (the feed and long polls watch it).
+    last_seq: watch::Sender<i64>,
+}
+
+impl Outbox {
+    pub fn new(
+        store: Arc<dyn Store>,
+        lanes: Arc<Lanes>,
+        senders: HashMap<String, Arc<Notify>>,
+        claimant: Claimant,
+    ) -> Outbox {
+        Outbox {
+            store,
+            lanes,
+            senders,
+            claimant,
+            last_seq: watch::Sender::new(0),
+        }
+    }
+
+    /// Who this instance claims work as.
+    pub fn claimant(&self) -> &Claimant {
+        &self.claimant
+    }
+
+    /// Changes whenever an event is stored.
+    pub fn last_seq(&self) -> watch::Receiver<i64> {
+        self.last_seq.subscribe()
+    }
+
+    /// Commits an event with one delivery per recipient, then hands the deliveries to
+    /// their dispatcher loops: in memory, already claimed, where the loop takes them so
+    /// (the hot path never reads back what it just wrote), through the store otherwise.
+    /// A duplicate (same dedup key) stores and wakes nothing.
+    pub async fn record_event(
+        &self,
+        event: NewEvent,
+        recipients: Vec<Recipient>,
+    ) -> Result<Appended> {
+        let deliveries: Vec<NewDelivery> = recipients
+            .into_iter()
+            .map(|r| NewDelivery {
+                id: format!("dlv_{}", ulid::Ulid::new()),
+                claimed: self.lanes.can_hand_off(&r.webhook),
+                conversation: if r.ordered {
+                    event.conversation.clone()
+                } else {
+                    None
+                },
+                webhook: r.webhook,
+            })
+            .collect();
+        // What the dispatcher needs to send the deliveries handed over in memory.
+        let handed = deliveries.iter().any(|d| d.claimed).then(|| StoredEvent {
+            id: event.id.clone(),
+            event_type: event.event_type.to_string(),
+            seq: 0,
+            created_at: event.created_at,
+            account: event.account.clone(),
+            bot_json: event.bot_json.clone(),
+            data_json: event.data_json.clone(),
+        });
+        let event_type = event.event_type;
+        let appended = self
+            .store
+            .append_event(event, deliveries.clone(), &self.claimant)
+            .await?;
+        if appended.duplicate {
+            return Ok(appended);
+        }
+        metrics::counter!("waas_events_stored_total", "type" => event_type).increment(1);
+        tracing::debug!(event_id = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
+        let mut to_wake = Vec::new();
+        for d in deliveries {
+            match &handed {
+                Some(stored) if d.claimed => self.lanes.hand_off(DueDelivery {
+                    id: d.id,
+                    webhook: d.webhook,
+                    attempts: 0,
+                    event: StoredEvent {
+                        seq: appended.seq,
+                        ..stored.clone()
+                    },
+                }),
+                _ => to_wake.push(d.webhook),
+            }
+        }
+        self.lanes.wake(&to_wake);
+        self.last_seq.send_if_modified(|s| {
+            let newer = appended.seq > *s;
+            if newer {
+                *s = appended.seq;
+            }
+            newer
+        });
+        Ok(appended)
+    }
+
+    /// Commits a send, then wakes its account's sender. Also on an idempotent replay
+    /// that is still queued: the first request may have committed after its caller
+    /// gave up (a timeout), before anyone woke the sender.
+    pub async fn queue_send(&self, send: NewSend) -> Result<Enqueued> {
+        let account = send.account.clone();
+        let enqueued = self.store.enqueue_send(send).await?;
+        if !enqueued.replayed {
+            tracing::info!(send_id = %enqueued.send.id, account = %account, "message queued");
+        }
+        if enqueued.send.status == SendStatus::Queued {
+            self.sends_queued(&account);
+        }
+        Ok(enqueued)
+    }
+
+    /// Wakes `account`'s sender: sends were committed for it elsewhere (the replies a
+    /// finished attempt queued in its own transaction).
+    pub fn sends_queued(&self, account: &str) {
+        if let Some(wake) = self.senders.get(account) {
+            wake.notify_one();
+        }
+    }
+
+    /// Re-queues one delivery now and wakes its webhook; `None` when there is no such
+    /// delivery, otherwise its webhook.
+    pub async fn retry_delivery(&self, id: &str, now: i64) -> Result<Option<String>> {
+        let webhook = self.store.retry_delivery(id, now).await?;
+        if let Some(webhook) = &webhook {
+            self.lanes.wake(std::slice::from_ref(webhook));
+        }
+        Ok(webhook)
+    }
+
+    /// Re-queues one chunk of a replay and wakes its webhook if anything was queued.
+    pub async fn requeue(&self, chunk: RequeueChunk) -> Result<Requeued> {
+        let webhook = chunk.webhook.clone();
+        let done = self.store.requeue(chunk).await?;
+        if done.requeued > 0 {
+            self.lanes.wake(std::slice::from_ref(&webhook));
+        }
+        Ok(done)
+    }
+}
