@@ -57,7 +57,7 @@ impl Account {
             }
             PuppetKind::Service => (
                 Arc::new(
-                    ServicePuppet::new(&puppet_settings.service, session.clone())
+                    ServicePuppet::new(&account.name, &puppet_settings.service, session.clone())
                         .with_context(|| format!("account `{}`", account.name))?,
                 ),
                 None,

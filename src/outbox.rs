@@ -102,7 +102,7 @@ impl Outbox {
             bot_json: event.bot_json.clone(),
             data_json: event.data_json.clone(),
         });
-        let event_type = event.event_type;
+        let (event_type, account) = (event.event_type, event.account.clone());
         let appended = self
             .store
             .append_event(event, deliveries.clone(), &self.claimant)
@@ -110,7 +110,8 @@ impl Outbox {
         if appended.duplicate {
             return Ok(appended);
         }
-        metrics::counter!("waas_events_stored_total", "type" => event_type).increment(1);
+        metrics::counter!("waas_events_stored_total", "account" => account, "type" => event_type)
+            .increment(1);
         tracing::debug!(event_id = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
         let mut to_wake = Vec::new();
         for d in deliveries {

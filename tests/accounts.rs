@@ -240,6 +240,37 @@ async fn a_scoped_token_sees_and_acts_on_its_accounts_only() {
     assert_eq!(status, 404, "another account's send is not there for it");
     let (_, ds) = app.get_as(SALES, "/v1/deliveries?webhook=everything").await;
     assert_eq!(ds["deliveries"].as_array().unwrap().len(), 1);
+    // It retries its own account's deliveries by hand, not another's.
+    let own = ds["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let (_, all) = app
+        .get_as(GLOBAL, "/v1/deliveries?webhook=everything")
+        .await;
+    let foreign = all["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .find(|id| *id != own)
+        .expect("the support account's delivery");
+    let (status, _) = app
+        .post_as(SALES, &format!("/v1/deliveries/{own}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 202);
+    let (status, body) = app
+        .post_as(SALES, &format!("/v1/deliveries/{foreign}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = app
+        .post_as(
+            GLOBAL,
+            &format!("/v1/accounts/sales/deliveries/{foreign}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        status, 404,
+        "under /v1/accounts/sales, support's delivery is not there"
+    );
     // The legacy polling API acts on the token's one account.
     let (_, legacy) = app.get(&format!("/t/{SALES}/api/message")).await;
     let texts: Vec<&str> = legacy["messages"]

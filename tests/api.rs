@@ -194,7 +194,7 @@ async fn metrics_describe_events_deliveries_backlog_and_session() {
         })
         .await;
     assert!(
-        body.contains("waas_events_stored_total{type=\"message\"}"),
+        body.contains("waas_events_stored_total{account=\"default\",type=\"message\"}"),
         "{body}"
     );
     assert!(body.contains("waas_delivery_attempt_seconds_bucket{webhook=\"metrics-hook\""));

@@ -6,7 +6,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{AccountScope, ApiError, ApiPath, ApiQuery, AppState, Credential, visible_accounts};
+use super::{
+    AccountScope, ApiError, ApiPath, ApiQuery, AppState, Credential, forbidden_account,
+    visible_accounts,
+};
 use crate::event::now_millis;
 use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView};
 
@@ -108,17 +111,23 @@ pub(super) async fn list(
 pub(super) async fn retry(
     State(app): State<AppState>,
     credential: Credential,
+    scope: Option<Extension<AccountScope>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Requeued>), ApiError> {
-    if !credential.is_global() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "retrying a delivery by hand needs a credential for every account",
-        ));
+    let missing = || ApiError::not_found(format!("no delivery `{id}`"));
+    // A scoped credential retries the deliveries of its accounts' events only.
+    let Some(account) = app.store.delivery_account(&id).await? else {
+        return Err(missing());
+    };
+    if !credential.allows(&account) {
+        return Err(forbidden_account(&account));
+    }
+    // Under /v1/accounts/{account}/…, another account's delivery is not there.
+    if scope.is_some_and(|Extension(AccountScope(a))| a != account) {
+        return Err(missing());
     }
     let Some(webhook) = app.outbox.retry_delivery(&id, now_millis()).await? else {
-        return Err(ApiError::not_found(format!("no delivery `{id}`")));
+        return Err(missing());
     };
     tracing::info!(delivery_id = %id, webhook = %webhook, "delivery re-queued by hand");
     Ok((

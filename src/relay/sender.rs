@@ -250,7 +250,8 @@ impl Sender {
             SendOutcome::Retry { .. } => "retry",
             SendOutcome::Failed { .. } => "failed",
         };
-        metrics::counter!("waas_sends_total", "outcome" => label).increment(1);
+        metrics::counter!("waas_sends_total", "account" => self.account.clone(), "outcome" => label)
+            .increment(1);
         // The send stays claimed until its outcome is recorded, however long the store
         // takes to recover: releasing it would send it again.
         match crate::store::until_stored("the outcome of a send", &send.id, &shutdown, || {

@@ -500,6 +500,9 @@ pub trait DeliveryQueue: Send + Sync {
     async fn requeue(&self, chunk: RequeueChunk) -> Result<Requeued>;
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>>;
+
+    /// The account whose event a delivery carries (`None`: no such delivery).
+    async fn delivery_account(&self, id: &str) -> Result<Option<String>>;
 }
 
 /// What is known of each webhook's health, kept across restarts.

@@ -325,6 +325,15 @@ impl EventLog for SqliteStore {
 
 #[async_trait]
 impl DeliveryQueue for SqliteStore {
+    async fn delivery_account(&self, id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT e.account FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn claim_due(
         &self,
         by: &Claimant,

@@ -209,6 +209,8 @@ fn transient(status: &Status) -> bool {
 }
 
 pub struct ServicePuppet {
+    /// The account this puppet drives (metrics carry it).
+    account: String,
     client: Client,
     /// Kept only to scrub it from error messages.
     token: String,
@@ -223,6 +225,7 @@ pub struct ServicePuppet {
 impl ServicePuppet {
     /// Prepares the client; nothing connects until [`Puppet::run`].
     pub fn new(
+        account: &str,
         settings: &ServiceSettings,
         session: SessionHandle,
     ) -> anyhow::Result<ServicePuppet> {
@@ -261,6 +264,7 @@ impl ServicePuppet {
         token.set_sensitive(true);
         let client = proto::PuppetClient::with_interceptor(endpoint.connect_lazy(), Token(token));
         Ok(ServicePuppet {
+            account: account.to_string(),
             client,
             token: settings.token.expose().to_string(),
             endpoint: settings.endpoint.clone(),
@@ -449,7 +453,8 @@ impl ServicePuppet {
                     }
                 );
             }
-            metrics::counter!("waas_puppet_disconnects_total").increment(1);
+            metrics::counter!("waas_puppet_disconnects_total", "account" => self.account.clone())
+                .increment(1);
             let user = self.session.get().user;
             self.session
                 .set(SessionState::Disconnected, None, user, Some(reason.clone()));
@@ -805,7 +810,7 @@ impl ServicePuppet {
                         record(ingest, EventData::Error { message }).await;
                     } else {
                         tracing::debug!(error = %message, "the same puppet error again; folded");
-                        metrics::counter!("waas_puppet_errors_folded_total").increment(1);
+                        metrics::counter!("waas_puppet_errors_folded_total", "account" => ingest.account().to_string()).increment(1);
                     }
                 }
                 data => record(ingest, data).await,
