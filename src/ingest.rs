@@ -29,7 +29,11 @@ impl WebhookRoute {
     pub fn new(settings: &WebhookSettings) -> WebhookRoute {
         WebhookRoute {
             name: settings.name.clone(),
-            events: settings.events.iter().copied().collect(),
+            // A Slack app is told about messages only.
+            events: match settings.format {
+                crate::config::WebhookFormat::Slack => [EventType::Message].into(),
+                crate::config::WebhookFormat::Standard => settings.events.iter().copied().collect(),
+            },
             rooms: settings.rooms.clone(),
             contacts: settings.contacts.clone(),
             accounts: settings.accounts.clone(),

@@ -11,6 +11,7 @@ mod messages;
 mod mock;
 pub mod openapi;
 mod session;
+pub mod slack;
 mod webhooks;
 
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub fn router(app: AppState) -> Router {
         .merge(health::router())
         .merge(home::router())
         .merge(legacy::router())
+        .merge(slack::router())
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -220,11 +220,22 @@ impl Settings {
                     "at least one secret is required (make one with `waas secret`)".into(),
                 );
             }
+            let slack = hook.format == WebhookFormat::Slack;
             let mut secrets = hook.secret.as_slice().to_vec();
             for (j, secret) in secrets.iter_mut().enumerate() {
                 let key = format!("webhooks[{i}].secret[{j}]");
                 match secret.resolve() {
                     Err(r) => problem(&key, r),
+                    // A Slack app's signing secret is any string (Slack's are 32 hex
+                    // characters).
+                    Ok(()) if slack => {
+                        if secret.expose().len() < 16 {
+                            problem(
+                                &key,
+                                "a Slack signing secret must be at least 16 characters (the app's SLACK_SIGNING_SECRET; `waas secret` makes a good one)".into(),
+                            );
+                        }
+                    }
                     Ok(()) => {
                         if let Err(e) = SigningKey::parse(secret.expose()) {
                             problem(&key, e.to_string());
@@ -233,11 +244,41 @@ impl Settings {
                 }
             }
             hook.secret = OneOrMany::Many(secrets);
-            if hook.format != WebhookFormat::Standard {
-                problem(
-                    &at("format"),
-                    "only `standard` is available in this build (slack is planned)".into(),
-                );
+            match (&mut hook.bot_token, slack) {
+                (None, true) => problem(
+                    &at("bot_token"),
+                    "a slack webhook needs the token its app calls /slack/api with (bot_token = \"xoxb-…\", the app's SLACK_BOT_TOKEN)".into(),
+                ),
+                (Some(_), false) => problem(
+                    &at("bot_token"),
+                    "only `format = \"slack\"` webhooks take a bot_token".into(),
+                ),
+                (Some(token), true) => match token.resolve() {
+                    Err(r) => problem(&at("bot_token"), r),
+                    // Bolt tells the bot's own messages apart only for `xoxb-` tokens.
+                    Ok(()) if !token.expose().starts_with("xoxb-") || token.expose().len() < 24 => {
+                        problem(
+                            &at("bot_token"),
+                            "must start with `xoxb-` (Bolt recognises the bot's own messages only for bot tokens) and be at least 24 characters".into(),
+                        )
+                    }
+                    Ok(()) => {}
+                },
+                (None, false) => {}
+            }
+            if slack {
+                if hook.events.iter().any(|e| *e != EventType::Message) {
+                    problem(
+                        &at("events"),
+                        "a slack webhook carries `message` events only (leave `events` out)".into(),
+                    );
+                }
+                if hook.slack_account(&self.accounts).is_none() {
+                    problem(
+                        &at("accounts"),
+                        "a slack webhook is one Slack app for one WeChat account: name it (accounts = [\"…\"])".into(),
+                    );
+                }
             }
             if hook.events.contains(&EventType::WebhookTest) {
                 problem(
@@ -268,6 +309,69 @@ impl Settings {
                         account_names.join(", ")
                     ),
                 );
+            }
+        }
+        let mut bot_tokens = std::collections::HashSet::new();
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if let Some(token) = &hook.bot_token
+                && !token.expose().is_empty()
+                && !bot_tokens.insert(token.expose().to_string())
+            {
+                problem(
+                    &format!("webhooks[{i}].bot_token"),
+                    "is used by two webhooks: each Slack app has its own".into(),
+                );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut tokens = std::collections::HashSet::new();
+        let has_default = account_names.iter().any(|a| a == DEFAULT_ACCOUNT);
+        for (i, hook) in self.incoming.iter_mut().enumerate() {
+            let at = |field: &str| format!("incoming[{i}].{field}");
+            if !valid_name(&hook.name) {
+                problem(
+                    &at("name"),
+                    "must be non-empty and use only letters, digits, `-` and `_` (like \"alerts\")"
+                        .into(),
+                );
+            } else if !names.insert(hook.name.clone()) {
+                problem(
+                    &at("name"),
+                    format!("`{}` is used by two incoming webhooks", hook.name),
+                );
+            }
+            match hook.token.resolve() {
+                Err(r) => problem(&at("token"), r),
+                Ok(()) => {
+                    let token = hook.token.expose();
+                    if token.len() < 24
+                        || !token
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+                    {
+                        problem(
+                            &at("token"),
+                            "must be at least 24 characters of letters, digits, `-`, `_`, `.` or `~` (it is part of the URL; `waas secret | tr -d '+/=' ` makes one)".into(),
+                        );
+                    } else if !tokens.insert(token.to_string()) {
+                        problem(&at("token"), "is used by two incoming webhooks".into());
+                    }
+                }
+            }
+            match &hook.account {
+                Some(a) if !account_names.contains(a) => problem(
+                    &at("account"),
+                    format!(
+                        "`{a}` is not an account (there are: {})",
+                        account_names.join(", ")
+                    ),
+                ),
+                None if account_names.len() > 1 && !has_default => problem(
+                    &at("account"),
+                    "there are several accounts and none is `default`: name the one that posts"
+                        .into(),
+                ),
+                _ => {}
             }
         }
     }

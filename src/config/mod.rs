@@ -41,6 +41,9 @@ pub struct Settings {
     /// Where inbound events are pushed.
     #[serde(default)]
     pub webhooks: Vec<WebhookSettings>,
+    /// Slack-style incoming webhooks: tools that post to Slack post into WeChat.
+    #[serde(default)]
+    pub incoming: Vec<IncomingSettings>,
     /// `[[accounts]]` as written (each read over the `[puppet]` defaults into
     /// [`Settings::accounts`]).
     #[serde(default, rename = "accounts", skip_serializing)]
@@ -299,6 +302,42 @@ pub struct WebhookSettings {
     /// `none`, or `conversation` for FIFO per chat.
     #[serde(default)]
     pub ordering: Ordering,
+    /// `format = "slack"`: the token the Slack app calls `/slack/api` with
+    /// (`xoxb-…`); it identifies the app and its account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token: Option<SecretValue>,
+}
+
+impl WebhookSettings {
+    /// The account a Slack app acts on through the Web API: the one its `accounts`
+    /// names, or the only (or `default`) account.
+    pub fn slack_account<'a>(&'a self, accounts: &'a [AccountSettings]) -> Option<&'a str> {
+        match self.accounts.as_slice() {
+            [one] => Some(one),
+            [] if accounts.len() == 1 => Some(&accounts[0].name),
+            [] => accounts
+                .iter()
+                .find(|a| a.name == DEFAULT_ACCOUNT)
+                .map(|a| a.name.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// A Slack-style incoming webhook: `POST /slack/hooks/{token}` posts into one chat.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingSettings {
+    /// Unique name, for logs.
+    pub name: String,
+    /// The secret part of the URL (at least 24 characters; `waas secret` makes one).
+    pub token: SecretValue,
+    /// The account that sends (may be left out when there is one, or a `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The chat: `{ room = "id" }`, `{ room_topic = "Ops" }`, `{ contact = "id" }` or
+    /// `{ contact_name = "Alice" }`.
+    pub to: crate::send::Recipient,
 }
 
 fn default_timeout() -> Duration {
@@ -801,6 +840,36 @@ mod tests {
         let s = Settings::load_with_env(None, env).unwrap();
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:4000");
         assert_eq!(s.send.burst, 9);
+    }
+
+    #[test]
+    fn slack_webhooks_and_incoming_hooks_are_checked() {
+        let hook = |extra: &str| {
+            Settings::from_toml(&format!(
+                "[[webhooks]]\nname = \"bolt\"\nurl = \"http://127.0.0.1:3000/slack/events\"\nformat = \"slack\"\nsecret = \"0123456789abcdef\"\n{extra}"
+            ))
+        };
+        let ok = hook("bot_token = \"xoxb-0123456789-abcdefghijk\"\n").unwrap();
+        assert_eq!(ok.webhooks[0].slack_account(&ok.accounts), Some("default"));
+        let err = hook("").unwrap_err().to_string();
+        assert!(
+            err.contains("webhooks[0].bot_token") && err.contains("xoxb-"),
+            "{err}"
+        );
+        let err = hook("bot_token = \"not-a-bot-token-0123456789\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must start with `xoxb-`"), "{err}");
+        let err = hook("bot_token = \"xoxb-0123456789-abcdefghijk\"\nevents = [\"login\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("webhooks[0].events"), "{err}");
+        let err = Settings::from_toml(
+            "[[incoming]]\nname = \"alerts\"\ntoken = \"short\"\nto = { room_topic = \"Ops\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("incoming[0].token"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 
 use super::format::{Attempt, Format};
 use super::retry::{next_delay, parse_retry_after};
-use super::signing::SigningKey;
 use crate::config::{Ordering, WebhookSettings};
 use crate::event::now_millis;
 use crate::outbox::Outbox;
@@ -126,7 +125,6 @@ pub struct Target {
     format: Box<dyn Format>,
     /// Successful attempts, logged as a summary at most every few seconds.
     summary: DeliverySummary,
-    keys: Vec<SigningKey>,
     lane: Arc<Lane>,
     slots: Arc<Semaphore>,
     disabled: AtomicBool,
@@ -363,6 +361,12 @@ impl Dispatcher {
     ) {
         let name = target.settings.name.clone();
         let ordering = target.settings.ordering;
+        if let Some(handshake) = target
+            .format
+            .handshake(time::OffsetDateTime::now_utc().unix_timestamp())
+        {
+            tracker.spawn(self.clone().handshake(target.clone(), handshake));
+        }
         // Claimed deliveries waiting for a free slot. A claim is a write and waits for a
         // group commit, so under load the loop claims well ahead of the free slots and
         // refills at half, keeping the slots busy while the next claim commits.
@@ -460,6 +464,34 @@ impl Dispatcher {
         tracing::debug!(webhook = %name, "dispatcher loop stopped");
     }
 
+    /// Sends the format's handshake (Slack's `url_verification`) once, and says in the
+    /// log how the endpoint answered. Deliveries go on whatever the answer.
+    async fn handshake(self: Arc<Self>, target: Arc<Target>, rendered: super::format::Rendered) {
+        let hook = &target.settings;
+        let mut request = self.client.post(target.url.clone()).timeout(hook.timeout);
+        for (name, value) in rendered.headers {
+            request = request.header(name, value);
+        }
+        let challenge = serde_json::from_str::<serde_json::Value>(&rendered.body)
+            .ok()
+            .and_then(|b| b["challenge"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        match request.body(rendered.body).send().await {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                if status.is_success() && body.contains(&challenge) {
+                    tracing::info!(webhook = %hook.name, "the app answered url_verification");
+                } else {
+                    tracing::warn!(webhook = %hook.name, status = status.as_u16(), "the app did not answer url_verification with its challenge (is the signing secret the app's?); deliveries go on");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %hook.name, error = %describe(&e), "url_verification: the app cannot be reached yet; deliveries go on and are retried until it answers")
+            }
+        }
+    }
+
     async fn deliver(
         self: Arc<Self>,
         target: Arc<Target>,
@@ -470,7 +502,6 @@ impl Dispatcher {
         let hook = &target.settings;
         let rendered = target.format.render(&Attempt {
             event: &delivery.event,
-            keys: &target.keys,
             now: time::OffsetDateTime::now_utc().unix_timestamp(),
             previous: delivery.attempts,
         });
@@ -538,6 +569,8 @@ impl Dispatcher {
                             attempt.error = Some(format!("reply ignored: {why}"));
                         }
                     }
+                    Outcome::Delivered
+                } else if target.format.delivered_anyway(status.as_u16(), &bytes) {
                     Outcome::Delivered
                 } else if status == reqwest::StatusCode::GONE {
                     Outcome::Disabled {
@@ -725,16 +758,10 @@ fn build_targets(
             let disabled = state.disabled_reason.is_some();
             Some(Arc::new(Target {
                 url,
-                format: super::format::for_webhook(w.format),
+                format: super::format::for_webhook(w),
                 summary: DeliverySummary::default(),
                 meters: Meters::new(&w.name),
                 failing_since: Mutex::new(state.failing_since),
-                keys: w
-                    .secret
-                    .as_slice()
-                    .iter()
-                    .filter_map(|s| SigningKey::parse(s.expose()).ok())
-                    .collect(),
                 lane: lanes.register(&w.name, w.ordering == Ordering::None && !disabled),
                 slots: Arc::new(Semaphore::new(w.max_in_flight)),
                 disabled: AtomicBool::new(disabled),

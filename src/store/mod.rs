@@ -2,7 +2,7 @@
 //! and the send queue. Nothing is acknowledged before the store has committed it.
 //!
 //! The store is split by concern ([`EventLog`], [`DeliveryQueue`], [`WebhookState`],
-//! [`SendQueue`], [`SignedRequests`]); [`Store`] is all of them, and
+//! [`SendQueue`], [`SignedRequests`], [`IdMap`]); [`Store`] is all of them, and
 //! [`sqlite::SqliteStore`] implements it for one process. Errors are the backend's
 //! own mapped to [`StoreError`], and claims carry an owner and an expiry
 //! ([`Claimant`]), so a backend shared by several instances (Postgres, claims with
@@ -554,6 +554,21 @@ pub trait SendQueue: Send + Sync {
     async fn get_send(&self, id: &str) -> Result<Option<SendView>>;
 }
 
+/// Ids other protocols use for waas's own (a Slack `ts` for a send), kept so an id
+/// handed out once is accepted back, also after a restart.
+#[async_trait]
+pub trait IdMap: Send + Sync {
+    /// Remembers that `alias` (of `kind`) stands for `target`. False when the alias
+    /// already stands for something else (nothing is changed then).
+    async fn set_alias(&self, kind: &str, alias: &str, target: &str, now: Millis) -> Result<bool>;
+
+    /// What an alias stands for.
+    async fn alias_target(&self, kind: &str, alias: &str) -> Result<Option<String>>;
+
+    /// The alias of `kind` given to a target, if any.
+    async fn alias_of(&self, kind: &str, target: &str) -> Result<Option<String>>;
+}
+
 /// Signed requests seen, with their answers, so a replayed `webhook-id` acts once.
 #[async_trait]
 pub trait SignedRequests: Send + Sync {
@@ -569,9 +584,10 @@ pub trait SignedRequests: Send + Sync {
 /// the one it uses), one backend implementing them all.
 #[async_trait]
 pub trait Store:
-    EventLog + DeliveryQueue + WebhookState + SendQueue + SignedRequests + 'static
+    EventLog + DeliveryQueue + WebhookState + SendQueue + SignedRequests + IdMap + 'static
 {
-    /// Deletes delivered events, their attempts and finished sends older than `before`.
+    /// Deletes delivered events, their attempts, finished sends and id aliases older
+    /// than `before`.
     /// Returns how many events were pruned.
     async fn prune(&self, before: Millis) -> Result<u64>;
 

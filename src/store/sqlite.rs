@@ -570,6 +570,37 @@ impl SendQueue for SqliteStore {
 }
 
 #[async_trait]
+impl IdMap for SqliteStore {
+    async fn set_alias(&self, kind: &str, alias: &str, target: &str, now: Millis) -> Result<bool> {
+        let (kind, alias, target) = (kind.to_string(), alias.to_string(), target.to_string());
+        self.write(|r| Write::Alias(kind, alias, target, now, r))
+            .await
+    }
+
+    async fn alias_target(&self, kind: &str, alias: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT target FROM id_aliases WHERE kind = ? AND alias = ?")
+                .bind(kind)
+                .bind(alias)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn alias_of(&self, kind: &str, target: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT alias FROM id_aliases WHERE kind = ? AND target = ? LIMIT 1",
+            )
+            .bind(kind)
+            .bind(target)
+            .fetch_optional(&self.pool)
+            .await?,
+        )
+    }
+}
+
+#[async_trait]
 impl SignedRequests for SqliteStore {
     async fn begin_signed(&self, request: SignedRequest) -> Result<SignedBegin> {
         self.write(|r| Write::BeginSigned(request, r)).await

@@ -4,10 +4,12 @@
 //! store keeps the event, never a body rendered in one format's shape, so a retry
 //! renders again — to the same bytes — and a format never sees another's internals.
 
+pub mod slack;
 pub mod standard;
 
 use reqwest::header::{HeaderName, HeaderValue};
 
+use crate::config::{WebhookFormat, WebhookSettings};
 use crate::relay::signing::SigningKey;
 use crate::send::Content;
 use crate::store::StoredEvent;
@@ -21,8 +23,6 @@ pub struct Rendered {
 /// What one attempt is rendered for.
 pub struct Attempt<'a> {
     pub event: &'a StoredEvent,
-    /// The webhook's signing keys.
-    pub keys: &'a [SigningKey],
     /// Unix seconds of this attempt (signed with it).
     pub now: i64,
     /// Attempts made before this one (formats that announce retries use it).
@@ -36,13 +36,42 @@ pub trait Format: Send + Sync {
     /// The replies a successful response asks to send into the event's conversation
     /// (none for most responses), or why the response's reply is refused.
     fn replies(&self, event: &StoredEvent, response: &[u8]) -> Result<Vec<Content>, String>;
+
+    /// Whether a response that is not a 2xx still means the event arrived and retrying
+    /// would change nothing (Bolt's 404 for an event it has no listener for).
+    fn delivered_anyway(&self, _status: u16, _response: &[u8]) -> bool {
+        false
+    }
+
+    /// Whether this format carries events of this type at all (the others get no
+    /// delivery).
+    fn takes(&self, _event_type: &str) -> bool {
+        true
+    }
+
+    /// A request that proves the endpoint is the app it should be, sent when the
+    /// webhook starts or is reloaded (Slack's `url_verification`); `None` for none.
+    fn handshake(&self, _now: i64) -> Option<Rendered> {
+        None
+    }
 }
 
-/// The implementation for a configured `format`.
-pub fn for_webhook(format: crate::config::WebhookFormat) -> Box<dyn Format> {
-    match format {
-        crate::config::WebhookFormat::Standard | crate::config::WebhookFormat::Slack => {
-            Box::new(standard::Standard)
-        }
+/// The implementation for a configured webhook, with its secrets.
+pub fn for_webhook(webhook: &WebhookSettings) -> Box<dyn Format> {
+    let secrets = webhook.secret.as_slice();
+    match webhook.format {
+        WebhookFormat::Standard => Box::new(standard::Standard::new(
+            secrets
+                .iter()
+                .filter_map(|s| SigningKey::parse(s.expose()).ok())
+                .collect(),
+        )),
+        WebhookFormat::Slack => Box::new(slack::Slack::new(
+            &webhook.name,
+            secrets
+                .iter()
+                .map(|s| s.expose().as_bytes().to_vec())
+                .collect(),
+        )),
     }
 }

@@ -5,11 +5,22 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use super::{Attempt, Format, Rendered};
 use crate::event::format_millis;
-use crate::relay::signing::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, signature_header};
+use crate::relay::signing::{
+    SigningKey, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, signature_header,
+};
 use crate::send::{Content, parse_replies};
 use crate::store::StoredEvent;
 
-pub struct Standard;
+pub struct Standard {
+    /// The webhook's signing keys (several during a rotation: one signature each).
+    keys: Vec<SigningKey>,
+}
+
+impl Standard {
+    pub fn new(keys: Vec<SigningKey>) -> Standard {
+        Standard { keys }
+    }
+}
 
 /// The event body every delivery of it carries, and the pull API lists: identical bytes
 /// on every retry, since it is rendered from stored columns only.
@@ -31,7 +42,7 @@ impl Format for Standard {
     fn render(&self, attempt: &Attempt<'_>) -> Rendered {
         let event = attempt.event;
         let body = body(event);
-        let signature = signature_header(attempt.keys, &event.id, attempt.now, body.as_bytes());
+        let signature = signature_header(&self.keys, &event.id, attempt.now, body.as_bytes());
         let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
         for (name, value) in [
             (WEBHOOK_ID, event.id.clone()),

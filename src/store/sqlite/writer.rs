@@ -60,6 +60,8 @@ pub(super) enum Write {
     Claim(ClaimRequest, Reply<Claim<ClaimedRow>>),
     Release(String, Reply<()>),
     ClaimSends(SendClaimRequest, Reply<Claim<QueuedSend>>),
+    /// (kind, alias, target, now)
+    Alias(String, String, String, Millis, Reply<bool>),
     ReleaseSend(String, Reply<()>),
     Finish(Box<FinishedAttempt>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
@@ -442,6 +444,11 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Op
                 reply,
                 step(conn, |c| release_send(c, &id)),
             ),
+            Write::Alias(kind, alias, target, now, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| set_alias(c, &kind, &alias, &target, now)),
+            ),
             Write::Claim(request, reply) => answer(
                 &mut resource_failure,
                 reply,
@@ -616,6 +623,7 @@ fn fail(op: Write, msg: &str) {
         Write::Append(.., r) => r.send(err(msg)).is_ok(),
         Write::ClaimSends(_, r) => r.send(err(msg)).is_ok(),
         Write::ReleaseSend(_, r) => r.send(err(msg)).is_ok(),
+        Write::Alias(.., r) => r.send(err(msg)).is_ok(),
         Write::Claim(_, r) => r.send(err(msg)).is_ok(),
         Write::Release(_, r) => r.send(err(msg)).is_ok(),
         Write::Finish(_, r) => r.send(err(msg)).is_ok(),
@@ -983,6 +991,28 @@ fn defer(conn: &Connection, id: &str, at: Millis) -> Result<()> {
     Ok(())
 }
 
+fn set_alias(
+    conn: &Connection,
+    kind: &str,
+    alias: &str,
+    target: &str,
+    now: Millis,
+) -> Result<bool> {
+    let inserted = exec(
+        conn,
+        "INSERT INTO id_aliases (kind, alias, target, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (kind, alias) DO NOTHING",
+        params![kind, alias, target, now],
+    )?;
+    if inserted == 1 {
+        return Ok(true);
+    }
+    let existing: String = conn
+        .prepare_cached("SELECT target FROM id_aliases WHERE kind = ?1 AND alias = ?2")?
+        .query_row([kind, alias], |r| r.get(0))?;
+    Ok(existing == target)
+}
+
 fn release_send(conn: &Connection, id: &str) -> Result<()> {
     exec(
         conn,
@@ -1146,6 +1176,7 @@ fn prune(conn: &Connection, before: Millis) -> Result<u64> {
         "DELETE FROM sends WHERE status != 'queued' AND finished_at < ?1",
         [before],
     )?;
+    conn.execute("DELETE FROM id_aliases WHERE created_at < ?1", [before])?;
     // Signed requests older than retention are far outside the signature's 5-minute
     // window: a replay of one is refused as stale before the cache is asked.
     conn.execute(
