@@ -125,6 +125,15 @@ impl App {
         if puppets(&new) != puppets(old) {
             ignored.push("accounts and their puppets");
         }
+        let incoming = |s: &Settings| {
+            s.incoming
+                .iter()
+                .map(|h| (h.name.clone(), h.token.expose().to_string()))
+                .collect::<Vec<_>>()
+        };
+        if incoming(&new) != incoming(old) {
+            ignored.push("incoming");
+        }
         // The address that counts is the one bound at start (a new `listen` is ignored
         // until a restart), not the new file's.
         if !self.bound.ip().is_loopback() && !new.auth.is_configured() {

@@ -363,19 +363,22 @@ async fn the_web_api_answers_as_slack_does() {
     wait_sent(&app, json!({"contact": "bob"}), "just once").await;
     assert_eq!(sent_to(&app, json!({"contact": "bob"})).await.len(), 1);
 
-    // The ts waas gave out is known to chat.delete (recall is not driven yet); an
-    // unknown one is not.
+    // chat.delete takes back the ts waas gave out: the message is recalled; an unknown
+    // ts is not found.
     let ts = posted["ts"].as_str().unwrap();
+    let deleted = web_api(
+        &app,
+        "chat.delete",
+        BOT_TOKEN,
+        json!({"channel": "room1@chatroom", "ts": ts}),
+    )
+    .await;
     assert_eq!(
-        web_api(
-            &app,
-            "chat.delete",
-            BOT_TOKEN,
-            json!({"channel": "room1@chatroom", "ts": ts})
-        )
-        .await["error"],
-        "not_supported"
+        deleted,
+        json!({"ok": true, "channel": "room1@chatroom", "ts": ts})
     );
+    let recalled = wait_sent(&app, json!({"room": "room1@chatroom"}), "hey @Carol").await;
+    assert_eq!(recalled["recalled"], true);
     assert_eq!(
         web_api(
             &app,

@@ -46,6 +46,9 @@ fn puppet_error(e: PuppetError) -> ApiError {
         PuppetError::NotFound(m) => ApiError::not_found(m),
         PuppetError::Offline => ApiError::not_ready("the session is not logged in"),
         PuppetError::Failed(m) => ApiError::internal(m),
+        PuppetError::NotSupported(m) => {
+            ApiError::new(axum::http::StatusCode::NOT_IMPLEMENTED, "not_supported", m)
+        }
     }
 }
 

@@ -394,15 +394,30 @@ impl Call<'_> {
             Ok(None) => None,
             Err(_) => return slack_error("internal_error"),
         };
-        match send {
-            Some(send) if send.account == self.account.name => {
-                // Known: the message is waas's own. Recalling a sent WeChat message
-                // needs the puppet's recall, which waas does not drive yet.
-                log_not_supported("chat.delete");
+        let Some(send) = send.filter(|s| s.account == self.account.name) else {
+            return slack_error("message_not_found");
+        };
+        let message_id = match (send.status, send.message_id) {
+            (SendStatus::Sent, Some(id)) => id,
+            // Still queued (or never sent): there is nothing in WeChat to recall yet.
+            (SendStatus::Queued, _) => return slack_error("cant_delete_message"),
+            _ => return slack_error("message_not_found"),
+        };
+        match self.account.puppet.recall(&message_id).await {
+            Ok(()) => {
+                tracing::info!(send_id = %send.id, "message recalled (chat.delete)");
+                let channel = self.arg("channel").unwrap_or_default();
+                slack_ok(object(json!({"channel": channel, "ts": ts})))
+            }
+            Err(crate::puppet::PuppetError::NotSupported(why)) => {
+                tracing::warn!(reason = %why, "chat.delete answered not_supported");
                 slack_error("not_supported")
             }
-            Some(_) => slack_error("cant_delete_message"),
-            None => slack_error("message_not_found"),
+            Err(crate::puppet::PuppetError::NotFound(_)) => slack_error("message_not_found"),
+            Err(e) => {
+                tracing::warn!(error = %e, "chat.delete: the recall failed");
+                slack_error("cant_delete_message")
+            }
         }
     }
 

@@ -44,6 +44,9 @@ pub struct SentMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact_card: Option<String>,
     pub sent_at: String,
+    /// True once the bot recalled it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
 }
 
 /// An inbound message to simulate.
@@ -320,6 +323,22 @@ impl Puppet for MockPuppet {
         Ok(self.contacts.clone())
     }
 
+    async fn recall(&self, message_id: &str) -> Result<(), PuppetError> {
+        if self.session.state() != SessionState::LoggedIn {
+            return Err(PuppetError::Offline);
+        }
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        match sent.iter_mut().find(|m| m.id == message_id) {
+            Some(m) => {
+                m.recalled = true;
+                Ok(())
+            }
+            None => Err(PuppetError::NotFound(format!(
+                "no sent message `{message_id}`"
+            ))),
+        }
+    }
+
     async fn rooms(&self) -> Result<Vec<Room>, PuppetError> {
         Ok(self.rooms.iter().map(|(r, _)| r.clone()).collect())
     }
@@ -354,6 +373,7 @@ impl Puppet for MockPuppet {
             file: None,
             contact_card: None,
             sent_at: crate::event::format_millis(now_millis()),
+            recalled: false,
         };
         match content {
             Content::Text { text, mentions } => {

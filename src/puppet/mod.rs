@@ -185,6 +185,9 @@ pub enum PuppetError {
     /// The send failed for a reason that may pass.
     #[error("{0}")]
     Failed(String),
+    /// This puppet cannot do that at all.
+    #[error("{0}")]
+    NotSupported(String),
 }
 
 /// One WeChat session.
@@ -210,4 +213,12 @@ pub trait Puppet: Send + Sync + 'static {
 
     /// Sends one message; returns the puppet's id of the sent message.
     async fn send(&self, to: &Conversation, content: &Content) -> Result<String, PuppetError>;
+
+    /// Recalls a message the bot sent (WeChat allows it for two minutes).
+    async fn recall(&self, _message_id: &str) -> Result<(), PuppetError> {
+        Err(PuppetError::NotSupported(format!(
+            "the {} puppet cannot recall messages in this version",
+            self.kind().as_str()
+        )))
+    }
 }

@@ -223,7 +223,7 @@ impl Sender {
                 tracing::info!(send_id = %send.id, conversation = %send.conversation, message_id = %message_id, "message sent");
                 SendOutcome::Sent { message_id }
             }
-            Err(PuppetError::NotFound(error)) => {
+            Err(PuppetError::NotFound(error) | PuppetError::NotSupported(error)) => {
                 tracing::warn!(send_id = %send.id, error = %error, "send failed: recipient or content not found");
                 SendOutcome::Failed { error }
             }
