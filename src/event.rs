@@ -182,6 +182,16 @@ impl MessageData {
     }
 }
 
+/// Who a message goes to, as the request names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipient {
+    Contact(String),
+    Room(String),
+    ContactName(String),
+    RoomTopic(String),
+}
+
 /// One chat: a direct chat with a contact, or a room.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

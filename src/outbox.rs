@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::relay::dispatcher::Lanes;
+use crate::relay::lanes::Lanes;
 use crate::store::{
     Appended, Claimant, DueDelivery, Enqueued, NewDelivery, NewEvent, NewSend, RequeueChunk,
     Requeued, Result, SendStatus, Store, StoredEvent,

@@ -5,15 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Conversation, MessageData, now_millis};
 
-/// Who a message goes to, as the request names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Recipient {
-    Contact(String),
-    Room(String),
-    ContactName(String),
-    RoomTopic(String),
-}
+pub use crate::event::Recipient;
 
 /// A link card.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

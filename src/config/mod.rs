@@ -337,7 +337,7 @@ pub struct IncomingSettings {
     pub account: Option<String>,
     /// The chat: `{ room = "id" }`, `{ room_topic = "Ops" }`, `{ contact = "id" }` or
     /// `{ contact_name = "Alice" }`.
-    pub to: crate::send::Recipient,
+    pub to: crate::event::Recipient,
 }
 
 fn default_timeout() -> Duration {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering as AtomicOrde
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +21,7 @@ use super::retry::{next_delay, parse_retry_after};
 use crate::config::{Ordering, WebhookSettings};
 use crate::event::now_millis;
 use crate::outbox::Outbox;
+use crate::relay::lanes::{Lane, Lanes};
 use crate::store::{
     AttemptRecord, Claim, DueDelivery, FinishedAttempt, Outcome, Store, WebhookStats,
 };
@@ -31,89 +32,6 @@ const RESPONSE_PREFIX: usize = 1024;
 const PREFETCH_MIN: usize = 256;
 /// How much of a response is read at all (a reply may carry a small file).
 const RESPONSE_CAP: usize = 1 << 20;
-
-/// Most deliveries waiting in one lane before new ones go through the store instead.
-const HANDOFF_CAP: usize = 4096;
-
-/// The path from ingest to one webhook's dispatcher loop. A new delivery is created
-/// already claimed and handed over here in memory, so the hot path never reads back
-/// what it just wrote; retries, recovery after a restart, and webhooks with
-/// conversation ordering go through [`Store::claim_due`] instead.
-pub struct Lane {
-    notify: Notify,
-    queue: Mutex<VecDeque<DueDelivery>>,
-    /// Whether new deliveries may be handed over in memory (not for conversation
-    /// ordering, which needs the store's view of each chat, nor while disabled).
-    direct: AtomicBool,
-}
-
-impl Lane {
-    /// Takes up to `n` deliveries, oldest first. What is left stays here and counts
-    /// against [`HANDOFF_CAP`], so a webhook slower than ingest makes new deliveries go
-    /// through the store instead of piling up in memory.
-    fn take(&self, n: usize) -> Vec<DueDelivery> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let n = n.min(queue.len());
-        queue.drain(..n).collect()
-    }
-
-    fn take_all(&self) -> VecDeque<DueDelivery> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// Every webhook's [`Lane`], by name.
-#[derive(Default)]
-pub struct Lanes(RwLock<HashMap<String, Arc<Lane>>>);
-
-impl Lanes {
-    /// Wakes the loops of these webhooks (new work in the store).
-    pub fn wake(&self, webhooks: &[String]) {
-        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
-        for name in webhooks {
-            if let Some(lane) = map.get(name) {
-                lane.notify.notify_one();
-            }
-        }
-    }
-
-    /// Whether a new delivery to `webhook` can be handed over in memory now.
-    pub fn can_hand_off(&self, webhook: &str) -> bool {
-        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
-        map.get(webhook).is_some_and(|lane| {
-            lane.direct.load(AtomicOrdering::Relaxed)
-                && lane.queue.lock().unwrap_or_else(|e| e.into_inner()).len() < HANDOFF_CAP
-        })
-    }
-
-    /// Gives a delivery stored as claimed to its webhook's loop.
-    pub fn hand_off(&self, delivery: DueDelivery) {
-        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(lane) = map.get(&delivery.webhook) {
-            lane.queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back(delivery);
-            lane.notify.notify_one();
-        }
-    }
-
-    fn register(&self, name: &str, direct: bool) -> Arc<Lane> {
-        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let lane = map
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(Lane {
-                    notify: Notify::new(),
-                    queue: Mutex::new(VecDeque::new()),
-                    direct: AtomicBool::new(direct),
-                })
-            })
-            .clone();
-        lane.direct.store(direct, AtomicOrdering::Relaxed);
-        lane
-    }
-}
 
 /// One webhook as the dispatcher drives it.
 pub struct Target {
@@ -799,6 +717,7 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::lanes::HANDOFF_CAP;
     use crate::store::StoredEvent;
 
     fn delivery(n: usize) -> DueDelivery {
