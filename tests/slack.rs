@@ -195,6 +195,15 @@ async fn events_are_signed_as_slack_signs_and_retries_say_so() {
             r.iter().any(|r| r.json()["type"] == "url_verification")
         })
         .await;
+    // The test event is for standard webhooks; a Slack app gets messages only.
+    let (status, body) = app.post("/v1/webhooks/bolt/test", json!({})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages only")
+    );
     // Session events are not for a Slack app: only messages reach it.
     inject_mention(&app, "alice", "@MockBot\u{2005}ping").await;
     receiver
@@ -219,6 +228,13 @@ async fn events_are_signed_as_slack_signs_and_retries_say_so() {
         .into_iter()
         .filter(|r| r.json()["type"] == "event_callback")
         .collect();
+    assert!(
+        receiver.received().iter().all(|r| matches!(
+            r.json()["type"].as_str(),
+            Some("url_verification" | "event_callback")
+        )),
+        "only the handshake and messages reach a Slack app (no login, ready…)"
+    );
     let first = &calls[0];
     let body = first.json();
     assert_eq!(body["event"]["type"], "app_mention");
