@@ -71,8 +71,8 @@ impl Account {
         ));
         let sender = Arc::new(Sender::new(
             &account.name,
-            shared.store.clone(),
-            shared.outbox.claimant().clone(),
+            shared.outbox.clone(),
+            ingest.clone(),
             puppet.clone(),
             session.clone(),
             wake,

@@ -28,10 +28,12 @@ pub enum EventType {
     RoomInvite,
     Error,
     WebhookTest,
+    MessageSent,
+    MessageFailed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 14] = [
         EventType::Message,
         EventType::Scan,
         EventType::Login,
@@ -44,7 +46,19 @@ impl EventType {
         EventType::RoomInvite,
         EventType::Error,
         EventType::WebhookTest,
+        EventType::MessageSent,
+        EventType::MessageFailed,
     ];
+
+    /// Whether a webhook without an `events` filter receives this type. The send
+    /// receipts came after v0.1: a webhook gets them when it lists them, so a v0.1
+    /// configuration receives exactly what it did.
+    pub fn sent_by_default(self) -> bool {
+        !matches!(
+            self,
+            EventType::MessageSent | EventType::MessageFailed | EventType::WebhookTest
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +74,8 @@ impl EventType {
             EventType::RoomInvite => "room.invite",
             EventType::Error => "error",
             EventType::WebhookTest => "webhook.test",
+            EventType::MessageSent => "message.sent",
+            EventType::MessageFailed => "message.failed",
         }
     }
 }
@@ -281,6 +297,26 @@ pub enum EventData {
     WebhookTest {
         webhook: String,
     },
+    /// An outbound send went out (its receipt).
+    MessageSent(SendReceipt),
+    /// An outbound send failed for good.
+    MessageFailed(SendReceipt),
+}
+
+/// What became of one outbound send (`out_…`): the receipt of `message.sent` and
+/// `message.failed` events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendReceipt {
+    /// The send's id, as `POST /v1/messages` answered it.
+    pub id: String,
+    /// The recipient, as the send named it.
+    pub to: Recipient,
+    /// The puppet's id of the sent message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl EventData {
@@ -298,6 +334,8 @@ impl EventData {
             EventData::RoomInvite { .. } => EventType::RoomInvite,
             EventData::Error { .. } => EventType::Error,
             EventData::WebhookTest { .. } => EventType::WebhookTest,
+            EventData::MessageSent(_) => EventType::MessageSent,
+            EventData::MessageFailed(_) => EventType::MessageFailed,
         }
     }
 
@@ -339,6 +377,10 @@ impl EventData {
             EventData::Message(m) => Some(format!("message:{}", m.id)),
             EventData::Friendship { id, kind, .. } => Some(format!("friendship:{id}:{kind}")),
             EventData::RoomInvite { id, .. } => Some(format!("room.invite:{id}")),
+            // One receipt per send, however often its outcome is written.
+            EventData::MessageSent(r) | EventData::MessageFailed(r) => {
+                Some(format!("receipt:{}", r.id))
+            }
             _ => None,
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::{PuppetSettings, WebhookSettings};
 use crate::event::{BotRef, EventData, EventType, new_event_id, now_millis};
-use crate::outbox::{Outbox, Recipient};
+use crate::outbox::{Destination, Outbox};
 use crate::store::{Appended, NewEvent, StoreError};
 use time::OffsetDateTime;
 
@@ -55,7 +55,11 @@ impl WebhookRoute {
         if event_type == EventType::WebhookTest {
             return false;
         }
-        if !self.events.is_empty() && !self.events.contains(&event_type) {
+        if self.events.is_empty() {
+            if !event_type.sent_by_default() {
+                return false;
+            }
+        } else if !self.events.contains(&event_type) {
             return false;
         }
         let concerns_chat = data.conversation().is_some();
@@ -161,7 +165,7 @@ impl Ingest {
         let recipients = routes
             .iter()
             .filter(|r| r.takes_account(&self.account) && r.accepts(&data))
-            .map(|r| Recipient {
+            .map(|r| Destination {
                 webhook: r.name.clone(),
                 ordered: r.ordered,
             })
@@ -177,7 +181,7 @@ impl Ingest {
     ) -> Result<Appended, StoreError> {
         let recipients = hooks
             .into_iter()
-            .map(|webhook| Recipient {
+            .map(|webhook| Destination {
                 webhook,
                 ordered: false,
             })
@@ -189,13 +193,37 @@ impl Ingest {
     async fn append_to(
         &self,
         data: EventData,
-        recipients: Vec<Recipient>,
+        recipients: Vec<Destination>,
     ) -> Result<Appended, StoreError> {
+        let event = self.new_event(&data);
+        self.outbox.record_event(event, recipients).await
+    }
+
+    /// An event of this account, and the webhooks that take it, for a caller that
+    /// commits it with other work (a send's receipt, with the send's outcome).
+    pub fn prepare(&self, data: &EventData) -> (NewEvent, Vec<Destination>) {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let recipients = routes
+            .iter()
+            .filter(|r| r.takes_account(&self.account) && r.accepts(data))
+            .map(|r| Destination {
+                webhook: r.name.clone(),
+                ordered: r.ordered,
+            })
+            .collect();
+        (self.new_event(data), recipients)
+    }
+
+    fn new_event(&self, data: &EventData) -> NewEvent {
         let bot_json = {
             let bot = self.bot.read().unwrap_or_else(|e| e.into_inner());
             serde_json::to_string(&*bot).unwrap_or_else(|_| "{}".into())
         };
-        let event = NewEvent {
+        NewEvent {
             id: new_event_id(),
             event_type: data.event_type().as_str(),
             dedup_key: data.dedup_key().map(|k| self.scoped(k)),
@@ -203,9 +231,8 @@ impl Ingest {
             created_at: now_millis(),
             account: self.account.clone(),
             bot_json,
-            data_json: serde_json::to_string(&data).unwrap_or_else(|_| "{}".into()),
-        };
-        self.outbox.record_event(event, recipients).await
+            data_json: serde_json::to_string(data).unwrap_or_else(|_| "{}".into()),
+        }
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::relay::lanes::Lanes;
 use crate::store::{
-    Appended, Claimant, DueDelivery, Enqueued, NewDelivery, NewEvent, NewSend, RequeueChunk,
-    Requeued, Result, SendStatus, Store, StoredEvent,
+    Appended, Claimant, DueDelivery, Enqueued, NewDelivery, NewEvent, NewSend, QueuedSend, Receipt,
+    RequeueChunk, Requeued, Result, SendOutcome, SendStatus, Store, StoredEvent,
 };
 
 /// How long a claim on a delivery or a send lasts before another instance may take the
@@ -26,7 +26,7 @@ pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
 
 /// A webhook an event is recorded for.
 #[derive(Debug, Clone)]
-pub struct Recipient {
+pub struct Destination {
     pub webhook: String,
     /// The webhook keeps conversation order: the delivery carries its conversation.
     pub ordered: bool,
@@ -60,6 +60,11 @@ impl Outbox {
         }
     }
 
+    /// The store the outbox writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Who this instance claims work as.
     pub fn claimant(&self) -> &Claimant {
         &self.claimant
@@ -77,7 +82,7 @@ impl Outbox {
     pub async fn record_event(
         &self,
         event: NewEvent,
-        recipients: Vec<Recipient>,
+        recipients: Vec<Destination>,
     ) -> Result<Appended> {
         let deliveries: Vec<NewDelivery> = recipients
             .into_iter()
@@ -152,6 +157,50 @@ impl Outbox {
             self.sends_queued(&account);
         }
         Ok(enqueued)
+    }
+
+    /// Records a send's outcome, with its receipt event (if any) for the webhooks that
+    /// take it, in one transaction; then wakes those webhooks and the feed.
+    pub async fn finish_send(
+        &self,
+        send: &QueuedSend,
+        outcome: SendOutcome,
+        now: i64,
+        receipt: Option<(NewEvent, Vec<Destination>)>,
+    ) -> Result<()> {
+        let (receipt, webhooks) = match receipt {
+            Some((event, destinations)) => {
+                let webhooks: Vec<String> =
+                    destinations.iter().map(|d| d.webhook.clone()).collect();
+                let deliveries = destinations
+                    .into_iter()
+                    .map(|d| NewDelivery {
+                        id: format!("dlv_{}", ulid::Ulid::new()),
+                        claimed: false,
+                        conversation: if d.ordered {
+                            event.conversation.clone()
+                        } else {
+                            None
+                        },
+                        webhook: d.webhook,
+                    })
+                    .collect();
+                (Some(Receipt { event, deliveries }), webhooks)
+            }
+            None => (None, Vec::new()),
+        };
+        let appended = self.store.finish_send(send, outcome, now, receipt).await?;
+        if let Some(appended) = appended.filter(|a| !a.duplicate) {
+            self.lanes.wake(&webhooks);
+            self.last_seq.send_if_modified(|s| {
+                let newer = appended.seq > *s;
+                if newer {
+                    *s = appended.seq;
+                }
+                newer
+            });
+        }
+        Ok(())
     }
 
     /// Wakes `account`'s sender: sends were committed for it elsewhere (the replies a

@@ -340,3 +340,71 @@ fn send_py_says_when_the_secret_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WAAS_SIGNING_SECRET is not set"), "{err}");
 }
+
+#[tokio::test]
+async fn every_final_send_outcome_has_its_receipt_event() {
+    let receipts = common::TestReceiver::start().await;
+    let everything = common::TestReceiver::start().await;
+    let app = spawn_app(&format!(
+        "{}{}{}",
+        auth_config(),
+        common::webhook(
+            "receipts",
+            &receipts,
+            "events = [\"message.sent\", \"message.failed\"]"
+        ),
+        common::webhook("everything", &everything, ""),
+    ))
+    .await;
+    let (status, sent) = app
+        .post(
+            "/v1/messages?wait=5s",
+            json!({"to": {"contact": "alice"}, "text": "receipt please"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    // The mock refuses a mention of someone who is not in the room: a final failure.
+    let (status, failed) = app
+        .post(
+            "/v1/messages?wait=5s",
+            json!({"to": {"room_topic": "Mock Room"}, "text": "hi", "mentions": ["nobody"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{failed}");
+    assert_eq!(failed["status"], "failed");
+    receipts
+        .wait_for(10, "two receipts", |r| r.len() >= 2)
+        .await;
+    let got: Vec<Value> = receipts.received().iter().map(|r| r.json()).collect();
+    let of = |t: &str| got.iter().find(|e| e["type"] == t).cloned().unwrap();
+    let ok = of("message.sent");
+    assert_eq!(ok["data"]["id"], sent["id"]);
+    assert_eq!(ok["data"]["to"], json!({"contact": "alice"}));
+    assert_eq!(ok["data"]["message_id"], sent["message_id"]);
+    let bad = of("message.failed");
+    assert_eq!(bad["data"]["id"], failed["id"]);
+    assert_eq!(bad["data"]["to"], json!({"room_topic": "Mock Room"}));
+    assert!(
+        bad["data"]["error"].as_str().unwrap().contains("nobody"),
+        "{bad}"
+    );
+    // In the pull API too; a webhook without an `events` filter keeps v0.1's types.
+    let (_, page) = app
+        .get("/v1/events?types=message.sent,message.failed")
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    app.post("/v1/webhooks/everything/test", json!({})).await;
+    everything
+        .wait_for(10, "the test event", |r| {
+            r.iter().any(|r| r.json()["type"] == "webhook.test")
+        })
+        .await;
+    assert!(
+        everything
+            .received()
+            .iter()
+            .all(|r| !r.json()["type"].as_str().unwrap().starts_with("message.")),
+        "receipts go to webhooks that list them"
+    );
+    app.stop().await;
+}

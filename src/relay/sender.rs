@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SendSettings;
-use crate::event::now_millis;
+use crate::event::{EventData, SendReceipt, now_millis};
+use crate::ingest::Ingest;
+use crate::outbox::Outbox;
 use crate::puppet::{Puppet, PuppetError, SessionHandle, SessionState};
 use crate::send::SendRequest;
 use crate::store::{Claimant, QueuedSend, SendOutcome, Store};
@@ -68,6 +70,10 @@ pub struct Sender {
     /// The account whose queued sends this sender takes.
     account: String,
     store: Arc<dyn Store>,
+    /// Where outcomes and their receipts are recorded.
+    outbox: Arc<Outbox>,
+    /// Routes the receipts as the account's events.
+    ingest: Arc<Ingest>,
     /// Who this sender claims sends as.
     claimant: Claimant,
     puppet: Arc<dyn Puppet>,
@@ -82,8 +88,8 @@ pub struct Sender {
 impl Sender {
     pub fn new(
         account: &str,
-        store: Arc<dyn Store>,
-        claimant: Claimant,
+        outbox: Arc<Outbox>,
+        ingest: Arc<Ingest>,
         puppet: Arc<dyn Puppet>,
         session: SessionHandle,
         notify: Arc<Notify>,
@@ -91,8 +97,10 @@ impl Sender {
     ) -> Sender {
         Sender {
             account: account.to_string(),
-            store,
-            claimant,
+            store: outbox.store().clone(),
+            claimant: outbox.claimant().clone(),
+            outbox,
+            ingest,
             puppet,
             session,
             notify,
@@ -207,7 +215,8 @@ impl Sender {
         _permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let result = match serde_json::from_str::<SendRequest>(&send.request_json) {
+        let request = serde_json::from_str::<SendRequest>(&send.request_json);
+        let result = match &request {
             Ok(request) => match self.puppet.resolve(&request.to).await {
                 Ok(conversation) => self.puppet.send(&conversation, &request.content).await,
                 Err(e) => Err(e),
@@ -252,10 +261,33 @@ impl Sender {
         };
         metrics::counter!("waas_sends_total", "account" => self.account.clone(), "outcome" => label)
             .increment(1);
+        // A final outcome has its receipt (`message.sent`, `message.failed`), committed
+        // with it.
+        let receipt = match (&outcome, &request) {
+            (SendOutcome::Sent { message_id }, Ok(request)) => {
+                Some(EventData::MessageSent(SendReceipt {
+                    id: send.id.clone(),
+                    to: request.to.clone(),
+                    message_id: Some(message_id.clone()).filter(|m| !m.is_empty()),
+                    error: None,
+                }))
+            }
+            (SendOutcome::Failed { error }, Ok(request)) => {
+                Some(EventData::MessageFailed(SendReceipt {
+                    id: send.id.clone(),
+                    to: request.to.clone(),
+                    message_id: None,
+                    error: Some(error.clone()),
+                }))
+            }
+            _ => None,
+        }
+        .map(|data| self.ingest.prepare(&data));
         // The send stays claimed until its outcome is recorded, however long the store
         // takes to recover: releasing it would send it again.
         match crate::store::until_stored("the outcome of a send", &send.id, &shutdown, || {
-            self.store.finish_send(&send, outcome.clone(), now)
+            self.outbox
+                .finish_send(&send, outcome.clone(), now, receipt.clone())
         })
         .await
         {

@@ -337,6 +337,13 @@ pub struct Enqueued {
     pub replayed: bool,
 }
 
+/// The event that tells what became of a send, with its deliveries.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub event: NewEvent,
+    pub deliveries: Vec<NewDelivery>,
+}
+
 /// A queued send the sender now owns.
 #[derive(Debug, Clone)]
 pub struct QueuedSend {
@@ -539,11 +546,17 @@ pub trait SendQueue: Send + Sync {
         now: Millis,
     ) -> Result<Claim<QueuedSend>>;
 
-    /// Records a claimed send's outcome and releases the claim. A send whose outcome
-    /// could not be recorded stays claimed: it went out (or was tried), and claiming it
-    /// again would send it twice.
-    async fn finish_send(&self, send: &QueuedSend, outcome: SendOutcome, now: Millis)
-    -> Result<()>;
+    /// Records a claimed send's outcome and releases the claim, with its receipt event
+    /// (and the receipt's deliveries, created unclaimed) in the same transaction. A send
+    /// whose outcome could not be recorded stays claimed: it went out (or was tried), and
+    /// claiming it again would send it twice. Answers the receipt as appended.
+    async fn finish_send(
+        &self,
+        send: &QueuedSend,
+        outcome: SendOutcome,
+        now: Millis,
+        receipt: Option<Receipt>,
+    ) -> Result<Option<Appended>>;
 
     /// Puts a claimed send back, not before `at` (pacing), without counting an attempt.
     async fn defer_send(&self, send: &QueuedSend, at: Millis) -> Result<()>;

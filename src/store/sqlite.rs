@@ -532,12 +532,15 @@ impl SendQueue for SqliteStore {
         send: &QueuedSend,
         outcome: SendOutcome,
         now: Millis,
-    ) -> Result<()> {
+        receipt: Option<Receipt>,
+    ) -> Result<Option<Appended>> {
         // A send whose outcome is not recorded stays claimed (its row is unchanged): it
         // went out (or was tried), and claiming it again would send it again. The
         // caller retries the write.
         let id = send.id.clone();
-        self.write(|r| Write::FinishSend(id, outcome, now, r)).await
+        let receipt = receipt.map(Box::new);
+        self.write(|r| Write::FinishSend(id, outcome, now, receipt, r))
+            .await
     }
 
     async fn defer_send(&self, send: &QueuedSend, at: Millis) -> Result<()> {
@@ -862,7 +865,10 @@ mod tests {
         let sent = SendOutcome::Sent {
             message_id: "m1".into(),
         };
-        store.finish_send(&taken.items[0], sent, 200).await.unwrap();
+        store
+            .finish_send(&taken.items[0], sent, 200, None)
+            .await
+            .unwrap();
         store.release_send("out_3").await.unwrap();
         let next = store.claim_sends(&mine, "default", 10, 300).await.unwrap();
         assert_eq!(ids(&next), ["out_2", "out_3"]);

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Synchronous;
 use crate::store::{
     Appended, AttemptRecord, Claim, Enqueued, FinishedAttempt, Millis, NewDelivery, NewEvent,
-    NewSend, Ordering, Outcome, QueuedSend, RecordedAnswer, RequeueChunk, Requeued, Result,
-    SendOutcome, SendStatus, SendView, SignedBegin, SignedRequest, StoreError,
+    NewSend, Ordering, Outcome, QueuedSend, Receipt, RecordedAnswer, RequeueChunk, Requeued,
+    Result, SendOutcome, SendStatus, SendView, SignedBegin, SignedRequest, StoreError,
 };
 
 /// What the WAL is truncated to after a checkpoint (bytes).
@@ -65,7 +65,13 @@ pub(super) enum Write {
     ReleaseSend(String, Reply<()>),
     Finish(Box<FinishedAttempt>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
-    FinishSend(String, SendOutcome, Millis, Reply<()>),
+    FinishSend(
+        String,
+        SendOutcome,
+        Millis,
+        Option<Box<Receipt>>,
+        Reply<Option<Appended>>,
+    ),
     Defer(String, Millis, Reply<()>),
     Retry(String, Millis, Reply<Option<String>>),
     Requeue(RequeueChunk, Reply<Requeued>),
@@ -469,10 +475,15 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Op
                 reply,
                 step(conn, |c| enqueue(c, &send)),
             ),
-            Write::FinishSend(id, outcome, now, reply) => answer(
+            Write::FinishSend(id, outcome, now, receipt, reply) => answer(
                 &mut resource_failure,
                 reply,
-                step(conn, |c| finish_send(c, &id, &outcome, now)),
+                counted(conn, &mut counts, |c, n| {
+                    finish_send(c, &id, &outcome, now)?;
+                    receipt
+                        .map(|r| append(c, &r.event, &r.deliveries, 0, n))
+                        .transpose()
+                }),
             ),
             Write::Defer(id, at, reply) => answer(
                 &mut resource_failure,
