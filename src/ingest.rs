@@ -157,20 +157,11 @@ impl Ingest {
                 return Ok(Recorded::Skipped("older than puppet.skip_older_than"));
             }
         }
-        let routes = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let recipients = routes
-            .iter()
-            .filter(|r| r.takes_account(&self.account) && r.accepts(&data))
-            .map(|r| Destination {
-                webhook: r.name.clone(),
-                ordered: r.ordered,
-            })
-            .collect();
-        self.append_to(data, recipients).await.map(Recorded::Stored)
+        let (event, destinations) = self.prepare(&data);
+        self.outbox
+            .record_event(event, destinations)
+            .await
+            .map(Recorded::Stored)
     }
 
     /// Stores an event for exactly these webhooks, bypassing filters (`webhook.test`).
