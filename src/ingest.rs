@@ -170,24 +170,16 @@ impl Ingest {
         data: EventData,
         hooks: Vec<String>,
     ) -> Result<Appended, StoreError> {
-        let recipients = hooks
+        let destinations = hooks
             .into_iter()
             .map(|webhook| Destination {
                 webhook,
                 ordered: false,
             })
             .collect();
-        self.append_to(data, recipients).await
-    }
-
-    /// Stores an event for these webhooks.
-    async fn append_to(
-        &self,
-        data: EventData,
-        recipients: Vec<Destination>,
-    ) -> Result<Appended, StoreError> {
-        let event = self.new_event(&data);
-        self.outbox.record_event(event, recipients).await
+        self.outbox
+            .record_event(self.new_event(&data), destinations)
+            .await
     }
 
     /// An event of this account, and the webhooks that take it, for a caller that

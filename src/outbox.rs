@@ -134,14 +134,19 @@ impl Outbox {
             }
         }
         self.lanes.wake(&to_wake);
+        self.stored(appended.seq);
+        Ok(appended)
+    }
+
+    /// Tells the feed and long polls that events up to `seq` are stored.
+    fn stored(&self, seq: i64) {
         self.last_seq.send_if_modified(|s| {
-            let newer = appended.seq > *s;
+            let newer = seq > *s;
             if newer {
-                *s = appended.seq;
+                *s = seq;
             }
             newer
         });
-        Ok(appended)
     }
 
     /// Commits a send, then wakes its account's sender. Also on an idempotent replay
@@ -192,13 +197,7 @@ impl Outbox {
         let appended = self.store.finish_send(send, outcome, now, receipt).await?;
         if let Some(appended) = appended.filter(|a| !a.duplicate) {
             self.lanes.wake(&webhooks);
-            self.last_seq.send_if_modified(|s| {
-                let newer = appended.seq > *s;
-                if newer {
-                    *s = appended.seq;
-                }
-                newer
-            });
+            self.stored(appended.seq);
         }
         Ok(())
     }

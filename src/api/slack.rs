@@ -12,7 +12,7 @@
 //! against the directory, answered only once committed.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -166,12 +166,9 @@ const NOT_SUPPORTED: &[&str] = &[
 ];
 
 fn log_not_supported(method: &str) {
-    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    static SEEN: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if seen
-        .get_or_insert_with(HashSet::new)
-        .insert(method.to_string())
-    {
+    if seen.insert(method.to_string()) {
         tracing::warn!(
             method,
             "a Slack app called a Web API method WeChat cannot do; it is answered `not_supported`"
