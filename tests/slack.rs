@@ -243,7 +243,7 @@ async fn events_are_signed_as_slack_signs_and_retries_say_so() {
     assert_eq!(body["event"]["user"], "alice");
     assert_eq!(body["event"]["text"], "<@bot-user> ping");
     assert_eq!(body["team_id"], "default");
-    assert_eq!(body["api_app_id"], "ABOLT");
+    assert_eq!(body["api_app_id"], "Abolt");
     assert_eq!(body["authorizations"][0]["user_id"], "bot-user");
     let ts = body["event"]["ts"].as_str().unwrap();
     assert!(
@@ -322,7 +322,7 @@ async fn the_web_api_answers_as_slack_does() {
     let me = web_api(&app, "auth.test", BOT_TOKEN, json!({})).await;
     assert_eq!(me["ok"], true);
     assert_eq!(me["user_id"], "bot-user");
-    assert_eq!(me["bot_id"], "BBOLT");
+    assert_eq!(me["bot_id"], "Bbolt");
     assert_eq!(me["team_id"], "default");
     assert_eq!(
         web_api(&app, "chat.fly", BOT_TOKEN, json!({})).await["error"],

@@ -57,14 +57,14 @@ impl Slack {
     }
 }
 
-/// A Slack app id for a webhook: `A` and its name in capitals.
+/// A Slack app id for a webhook, as the contract gives it: `A` and its name.
 pub fn app_id(webhook: &str) -> String {
-    format!("A{}", webhook.to_ascii_uppercase().replace('-', "_"))
+    format!("A{webhook}")
 }
 
-/// A bot id for a webhook's app: `B` and its name in capitals.
+/// A bot id for a webhook's app: `B` and its name (stable, like the app id).
 pub fn bot_id(webhook: &str) -> String {
-    format!("B{}", webhook.to_ascii_uppercase().replace('-', "_"))
+    format!("B{webhook}")
 }
 
 /// `v0=` and the lowercase hex HMAC-SHA256 of `v0:{timestamp}:{body}`.
