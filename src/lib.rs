@@ -11,6 +11,7 @@
 //!       relay::dispatcher ──► signed POST (relay::format) ──► reply in the response
 //! ```
 //!
+//! - [`action`]: operations other than sends (recall, rooms, friendships), queued like sends.
 //! - [`account`]: one WeChat login — its puppet, session, ingest and sender.
 //! - [`address`]: which addresses waas may call, and URLs shown without secrets.
 //! - [`config`]: settings, layered defaults → file → environment.
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod action;
 pub mod address;
 pub mod api;
 pub mod app;

@@ -41,6 +41,8 @@ pub enum Content {
     },
     Link(Link),
     File(FileRef),
+    /// An image, sent as a WeChat image (not as a file).
+    Image(FileRef),
     /// Shares the card of the contact with this id.
     ContactCard(String),
 }
@@ -58,6 +60,8 @@ pub struct ContentBody {
     #[serde(default)]
     pub file: Option<FileRef>,
     #[serde(default)]
+    pub image: Option<FileRef>,
+    #[serde(default)]
     pub contact_card: Option<String>,
 }
 
@@ -67,12 +71,13 @@ pub struct ContentBody {
 pub struct InvalidSend(pub String);
 
 impl ContentBody {
-    /// Exactly one of `text`, `link`, `file`, `contact_card`.
+    /// Exactly one of `text`, `link`, `file`, `image`, `contact_card`.
     pub fn into_content(self) -> Result<Content, InvalidSend> {
         let given = [
             self.text.is_some(),
             self.link.is_some(),
             self.file.is_some(),
+            self.image.is_some(),
             self.contact_card.is_some(),
         ]
         .iter()
@@ -80,7 +85,7 @@ impl ContentBody {
         .count();
         if given != 1 {
             return Err(InvalidSend(
-                "give exactly one of `text`, `link`, `file` or `contact_card`".into(),
+                "give exactly one of `text`, `link`, `file`, `image` or `contact_card`".into(),
             ));
         }
         if self.mentions.is_some() && self.text.is_none() {
@@ -102,31 +107,12 @@ impl ContentBody {
             return Ok(Content::Link(link));
         }
         if let Some(file) = self.file {
-            if file.url.is_some() == file.base64.is_some() {
-                return Err(InvalidSend(
-                    "`file` needs exactly one of `url` or `base64`".into(),
-                ));
-            }
-            check_file_name(&file.name)?;
-            if let Some(data) = &file.base64 {
-                use base64::Engine;
-                use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
-                const LENIENT: GeneralPurpose = GeneralPurpose::new(
-                    &base64::alphabet::STANDARD,
-                    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
-                );
-                let compact: String = data
-                    .chars()
-                    .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n'))
-                    .collect();
-                if LENIENT.decode(compact.as_bytes()).is_err() {
-                    return Err(InvalidSend(
-                        "`file.base64` is not valid base64 (standard alphabet, with padding)"
-                            .into(),
-                    ));
-                }
-            }
+            check_file_ref("file", &file)?;
             return Ok(Content::File(file));
+        }
+        if let Some(image) = self.image {
+            check_file_ref("image", &image)?;
+            return Ok(Content::Image(image));
         }
         match self.contact_card {
             Some(id) if !id.is_empty() => Ok(Content::ContactCard(id)),
@@ -135,19 +121,52 @@ impl ContentBody {
     }
 }
 
+/// `url` or `base64` (exactly one; base64 that decodes), and a plain file name.
+fn check_file_ref(field: &str, file: &FileRef) -> Result<(), InvalidSend> {
+    if file.url.is_some() == file.base64.is_some() {
+        return Err(InvalidSend(format!(
+            "`{field}` needs exactly one of `url` or `base64`"
+        )));
+    }
+    check_file_name(field, &file.name)?;
+    if let Some(data) = &file.base64
+        && decode_base64(data).is_none()
+    {
+        return Err(InvalidSend(format!(
+            "`{field}.base64` is not valid base64 (standard alphabet, with padding)"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes standard base64, ignoring whitespace and line breaks.
+pub fn decode_base64(data: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    let compact: String = data
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n'))
+        .collect();
+    LENIENT.decode(compact.as_bytes()).ok()
+}
+
 /// A file name is a name, not a path: no separators, no `..`, no control characters.
-fn check_file_name(name: &str) -> Result<(), InvalidSend> {
+pub fn check_file_name(field: &str, name: &str) -> Result<(), InvalidSend> {
     if name.trim().is_empty() {
-        return Err(InvalidSend("`file.name` must not be empty".into()));
+        return Err(InvalidSend(format!("`{field}.name` must not be empty")));
     }
     if name.chars().count() > 255
         || name.contains(['/', '\\'])
         || name.chars().all(|c| c == '.' || c.is_whitespace())
         || name.chars().any(char::is_control)
     {
-        return Err(InvalidSend(
-            "`file.name` must be a plain file name (at most 255 bytes, no `/`, `\\`, `..` or control characters), like `report.pdf`".into(),
-        ));
+        return Err(InvalidSend(format!(
+            "`{field}.name` must be a plain file name (at most 255 bytes, no `/`, `\\`, `..` or control characters), like `report.pdf`"
+        )));
     }
     Ok(())
 }
@@ -158,6 +177,7 @@ impl Content {
     pub fn check_urls(&self, allow_private: bool) -> Result<(), InvalidSend> {
         let (field, url) = match self {
             Content::File(FileRef { url: Some(url), .. }) => ("file.url", url),
+            Content::Image(FileRef { url: Some(url), .. }) => ("image.url", url),
             Content::Link(Link {
                 thumbnail_url: Some(url),
                 ..
@@ -186,6 +206,9 @@ pub struct SendBody {
     pub link: Option<Link>,
     #[serde(default)]
     pub file: Option<FileRef>,
+    /// An image, shown as a picture in the chat.
+    #[serde(default)]
+    pub image: Option<FileRef>,
     /// The id of a contact whose card to share.
     #[serde(default)]
     pub contact_card: Option<String>,
@@ -199,6 +222,7 @@ impl SendBody {
             mentions: self.mentions,
             link: self.link,
             file: self.file,
+            image: self.image,
             contact_card: self.contact_card,
         }
         .into_content()?;
@@ -218,16 +242,35 @@ pub fn new_send(
     idempotency_key: Option<String>,
     now: i64,
 ) -> crate::store::NewSend {
-    use sha2::{Digest, Sha256};
     let request_json = serde_json::to_string(&request).unwrap_or_default();
+    queue_row(
+        "out",
+        account,
+        request_json,
+        conversation.key(),
+        idempotency_key,
+        now,
+    )
+}
+
+/// A row of the send queue: a fresh `{prefix}_…` id, the request and its digest.
+pub(crate) fn queue_row(
+    prefix: &str,
+    account: &str,
+    request_json: String,
+    conversation: String,
+    idempotency_key: Option<String>,
+    now: i64,
+) -> crate::store::NewSend {
+    use sha2::{Digest, Sha256};
     let digest = Sha256::digest(request_json.as_bytes());
     crate::store::NewSend {
-        id: format!("out_{}", ulid::Ulid::new()),
+        id: format!("{prefix}_{}", ulid::Ulid::new()),
         account: account.to_string(),
         idempotency_key,
         request_hash: digest.iter().map(|b| format!("{b:02x}")).collect(),
         request_json,
-        conversation: conversation.key(),
+        conversation,
         created_at: now,
     }
 }

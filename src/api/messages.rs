@@ -180,7 +180,7 @@ fn describe(to: &Recipient) -> String {
 }
 
 /// Waits until the send is no longer queued, or `wait` passes.
-async fn wait_for_outcome(
+pub(super) async fn wait_for_outcome(
     app: &AppState,
     id: &str,
     wait: Duration,

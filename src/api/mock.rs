@@ -11,13 +11,18 @@ use serde::{Deserialize, Serialize};
 use super::{Acct, ApiError, ApiJson, AppState};
 use crate::account::Account;
 use crate::ingest::Recorded;
-use crate::puppet::mock::{Injection, MockError, MockPuppet, SentMessage};
+use crate::puppet::mock::{FriendRequest, Injection, MockError, MockPuppet, SentMessage, Someone};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/mock/messages", post(inject))
         .route("/v1/mock/sent", get(sent))
         .route("/v1/mock/scan", post(scan))
+        .route(
+            "/v1/mock/friendships",
+            post(friend_request).get(friend_requests),
+        )
+        .route("/v1/mock/room-invitations", post(room_invitation))
 }
 
 fn mock(account: &Account) -> Result<Arc<MockPuppet>, ApiError> {
@@ -117,13 +122,116 @@ pub(super) async fn inject(
                 skipped: Some(reason),
             }),
         )),
-        Err(MockError::Invalid(m)) => Err(ApiError::invalid(m)),
-        Err(MockError::NotFound(m)) => Err(ApiError::not_found(m)),
-        Err(e @ (MockError::NotLoggedIn | MockError::NotRunning)) => {
-            Err(ApiError::not_ready(e.to_string()))
-        }
-        Err(MockError::Store(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
+}
+
+impl From<MockError> for ApiError {
+    fn from(e: MockError) -> ApiError {
+        match e {
+            MockError::Invalid(m) => ApiError::invalid(m),
+            MockError::NotFound(m) => ApiError::not_found(m),
+            e @ (MockError::NotLoggedIn | MockError::NotRunning) => {
+                ApiError::not_ready(e.to_string())
+            }
+            MockError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A simulated friend request to the bot.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FriendRequestBody {
+    /// A contact id or name, or `{"id", "name"}` for someone the bot does not know.
+    #[schema(value_type = Object)]
+    from: Someone,
+    #[serde(default)]
+    hello: Option<String>,
+}
+
+/// A simulated invitation into a room.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationBody {
+    /// A contact id or name, or `{"id", "name"}` for someone the bot does not know.
+    #[schema(value_type = Object)]
+    from: Someone,
+    room: InvitedRoom,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitedRoom {
+    /// The room's id (with `@`, like `friends@chatroom`).
+    id: String,
+    topic: String,
+}
+
+/// The stored event and the id to accept.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Raised {
+    /// The stored event (`friendship` or `room.invite`).
+    event_id: String,
+    /// The request's id, for `POST /v1/friendships/{id}/accept` or
+    /// `POST /v1/room-invitations/{id}/accept`.
+    id: String,
+}
+
+fn raised(recorded: Recorded, id: String) -> Result<(StatusCode, Json<Raised>), ApiError> {
+    match recorded {
+        Recorded::Stored(a) => Ok((StatusCode::CREATED, Json(Raised { event_id: a.id, id }))),
+        Recorded::Skipped(reason) => Err(ApiError::invalid(format!(
+            "the event was not stored: {reason}"
+        ))),
+    }
+}
+
+/// Raises a friend request to the bot: a `friendship` event of kind `receive`.
+#[utoipa::path(
+    post, path = "/v1/mock/friendships", operation_id = "mock_friend_request", tag = "mock",
+    request_body = FriendRequestBody,
+    responses((status = 201, description = "Stored", body = Raised))
+)]
+pub(super) async fn friend_request(
+    Acct(account): Acct,
+    ApiJson(body): ApiJson<FriendRequestBody>,
+) -> Result<(StatusCode, Json<Raised>), ApiError> {
+    let (recorded, id) = mock(&account)?
+        .request_friendship(body.from, body.hello)
+        .await?;
+    raised(recorded, id)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FriendRequestList {
+    requests: Vec<FriendRequest>,
+}
+
+/// The friend requests the bot made (`POST /v1/friendships`), oldest first.
+#[utoipa::path(get, path = "/v1/mock/friendships", operation_id = "mock_list_friend_requests", tag = "mock", responses((status = 200, body = FriendRequestList)))]
+pub(super) async fn friend_requests(
+    Acct(account): Acct,
+) -> Result<Json<FriendRequestList>, ApiError> {
+    Ok(Json(FriendRequestList {
+        requests: mock(&account)?.requested(),
+    }))
+}
+
+/// Raises an invitation into a room: a `room.invite` event.
+#[utoipa::path(
+    post, path = "/v1/mock/room-invitations", operation_id = "mock_room_invitation", tag = "mock",
+    request_body = InvitationBody,
+    responses((status = 201, description = "Stored", body = Raised))
+)]
+pub(super) async fn room_invitation(
+    Acct(account): Acct,
+    ApiJson(body): ApiJson<InvitationBody>,
+) -> Result<(StatusCode, Json<Raised>), ApiError> {
+    let (recorded, id) = mock(&account)?
+        .invite_to_room(body.from, body.room.id, body.room.topic)
+        .await?;
+    raised(recorded, id)
 }
 
 /// Everything the bot sent, oldest first.

@@ -10,6 +10,7 @@ mod legacy;
 mod messages;
 mod mock;
 pub mod openapi;
+pub(crate) mod operations;
 mod session;
 pub mod slack;
 mod webhooks;
@@ -60,6 +61,7 @@ pub fn router(app: AppState) -> Router {
         .merge(messages::router())
         .merge(events::router())
         .merge(directory::router())
+        .merge(operations::router())
         .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
     Router::new()
         .merge(health::router())

@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{deliveries, directory, events, health, messages, mock, session, webhooks};
+use super::{deliveries, directory, events, health, messages, mock, operations, session, webhooks};
 
 /// Every error answer.
 #[derive(Serialize, ToSchema)]
@@ -67,9 +67,24 @@ pub struct ErrorDetail {
         webhooks::enable,
         deliveries::list,
         deliveries::retry,
+        operations::create_room,
+        operations::add_members,
+        operations::remove_member,
+        operations::update_room,
+        operations::quit_room,
+        operations::add_friend,
+        operations::accept_friendship,
+        operations::accept_invitation,
+        operations::update_contact,
+        operations::recall,
+        operations::operation,
+        operations::capabilities,
         mock::inject,
         mock::sent,
         mock::scan,
+        mock::friend_request,
+        mock::friend_requests,
+        mock::room_invitation,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Errors),
@@ -79,6 +94,8 @@ pub struct ErrorDetail {
         (name = "messages", description = "Sending as the bot"),
         (name = "events", description = "Inbound events, pulled or streamed"),
         (name = "directory", description = "Contacts and rooms"),
+        (name = "rooms", description = "Changing rooms, and the outcome of operations"),
+        (name = "friendships", description = "Friend requests"),
         (name = "webhooks", description = "Webhook health and administration"),
         (name = "deliveries", description = "Webhook deliveries and their attempts"),
         (name = "mock", description = "The simulated account (puppet.kind = \"mock\" only)"),
@@ -112,10 +129,19 @@ const ACCOUNT_SCOPED: &[&str] = &[
     "/v1/rooms",
     "/v1/rooms/{id}",
     "/v1/rooms/{id}/members",
+    "/v1/rooms/{id}/members/{contact}",
+    "/v1/rooms/{id}/quit",
     "/v1/messages",
+    "/v1/messages/{id}",
+    "/v1/friendships",
+    "/v1/friendships/{id}/accept",
+    "/v1/room-invitations/{id}/accept",
+    "/v1/capabilities",
     "/v1/mock/messages",
     "/v1/mock/sent",
     "/v1/mock/scan",
+    "/v1/mock/friendships",
+    "/v1/mock/room-invitations",
 ];
 
 /// Adds `/v1/accounts/{account}/…` for each account-scoped route: the same operation,

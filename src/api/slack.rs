@@ -400,8 +400,12 @@ impl Call<'_> {
             (SendStatus::Queued, _) => return slack_error("cant_delete_message"),
             _ => return slack_error("message_not_found"),
         };
-        match self.account.puppet.recall(&message_id).await {
-            Ok(()) => {
+        let recall = crate::action::Action::Recall {
+            send_id: send.id.clone(),
+            message_id,
+        };
+        match self.account.puppet.perform(&recall).await {
+            Ok(_) => {
                 tracing::info!(send_id = %send.id, "message recalled (chat.delete)");
                 let channel = self.arg("channel").unwrap_or_default();
                 slack_ok(object(json!({"channel": channel, "ts": ts})))

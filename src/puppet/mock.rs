@@ -4,8 +4,12 @@
 //!
 //! At start it shows a QR code (`scan`), then logs in (`login`, `ready`) at once, or
 //! when `POST /v1/mock/scan` confirms the scan if `auto_login = false`.
+//!
+//! It keeps a small world (contacts, rooms, pending friend requests and room
+//! invitations) that operations change and report as WeChat would (`room.join`,
+//! `room.leave`, `room.topic`, `friendship`), so every operation is testable offline.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -15,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Puppet, PuppetError, Qr, SessionHandle, SessionState};
+use crate::action::Action;
 use crate::config::{MockSettings, PuppetKind};
 use crate::event::{
     BotRef, Contact, Conversation, EventData, Gender, MessageData, MessageKind, Room, ScanStatus,
@@ -42,11 +47,368 @@ pub struct SentMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<FileRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub contact_card: Option<String>,
     pub sent_at: String,
     /// True once the bot recalled it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recalled: bool,
+}
+
+/// How many pending friend requests and room invitations the mock keeps.
+pub const PENDING_KEPT: usize = 1_000;
+
+/// A friend request the bot made (`POST /v1/friendships`), as
+/// `GET /v1/mock/friendships` lists it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FriendRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wechat_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    pub hello: String,
+}
+
+/// A room as the mock holds it.
+#[derive(Debug, Clone)]
+struct MockRoom {
+    room: Room,
+    members: Vec<String>,
+    announce: Option<String>,
+}
+
+/// What operations change: the mock's contacts and rooms, and what waits for the bot.
+struct World {
+    contacts: Vec<Contact>,
+    rooms: Vec<MockRoom>,
+    /// Friend requests received, by id, oldest first.
+    friend_requests: VecDeque<(String, Contact, Option<String>)>,
+    /// Room invitations received: id, inviter, room.
+    invitations: VecDeque<(String, Contact, Room)>,
+    /// Friend requests the bot made, oldest first.
+    requested: VecDeque<FriendRequest>,
+    /// The newest [`SENT_KEPT`] messages the bot sent, oldest first.
+    sent: VecDeque<SentMessage>,
+}
+
+fn keep<T>(list: &mut VecDeque<T>, item: T) {
+    if list.len() >= PENDING_KEPT {
+        list.pop_front();
+    }
+    list.push_back(item);
+}
+
+impl World {
+    fn contact(&self, bot: &Contact, id: &str) -> Option<Contact> {
+        std::iter::once(bot)
+            .chain(&self.contacts)
+            .find(|c| c.id == id)
+            .cloned()
+    }
+
+    fn contact_by_id_or_name(&self, bot: &Contact, key: &str) -> Option<Contact> {
+        self.contact(bot, key).or_else(|| {
+            self.contacts
+                .iter()
+                .find(|c| c.name == key || c.alias.as_deref() == Some(key))
+                .cloned()
+        })
+    }
+
+    fn room_by_id_or_topic(&self, key: &str) -> Option<&MockRoom> {
+        self.rooms
+            .iter()
+            .find(|r| r.room.id == key)
+            .or_else(|| self.rooms.iter().find(|r| r.room.topic == key))
+    }
+
+    fn room_mut(&mut self, id: &str) -> Result<&mut MockRoom, PuppetError> {
+        self.rooms
+            .iter_mut()
+            .find(|r| r.room.id == id)
+            .ok_or_else(|| PuppetError::NotFound(format!("no room `{id}`")))
+    }
+
+    fn known(&self, bot: &Contact, id: &str) -> Result<Contact, PuppetError> {
+        self.contact(bot, id)
+            .ok_or_else(|| PuppetError::NotFound(format!("no contact `{id}`")))
+    }
+
+    /// Whether `action` can be carried out now: everything it names exists.
+    fn check(&self, bot: &Contact, action: &Action) -> Result<(), PuppetError> {
+        let room = |id: &str| {
+            self.rooms
+                .iter()
+                .find(|r| r.room.id == id)
+                .ok_or_else(|| PuppetError::NotFound(format!("no room `{id}`")))
+        };
+        let missing =
+            |what: &str, id: &str| Err(PuppetError::NotFound(format!("no {what} `{id}`")));
+        match action {
+            Action::Recall { message_id, .. } => {
+                if !self.sent.iter().any(|m| m.id == *message_id) {
+                    return missing("sent message", message_id);
+                }
+            }
+            Action::RoomCreate { members, .. } => {
+                for id in members {
+                    self.known(bot, id)?;
+                }
+            }
+            Action::RoomAdd { room: id, contacts } => {
+                room(id)?;
+                for c in contacts {
+                    self.known(bot, c)?;
+                }
+            }
+            Action::RoomRemove { room: id, contact } => {
+                if !room(id)?.members.contains(contact) {
+                    return Err(PuppetError::NotFound(format!(
+                        "`{contact}` is not a member of `{id}`"
+                    )));
+                }
+            }
+            Action::RoomUpdate { room: id, .. } | Action::RoomQuit { room: id } => {
+                room(id)?;
+            }
+            Action::FriendshipAccept { id } => {
+                if !self.friend_requests.iter().any(|(r, _, _)| r == id) {
+                    return missing("friend request", id);
+                }
+            }
+            Action::FriendshipAdd { contact, .. } => {
+                if let Some(id) = contact {
+                    self.known(bot, id)?;
+                }
+            }
+            Action::RoomInvitationAccept { id } => {
+                if !self.invitations.iter().any(|(i, _, _)| i == id) {
+                    return missing("room invitation", id);
+                }
+            }
+            Action::ContactAlias { contact, .. } => {
+                if !self.contacts.iter().any(|c| c.id == *contact) {
+                    return missing("contact", contact);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out `action`: its result and the events WeChat would report.
+    fn apply(
+        &mut self,
+        bot: &Contact,
+        action: &Action,
+    ) -> Result<(Option<String>, Vec<EventData>), PuppetError> {
+        self.check(bot, action)?;
+        let mut events = Vec::new();
+        let result = match action {
+            Action::Recall { message_id, .. } => {
+                let m = self
+                    .sent
+                    .iter_mut()
+                    .find(|m| m.id == *message_id)
+                    .ok_or_else(|| {
+                        PuppetError::NotFound(format!("no sent message `{message_id}`"))
+                    })?;
+                m.recalled = true;
+                None
+            }
+            Action::RoomCreate { topic, members } => {
+                let invitees = members
+                    .iter()
+                    .map(|id| self.known(bot, id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let room = Room {
+                    id: format!("mock-{}@chatroom", ulid::Ulid::new()),
+                    topic: topic.clone(),
+                    member_count: invitees.len() as u32 + 1,
+                };
+                let ids = std::iter::once(bot.id.clone())
+                    .chain(invitees.iter().map(|c| c.id.clone()))
+                    .collect();
+                self.rooms.push(MockRoom {
+                    room: room.clone(),
+                    members: ids,
+                    announce: None,
+                });
+                let id = room.id.clone();
+                events.push(EventData::RoomJoin {
+                    room,
+                    invitees,
+                    inviter: Some(bot.clone()),
+                });
+                Some(id)
+            }
+            Action::RoomAdd { room, contacts } => {
+                let added = contacts
+                    .iter()
+                    .map(|id| self.known(bot, id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let r = self.room_mut(room)?;
+                let added: Vec<Contact> = added
+                    .into_iter()
+                    .filter(|c| !r.members.contains(&c.id))
+                    .collect();
+                r.members.extend(added.iter().map(|c| c.id.clone()));
+                r.room.member_count = r.members.len() as u32;
+                if !added.is_empty() {
+                    events.push(EventData::RoomJoin {
+                        room: r.room.clone(),
+                        invitees: added,
+                        inviter: Some(bot.clone()),
+                    });
+                }
+                None
+            }
+            Action::RoomRemove { room, contact } => {
+                let removed = self.known(bot, contact)?;
+                let r = self.room_mut(room)?;
+                let Some(at) = r.members.iter().position(|m| m == contact) else {
+                    return Err(PuppetError::NotFound(format!(
+                        "`{contact}` is not a member of `{room}`"
+                    )));
+                };
+                r.members.remove(at);
+                r.room.member_count = r.members.len() as u32;
+                events.push(EventData::RoomLeave {
+                    room: r.room.clone(),
+                    removees: vec![removed],
+                    remover: Some(bot.clone()),
+                });
+                None
+            }
+            Action::RoomUpdate {
+                room,
+                topic,
+                announce,
+            } => {
+                let r = self.room_mut(room)?;
+                if let Some(new_topic) = topic.clone()
+                    && new_topic != r.room.topic
+                {
+                    let old_topic = std::mem::replace(&mut r.room.topic, new_topic.clone());
+                    events.push(EventData::RoomTopic {
+                        room: r.room.clone(),
+                        old_topic,
+                        new_topic,
+                        changer: Some(bot.clone()),
+                    });
+                }
+                if let Some(announce) = announce {
+                    r.announce = Some(announce.clone());
+                }
+                None
+            }
+            Action::RoomQuit { room } => {
+                let at = self
+                    .rooms
+                    .iter()
+                    .position(|r| r.room.id == *room)
+                    .ok_or_else(|| PuppetError::NotFound(format!("no room `{room}`")))?;
+                let mut gone = self.rooms.remove(at);
+                gone.room.member_count = gone.room.member_count.saturating_sub(1);
+                events.push(EventData::RoomLeave {
+                    room: gone.room,
+                    removees: vec![bot.clone()],
+                    remover: None,
+                });
+                None
+            }
+            Action::FriendshipAccept { id } => {
+                let at = self
+                    .friend_requests
+                    .iter()
+                    .position(|(r, _, _)| r == id)
+                    .ok_or_else(|| PuppetError::NotFound(format!("no friend request `{id}`")))?;
+                let (_, mut contact, _) = self.friend_requests.remove(at).expect("found");
+                contact.friend = true;
+                match self.contacts.iter_mut().find(|c| c.id == contact.id) {
+                    Some(known) => known.friend = true,
+                    None => self.contacts.push(contact.clone()),
+                }
+                events.push(EventData::Friendship {
+                    id: id.clone(),
+                    kind: "confirm".into(),
+                    contact,
+                    hello: None,
+                });
+                None
+            }
+            Action::FriendshipAdd {
+                contact,
+                wechat_id,
+                phone,
+                hello,
+            } => {
+                keep(
+                    &mut self.requested,
+                    FriendRequest {
+                        contact: contact.clone(),
+                        wechat_id: wechat_id.clone(),
+                        phone: phone.clone(),
+                        hello: hello.clone(),
+                    },
+                );
+                None
+            }
+            Action::RoomInvitationAccept { id } => {
+                let at = self
+                    .invitations
+                    .iter()
+                    .position(|(i, _, _)| i == id)
+                    .ok_or_else(|| PuppetError::NotFound(format!("no room invitation `{id}`")))?;
+                let (_, inviter, mut room) = self.invitations.remove(at).expect("found");
+                if !self.contacts.iter().any(|c| c.id == inviter.id) {
+                    self.contacts.push(inviter.clone());
+                }
+                let mut members = vec![bot.id.clone(), inviter.id.clone()];
+                if let Some(known) = self.rooms.iter_mut().find(|r| r.room.id == room.id) {
+                    known.members.push(bot.id.clone());
+                    known.room.member_count = known.members.len() as u32;
+                    room = known.room.clone();
+                } else {
+                    members.dedup();
+                    room.member_count = room.member_count.max(members.len() as u32);
+                    self.rooms.push(MockRoom {
+                        room: room.clone(),
+                        members,
+                        announce: None,
+                    });
+                }
+                let id = room.id.clone();
+                events.push(EventData::RoomJoin {
+                    room,
+                    invitees: vec![bot.clone()],
+                    inviter: Some(inviter),
+                });
+                Some(id)
+            }
+            Action::ContactAlias { contact, alias } => {
+                let c = self
+                    .contacts
+                    .iter_mut()
+                    .find(|c| c.id == *contact)
+                    .ok_or_else(|| PuppetError::NotFound(format!("no contact `{contact}`")))?;
+                c.alias = alias.clone().filter(|a| !a.is_empty());
+                None
+            }
+        };
+        Ok((result, events))
+    }
+}
+
+/// Who sends a simulated friend request or invitation: a known contact (id or name) or
+/// a stranger.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Someone {
+    Known(String),
+    Stranger { id: String, name: String },
 }
 
 /// An inbound message to simulate.
@@ -79,14 +441,11 @@ pub enum MockError {
 
 pub struct MockPuppet {
     bot: Contact,
-    contacts: Vec<Contact>,
-    rooms: Vec<(Room, Vec<String>)>,
+    world: Mutex<World>,
     auto_login: bool,
     session: SessionHandle,
     scan_confirmed: Notify,
     ingest: OnceLock<Arc<Ingest>>,
-    /// The newest [`SENT_KEPT`] messages the bot sent, oldest first.
-    sent: Mutex<VecDeque<SentMessage>>,
 }
 
 fn contact(id: &str, name: &str, alias: Option<String>, is_self: bool) -> Contact {
@@ -106,7 +465,7 @@ fn contact(id: &str, name: &str, alias: Option<String>, is_self: bool) -> Contac
 impl MockPuppet {
     pub fn new(settings: &MockSettings, session: SessionHandle) -> MockPuppet {
         let bot = contact(&settings.bot.id, &settings.bot.name, None, true);
-        MockPuppet {
+        let world = World {
             contacts: settings
                 .contacts
                 .iter()
@@ -115,15 +474,23 @@ impl MockPuppet {
             rooms: settings
                 .rooms
                 .iter()
-                .map(|r| {
-                    let room = Room {
+                .map(|r| MockRoom {
+                    room: Room {
                         id: r.id.clone(),
                         topic: r.topic.clone(),
                         member_count: r.members.len() as u32,
-                    };
-                    (room, r.members.clone())
+                    },
+                    members: r.members.clone(),
+                    announce: None,
                 })
                 .collect(),
+            friend_requests: VecDeque::new(),
+            invitations: VecDeque::new(),
+            requested: VecDeque::new(),
+            sent: VecDeque::new(),
+        };
+        MockPuppet {
+            world: Mutex::new(world),
             bot,
             auto_login: settings.auto_login,
             // Logging itself in, the mock never asks anyone to scan.
@@ -134,26 +501,123 @@ impl MockPuppet {
             },
             scan_confirmed: Notify::new(),
             ingest: OnceLock::new(),
-            sent: Mutex::new(VecDeque::new()),
         }
     }
 
-    fn contact_by_id_or_name(&self, key: &str) -> Option<&Contact> {
-        std::iter::once(&self.bot)
-            .chain(&self.contacts)
-            .find(|c| c.id == key)
-            .or_else(|| {
-                self.contacts
-                    .iter()
-                    .find(|c| c.name == key || c.alias.as_deref() == Some(key))
-            })
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn room_by_id_or_topic(&self, key: &str) -> Option<&(Room, Vec<String>)> {
-        self.rooms
+    /// The ingest, once running and logged in.
+    fn running(&self) -> Result<&Arc<Ingest>, MockError> {
+        let ingest = self.ingest.get().ok_or(MockError::NotRunning)?;
+        if self.session.state() != SessionState::LoggedIn {
+            return Err(MockError::NotLoggedIn);
+        }
+        Ok(ingest)
+    }
+
+    /// The room's announcement, as set through `PATCH /v1/rooms/{id}`.
+    pub fn announcement(&self, room_id: &str) -> Option<String> {
+        self.world()
+            .rooms
             .iter()
-            .find(|(r, _)| r.id == key)
-            .or_else(|| self.rooms.iter().find(|(r, _)| r.topic == key))
+            .find(|r| r.room.id == room_id)
+            .and_then(|r| r.announce.clone())
+    }
+
+    /// The friend requests the bot made, oldest first.
+    pub fn requested(&self) -> Vec<FriendRequest> {
+        self.world().requested.iter().cloned().collect()
+    }
+
+    fn someone(&self, who: Someone) -> Result<Contact, MockError> {
+        match who {
+            Someone::Known(key) => self
+                .world()
+                .contact_by_id_or_name(&self.bot, &key)
+                .filter(|c| !c.is_self)
+                .ok_or_else(|| {
+                    MockError::NotFound(format!(
+                        "no contact `{key}` (give an id or a name, or {{\"id\", \"name\"}} for a stranger)"
+                    ))
+                }),
+            Someone::Stranger { id, name } => {
+                if id.trim().is_empty() || name.trim().is_empty() {
+                    return Err(MockError::Invalid(
+                        "`from.id` and `from.name` must not be empty".into(),
+                    ));
+                }
+                if let Some(known) = self.world().contact(&self.bot, &id) {
+                    return Ok(known);
+                }
+                let mut c = contact(&id, &name, None, false);
+                c.friend = false;
+                Ok(c)
+            }
+        }
+    }
+
+    /// Simulates a friend request to the bot (`POST /v1/mock/friendships`): a
+    /// `friendship` event of kind `receive`, whose id `POST /v1/friendships/{id}/accept`
+    /// takes.
+    pub async fn request_friendship(
+        &self,
+        from: Someone,
+        hello: Option<String>,
+    ) -> Result<(Recorded, String), MockError> {
+        let ingest = self.running()?;
+        let contact = self.someone(from)?;
+        let id = format!("mock-friendship-{}", ulid::Ulid::new());
+        keep(
+            &mut self.world().friend_requests,
+            (id.clone(), contact.clone(), hello.clone()),
+        );
+        let recorded = ingest
+            .record(EventData::Friendship {
+                id: id.clone(),
+                kind: "receive".into(),
+                contact,
+                hello,
+            })
+            .await?;
+        Ok((recorded, id))
+    }
+
+    /// Simulates an invitation into a room (`POST /v1/mock/room-invitations`): a
+    /// `room.invite` event whose id `POST /v1/room-invitations/{id}/accept` takes.
+    pub async fn invite_to_room(
+        &self,
+        from: Someone,
+        room_id: String,
+        topic: String,
+    ) -> Result<(Recorded, String), MockError> {
+        let ingest = self.running()?;
+        if !room_id.contains('@') || topic.trim().is_empty() {
+            return Err(MockError::Invalid(
+                "`room` needs an `id` with `@` (like `friends@chatroom`) and a `topic`".into(),
+            ));
+        }
+        let inviter = self.someone(from)?;
+        let id = format!("mock-invitation-{}", ulid::Ulid::new());
+        let room = Room {
+            id: room_id,
+            topic: topic.clone(),
+            member_count: 2,
+        };
+        keep(
+            &mut self.world().invitations,
+            (id.clone(), inviter.clone(), room),
+        );
+        let recorded = ingest
+            .record(EventData::RoomInvite {
+                id: id.clone(),
+                topic,
+                inviter,
+                member_count: 2,
+            })
+            .await?;
+        Ok((recorded, id))
     }
 
     /// Confirms the pending QR login (`POST /v1/mock/scan`).
@@ -168,53 +632,54 @@ impl MockPuppet {
 
     /// What the bot sent, oldest first (the newest [`SENT_KEPT`]).
     pub fn sent(&self) -> Vec<SentMessage> {
-        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        sent.iter().cloned().collect()
+        self.world().sent.iter().cloned().collect()
     }
 
     /// Simulates an inbound message; returns once it is stored.
     pub async fn inject(&self, msg: Injection) -> Result<(Recorded, String), MockError> {
-        let ingest = self.ingest.get().ok_or(MockError::NotRunning)?;
-        if self.session.state() != SessionState::LoggedIn {
-            return Err(MockError::NotLoggedIn);
-        }
+        let ingest = self.running()?;
         if msg.text.is_empty() {
             return Err(MockError::Invalid("`text` must not be empty".into()));
         }
-        let from = self
-            .contact_by_id_or_name(&msg.from)
-            .ok_or_else(|| {
-                MockError::NotFound(format!("no contact `{}` (give an id or a name)", msg.from))
-            })?
-            .clone();
-        let room = match &msg.room {
-            None => None,
-            Some(key) => {
-                let (room, members) = self.room_by_id_or_topic(key).ok_or_else(|| {
-                    MockError::NotFound(format!("no room `{key}` (give an id or a topic)"))
-                })?;
-                if !members.contains(&from.id) {
-                    return Err(MockError::Invalid(format!(
-                        "`from`: {} is not a member of {}",
-                        from.id, room.id
-                    )));
-                }
-                Some((room.clone(), members.clone()))
-            }
-        };
-        let mut mentions = Vec::with_capacity(msg.mentions.len());
-        for key in &msg.mentions {
-            let Some((_, members)) = &room else {
-                return Err(MockError::Invalid("`mentions` needs a `room`".into()));
-            };
-            let c = self
-                .contact_by_id_or_name(key)
-                .filter(|c| members.contains(&c.id))
+        let (from, room, mentions) = {
+            let world = self.world();
+            let from = world
+                .contact_by_id_or_name(&self.bot, &msg.from)
                 .ok_or_else(|| {
-                    MockError::Invalid(format!("`mentions`: `{key}` is not a member of the room"))
+                    MockError::NotFound(format!("no contact `{}` (give an id or a name)", msg.from))
                 })?;
-            mentions.push(c.id.clone());
-        }
+            let room = match &msg.room {
+                None => None,
+                Some(key) => {
+                    let r = world.room_by_id_or_topic(key).ok_or_else(|| {
+                        MockError::NotFound(format!("no room `{key}` (give an id or a topic)"))
+                    })?;
+                    if !r.members.contains(&from.id) {
+                        return Err(MockError::Invalid(format!(
+                            "`from`: {} is not a member of {}",
+                            from.id, r.room.id
+                        )));
+                    }
+                    Some(r.clone())
+                }
+            };
+            let mut mentions = Vec::with_capacity(msg.mentions.len());
+            for key in &msg.mentions {
+                let Some(r) = &room else {
+                    return Err(MockError::Invalid("`mentions` needs a `room`".into()));
+                };
+                let c = world
+                    .contact_by_id_or_name(&self.bot, key)
+                    .filter(|c| r.members.contains(&c.id))
+                    .ok_or_else(|| {
+                        MockError::Invalid(format!(
+                            "`mentions`: `{key}` is not a member of the room"
+                        ))
+                    })?;
+                mentions.push(c.id.clone());
+            }
+            (from, room, mentions)
+        };
         let id = msg
             .id
             .unwrap_or_else(|| format!("mock-{}", ulid::Ulid::new()));
@@ -225,7 +690,7 @@ impl MockPuppet {
             to: room.is_none().then(|| self.bot.clone()),
             mentions_self: mentions.contains(&self.bot.id),
             mentions,
-            room: room.map(|(r, _)| r),
+            room: room.map(|r| r.room),
             from,
             sent_at: OffsetDateTime::now_utc(),
         };
@@ -294,70 +759,68 @@ impl Puppet for MockPuppet {
     }
 
     async fn resolve(&self, to: &Recipient) -> Result<Conversation, PuppetError> {
+        let world = self.world();
         let found = match to {
-            Recipient::Contact(id) => self
+            Recipient::Contact(id) => world
                 .contacts
                 .iter()
                 .find(|c| c.id == *id)
                 .map(|c| Conversation::Contact(c.id.clone())),
-            Recipient::ContactName(name) => self
+            Recipient::ContactName(name) => world
                 .contacts
                 .iter()
                 .find(|c| c.name == *name || c.alias.as_ref() == Some(name))
                 .map(|c| Conversation::Contact(c.id.clone())),
-            Recipient::Room(id) => self
+            Recipient::Room(id) => world
                 .rooms
                 .iter()
-                .find(|(r, _)| r.id == *id)
-                .map(|(r, _)| Conversation::Room(r.id.clone())),
-            Recipient::RoomTopic(topic) => self
+                .find(|r| r.room.id == *id)
+                .map(|r| Conversation::Room(r.room.id.clone())),
+            Recipient::RoomTopic(topic) => world
                 .rooms
                 .iter()
-                .find(|(r, _)| r.topic == *topic)
-                .map(|(r, _)| Conversation::Room(r.id.clone())),
+                .find(|r| r.room.topic == *topic)
+                .map(|r| Conversation::Room(r.room.id.clone())),
         };
         found.ok_or_else(|| PuppetError::NotFound(format!("no such recipient: {to:?}")))
     }
 
     async fn contacts(&self) -> Result<Vec<Contact>, PuppetError> {
-        Ok(self.contacts.clone())
-    }
-
-    async fn recall(&self, message_id: &str) -> Result<(), PuppetError> {
-        if self.session.state() != SessionState::LoggedIn {
-            return Err(PuppetError::Offline);
-        }
-        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        match sent.iter_mut().find(|m| m.id == message_id) {
-            Some(m) => {
-                m.recalled = true;
-                Ok(())
-            }
-            None => Err(PuppetError::NotFound(format!(
-                "no sent message `{message_id}`"
-            ))),
-        }
+        Ok(self.world().contacts.clone())
     }
 
     async fn rooms(&self) -> Result<Vec<Room>, PuppetError> {
-        Ok(self.rooms.iter().map(|(r, _)| r.clone()).collect())
+        Ok(self.world().rooms.iter().map(|r| r.room.clone()).collect())
     }
 
     async fn room_members(&self, room_id: &str) -> Result<Vec<Contact>, PuppetError> {
-        let (_, members) = self
+        let world = self.world();
+        let r = world
             .rooms
             .iter()
-            .find(|(r, _)| r.id == room_id)
+            .find(|r| r.room.id == room_id)
             .ok_or_else(|| PuppetError::NotFound(format!("no room `{room_id}`")))?;
-        Ok(members
+        Ok(r.members
             .iter()
-            .filter_map(|id| {
-                std::iter::once(&self.bot)
-                    .chain(&self.contacts)
-                    .find(|c| c.id == *id)
-                    .cloned()
-            })
+            .filter_map(|id| world.contact(&self.bot, id))
             .collect())
+    }
+
+    async fn check(&self, action: &Action) -> Result<(), PuppetError> {
+        self.world().check(&self.bot, action)
+    }
+
+    async fn perform(&self, action: &Action) -> Result<Option<String>, PuppetError> {
+        if self.session.state() != SessionState::LoggedIn {
+            return Err(PuppetError::Offline);
+        }
+        let (result, events) = self.world().apply(&self.bot, action)?;
+        if let Some(ingest) = self.ingest.get() {
+            for event in events {
+                self.emit(ingest, event).await;
+            }
+        }
+        Ok(result)
     }
 
     async fn send(&self, to: &Conversation, content: &Content) -> Result<String, PuppetError> {
@@ -371,6 +834,7 @@ impl Puppet for MockPuppet {
             mentions: None,
             link: None,
             file: None,
+            image: None,
             contact_card: None,
             sent_at: crate::event::format_millis(now_millis()),
             recalled: false,
@@ -381,13 +845,14 @@ impl Puppet for MockPuppet {
                     let Conversation::Room(room_id) = to else {
                         return Err(PuppetError::NotFound("mentions need a room".into()));
                     };
-                    let members: HashMap<&str, ()> = self
+                    let members: HashSet<String> = self
+                        .world()
                         .rooms
                         .iter()
-                        .find(|(r, _)| r.id == *room_id)
-                        .map(|(_, m)| m.iter().map(|m| (m.as_str(), ())).collect())
+                        .find(|r| r.room.id == *room_id)
+                        .map(|r| r.members.iter().cloned().collect())
                         .unwrap_or_default();
-                    if let Some(m) = mentions.iter().find(|m| !members.contains_key(m.as_str())) {
+                    if let Some(m) = mentions.iter().find(|m| !members.contains(m.as_str())) {
                         return Err(PuppetError::NotFound(format!("`{m}` is not in {room_id}")));
                     }
                     sent.mentions = Some(mentions.clone());
@@ -396,8 +861,9 @@ impl Puppet for MockPuppet {
             }
             Content::Link(link) => sent.link = Some(link.clone()),
             Content::File(file) => sent.file = Some(file.clone()),
+            Content::Image(image) => sent.image = Some(image.clone()),
             Content::ContactCard(id) => {
-                if !self.contacts.iter().any(|c| c.id == *id) {
+                if !self.world().contacts.iter().any(|c| c.id == *id) {
                     return Err(PuppetError::NotFound(format!(
                         "no contact `{id}` for the card"
                     )));
@@ -407,7 +873,7 @@ impl Puppet for MockPuppet {
         }
         let id = sent.id.clone();
         tracing::debug!(to = ?to, message_id = %id, "mock puppet sent a message");
-        let mut kept = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = &mut self.world().sent;
         if kept.len() >= SENT_KEPT {
             kept.pop_front();
         }

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::action::{Action, Capabilities, all_supported};
 use crate::config::PuppetKind;
 use crate::event::{Contact, Conversation, Millis, Room, ScanStatus, format_millis, now_millis};
 use crate::ingest::Ingest;
@@ -214,11 +215,26 @@ pub trait Puppet: Send + Sync + 'static {
     /// Sends one message; returns the puppet's id of the sent message.
     async fn send(&self, to: &Conversation, content: &Content) -> Result<String, PuppetError>;
 
-    /// Recalls a message the bot sent (WeChat allows it for two minutes).
-    async fn recall(&self, _message_id: &str) -> Result<(), PuppetError> {
+    /// Checks, before an operation is queued, that what it names exists (404 at the API
+    /// otherwise). `Offline` or `Failed` mean it cannot tell now: the operation is queued
+    /// all the same.
+    async fn check(&self, _action: &Action) -> Result<(), PuppetError> {
+        Ok(())
+    }
+
+    /// Carries out an operation that changes WeChat (recall, rooms, friendships…);
+    /// returns the id it made, if any (a created room's id).
+    async fn perform(&self, action: &Action) -> Result<Option<String>, PuppetError> {
         Err(PuppetError::NotSupported(format!(
-            "the {} puppet cannot recall messages in this version",
-            self.kind().as_str()
+            "the {} puppet cannot do `{}` in this version",
+            self.kind().as_str(),
+            action.operations().join("`, `")
         )))
+    }
+
+    /// What this puppet can do, as far as it knows now (a puppet that learns from a
+    /// refused call changes its answer).
+    fn capabilities(&self) -> Capabilities {
+        all_supported()
     }
 }

@@ -11,12 +11,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::action::Queued;
 use crate::config::SendSettings;
 use crate::event::{EventData, SendReceipt, now_millis};
 use crate::ingest::Ingest;
 use crate::outbox::Outbox;
 use crate::puppet::{Puppet, PuppetError, SessionHandle, SessionState};
-use crate::send::SendRequest;
 use crate::store::{Claimant, QueuedSend, SendOutcome, Store};
 
 /// Sends attempted at once (across conversations).
@@ -215,21 +215,38 @@ impl Sender {
         _permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let request = serde_json::from_str::<SendRequest>(&send.request_json);
-        let result = match &request {
-            Ok(request) => match self.puppet.resolve(&request.to).await {
+        let queued = serde_json::from_str::<Queued>(&send.request_json);
+        let result = match &queued {
+            Ok(Queued::Message(request)) => match self.puppet.resolve(&request.to).await {
                 Ok(conversation) => self.puppet.send(&conversation, &request.content).await,
                 Err(e) => Err(e),
             },
+            // An operation's result (a created room's id) is kept where a message's id is.
+            Ok(Queued::Action { action }) => self
+                .puppet
+                .perform(action)
+                .await
+                .map(Option::unwrap_or_default),
             Err(e) => Err(PuppetError::NotFound(format!(
                 "unreadable queued request: {e}"
             ))),
+        };
+        let request = match &queued {
+            Ok(Queued::Message(request)) => Some(request),
+            _ => None,
         };
         let now = now_millis();
         let attempts = send.attempts + 1;
         let outcome = match result {
             Ok(message_id) => {
-                tracing::info!(send_id = %send.id, conversation = %send.conversation, message_id = %message_id, "message sent");
+                match request {
+                    Some(_) => {
+                        tracing::info!(send_id = %send.id, conversation = %send.conversation, message_id = %message_id, "message sent")
+                    }
+                    None => {
+                        tracing::info!(operation_id = %send.id, target = %send.conversation, result = %message_id, "operation done")
+                    }
+                }
                 SendOutcome::Sent { message_id }
             }
             Err(PuppetError::NotFound(error) | PuppetError::NotSupported(error)) => {
@@ -261,10 +278,10 @@ impl Sender {
         };
         metrics::counter!("waas_sends_total", "account" => self.account.clone(), "outcome" => label)
             .increment(1);
-        // A final outcome has its receipt (`message.sent`, `message.failed`), committed
-        // with it.
-        let receipt = match (&outcome, &request) {
-            (SendOutcome::Sent { message_id }, Ok(request)) => {
+        // A message's final outcome has its receipt (`message.sent`, `message.failed`),
+        // committed with it; operations have their own events, from the puppet.
+        let receipt = match (&outcome, request) {
+            (SendOutcome::Sent { message_id }, Some(request)) => {
                 Some(EventData::MessageSent(SendReceipt {
                     id: send.id.clone(),
                     to: request.to.clone(),
@@ -272,7 +289,7 @@ impl Sender {
                     error: None,
                 }))
             }
-            (SendOutcome::Failed { error }, Ok(request)) => {
+            (SendOutcome::Failed { error }, Some(request)) => {
                 Some(EventData::MessageFailed(SendReceipt {
                     id: send.id.clone(),
                     to: request.to.clone(),

@@ -246,7 +246,12 @@ pub async fn spawn_app_on(
 
 /// Spawns the app without waiting for the login.
 pub async fn spawn_app_unready(toml: &str) -> TestApp {
-    let app = start_with(Arc::new(tempfile::tempdir().unwrap()), None, toml).await;
+    spawn_app_unready_in(Arc::new(tempfile::tempdir().unwrap()), toml).await
+}
+
+/// Spawns the app on the database in `dir`, without waiting for the login.
+pub async fn spawn_app_unready_in(dir: Arc<tempfile::TempDir>, toml: &str) -> TestApp {
+    let app = start_with(dir, None, toml).await;
     app.eventually(10, "the API", || async {
         app.client
             .get(app.url("/healthz"))

@@ -1126,7 +1126,8 @@ impl Puppet for ServicePuppet {
                 .await
                 .map(|r| r.id)
             }
-            Content::File(file) => {
+            // Puppets send a file box with an image's MIME type as a WeChat image.
+            Content::File(file) | Content::Image(file) => {
                 let file_box = map::file_box(file).map_err(PuppetError::NotFound)?;
                 Self::call(client.message_send_file(proto::MessageSendFileRequest {
                     conversation_id,
