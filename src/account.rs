@@ -38,6 +38,8 @@ pub struct Shared<'a> {
     pub settings: &'a Settings,
     pub store: Arc<dyn Store>,
     pub outbox: Arc<Outbox>,
+    /// Signs media links in every account's events.
+    pub links: Arc<crate::media::MediaLinks>,
 }
 
 impl Account {
@@ -68,6 +70,7 @@ impl Account {
             shared.outbox.clone(),
             &shared.settings.webhooks,
             puppet_settings,
+            shared.links.clone(),
         ));
         let sender = Arc::new(Sender::new(
             &account.name,

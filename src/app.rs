@@ -48,6 +48,10 @@ pub struct App {
     /// Signs short-lived links (the QR code for clients without headers); lives only
     /// in this process.
     pub link_key: [u8; 32],
+    /// Signs and checks media links.
+    pub links: Arc<crate::media::MediaLinks>,
+    /// Downloaded media on disk.
+    pub media_cache: Arc<crate::media::MediaCache>,
 }
 
 /// A bearer token and the accounts it may act on (`None`: all).
@@ -207,10 +211,28 @@ impl Application {
             &lanes,
             settings.send.allow_private_urls,
         ));
+        let master = store
+            .key(
+                crate::media::KEY_NAME,
+                rand::random::<[u8; 32]>().to_vec(),
+                crate::event::now_millis(),
+            )
+            .await
+            .context("cannot read the media link key from the store")?;
+        let links = Arc::new(crate::media::MediaLinks::new(
+            master,
+            settings.media.link_ttl,
+            &settings.server.public_url,
+        ));
+        let media_cache = Arc::new(crate::media::MediaCache::new(
+            settings.media_cache_dir(),
+            settings.media.cache_size.0,
+        ));
         let shared = crate::account::Shared {
             settings: &settings,
             store: store.clone(),
             outbox: outbox.clone(),
+            links: links.clone(),
         };
         let mut list = Vec::new();
         for account in &settings.accounts {
@@ -230,6 +252,8 @@ impl Application {
             app: Arc::new(App {
                 bound,
                 link_key: rand::random(),
+                links,
+                media_cache,
                 stopping: CancellationToken::new(),
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,

@@ -186,6 +186,36 @@ pub struct MessageData {
     pub mentions_self: bool,
     #[serde(with = "rfc3339_seconds")]
     pub sent_at: OffsetDateTime,
+    /// The image or file of a media message, with a link to fetch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+}
+
+/// The image, file, audio, video or sticker a message carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// `{public_url}/v1/media/{token}`: a signed, expiring link that needs no other
+    /// credential (`media.link_ttl`).
+    pub url: String,
+}
+
+impl MessageKind {
+    /// Kinds whose message carries a file to fetch.
+    pub fn has_media(self) -> bool {
+        matches!(
+            self,
+            MessageKind::Image
+                | MessageKind::File
+                | MessageKind::Audio
+                | MessageKind::Video
+                | MessageKind::Emoticon
+        )
+    }
 }
 
 impl MessageData {
@@ -481,6 +511,7 @@ mod tests {
             mentions: vec![],
             mentions_self: false,
             sent_at: OffsetDateTime::from_unix_timestamp(0).unwrap(),
+            media: None,
         };
         let v = serde_json::to_value(EventData::Message(m)).unwrap();
         assert_eq!(v["kind"], "mini_program");

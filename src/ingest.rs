@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::config::{PuppetSettings, WebhookSettings};
 use crate::event::{BotRef, EventData, EventType, new_event_id, now_millis};
+use crate::media::MediaLinks;
 use crate::outbox::{Destination, Outbox};
 use crate::store::{Appended, NewEvent, StoreError};
 use time::OffsetDateTime;
@@ -97,6 +98,8 @@ pub struct Ingest {
     bot: RwLock<BotRef>,
     skip_self: bool,
     skip_older_than: Duration,
+    /// Signs the links of media messages.
+    links: Arc<MediaLinks>,
 }
 
 impl Ingest {
@@ -105,6 +108,7 @@ impl Ingest {
         outbox: Arc<Outbox>,
         webhooks: &[WebhookSettings],
         puppet: &PuppetSettings,
+        links: Arc<MediaLinks>,
     ) -> Ingest {
         Ingest {
             account: account.to_string(),
@@ -116,6 +120,7 @@ impl Ingest {
             }),
             skip_self: puppet.skip_self,
             skip_older_than: puppet.skip_older_than,
+            links,
         }
     }
 
@@ -146,8 +151,17 @@ impl Ingest {
     }
 
     /// Stores one event and its deliveries. Returns once committed.
-    pub async fn record(&self, data: EventData) -> Result<Recorded, StoreError> {
-        if let EventData::Message(m) = &data {
+    pub async fn record(&self, mut data: EventData) -> Result<Recorded, StoreError> {
+        if let EventData::Message(m) = &mut data {
+            // A media message's link, signed as it is stored.
+            if let Some(media) = m.media.as_mut().filter(|media| media.url.is_empty()) {
+                media.url = self.links.url(
+                    &self.account,
+                    &m.id,
+                    m.kind == crate::event::MessageKind::Image,
+                    &media.name,
+                );
+            }
             if self.skip_self && m.from.is_self {
                 return Ok(Recorded::Skipped("the bot's own message"));
             }
@@ -249,6 +263,7 @@ mod tests {
             mentions: vec![],
             mentions_self: false,
             sent_at: OffsetDateTime::now_utc(),
+            media: None,
         })
     }
 

@@ -19,6 +19,7 @@
 //! - [`puppet`]: the session trait, the mock account and the Puppet Service client.
 //! - [`feed`]: stored events broadcast once to every stream and long poll.
 //! - [`ingest`]: puppet events → stored events with their deliveries.
+//! - [`media`]: signed links to inbound images and files, and their disk cache.
 //! - [`outbox`]: the one place work is written and its worker woken.
 //! - [`store`]: durable storage, split by concern (event log, delivery queue, webhook
 //!   state, send queue, signed requests).
@@ -38,6 +39,7 @@ pub mod event;
 pub mod feed;
 pub mod harness;
 pub mod ingest;
+pub mod media;
 pub mod metrics;
 pub mod outbox;
 pub mod puppet;

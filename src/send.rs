@@ -112,6 +112,12 @@ impl ContentBody {
         }
         if let Some(image) = self.image {
             check_file_ref("image", &image)?;
+            // Puppets send a file as a picture by its type, which its name gives.
+            if !crate::media::mime_of(&image.name).is_some_and(|m| m.starts_with("image/")) {
+                return Err(InvalidSend(
+                    "`image.name` must end in an image extension (.jpg, .png, .gif, .webp)".into(),
+                ));
+            }
             return Ok(Content::Image(image));
         }
         match self.contact_card {

@@ -41,7 +41,7 @@ pub struct MemberList {
     members: Vec<Contact>,
 }
 
-fn puppet_error(e: PuppetError) -> ApiError {
+pub(super) fn puppet_error(e: PuppetError) -> ApiError {
     match e {
         PuppetError::NotFound(m) => ApiError::not_found(m),
         PuppetError::Offline => ApiError::not_ready("the session is not logged in"),

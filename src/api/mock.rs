@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{Acct, ApiError, ApiJson, AppState};
 use crate::account::Account;
+use crate::event::MessageKind;
 use crate::ingest::Recorded;
-use crate::puppet::mock::{FriendRequest, Injection, MockError, MockPuppet, SentMessage, Someone};
+use crate::puppet::mock::{
+    FriendRequest, InjectedMedia, Injection, MockError, MockPuppet, SentMessage, Someone,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,12 +46,53 @@ pub struct InjectBody {
     /// Room id or topic.
     #[serde(default)]
     room: Option<String>,
+    /// The text; with `media`, a caption (defaults to the file name).
+    #[serde(default)]
     text: String,
     #[serde(default)]
     mentions: Vec<String>,
     /// Puppet message id; reuse one to simulate a replay.
     #[serde(default)]
     id: Option<String>,
+    /// An image or file instead of (or with) `text`.
+    #[serde(default)]
+    media: Option<MediaBody>,
+}
+
+/// A simulated message's image or file.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MediaBody {
+    /// `image`, `file`, `audio` or `video`.
+    kind: String,
+    name: String,
+    base64: String,
+}
+
+impl MediaBody {
+    fn into_media(self) -> Result<InjectedMedia, ApiError> {
+        let kind = match self.kind.as_str() {
+            "image" => MessageKind::Image,
+            "file" => MessageKind::File,
+            "audio" => MessageKind::Audio,
+            "video" => MessageKind::Video,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "`media.kind`: `{other}` is not image, file, audio or video"
+                )));
+            }
+        };
+        let bytes = crate::send::decode_base64(&self.base64).ok_or_else(|| {
+            ApiError::invalid(
+                "`media.base64` is not valid base64 (standard alphabet, with padding)",
+            )
+        })?;
+        Ok(InjectedMedia {
+            kind,
+            name: self.name,
+            bytes: bytes.into(),
+        })
+    }
 }
 
 /// What became of an injected message.
@@ -98,6 +142,7 @@ pub(super) async fn inject(
         text: body.text,
         mentions: body.mentions,
         id: body.id,
+        media: body.media.map(MediaBody::into_media).transpose()?,
     };
     match mock.inject(injection).await {
         Ok((Recorded::Stored(a), message_id)) => Ok((

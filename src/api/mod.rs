@@ -7,6 +7,7 @@ mod events;
 mod health;
 mod home;
 mod legacy;
+mod media;
 mod messages;
 mod mock;
 pub mod openapi;
@@ -65,6 +66,7 @@ pub fn router(app: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
     Router::new()
         .merge(health::router())
+        .merge(media::router())
         .merge(home::router())
         .merge(legacy::router())
         .merge(slack::router())

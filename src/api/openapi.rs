@@ -14,7 +14,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{deliveries, directory, events, health, messages, mock, operations, session, webhooks};
+use super::{
+    deliveries, directory, events, health, media, messages, mock, operations, session, webhooks,
+};
 
 /// Every error answer.
 #[derive(Serialize, ToSchema)]
@@ -67,6 +69,7 @@ pub struct ErrorDetail {
         webhooks::enable,
         deliveries::list,
         deliveries::retry,
+        media::download,
         operations::create_room,
         operations::add_members,
         operations::remove_member,
@@ -377,7 +380,8 @@ impl Modify for Errors {
             );
         }
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let v1 = path.starts_with("/v1/");
+            // A media link is its own credential: it needs no token.
+            let v1 = path.starts_with("/v1/") && !path.starts_with("/v1/media/");
             for op in [
                 &mut item.get,
                 &mut item.post,

@@ -285,6 +285,7 @@ fn injection(i: usize) -> Injection {
         text: format!("bench message {i}"),
         mentions: Vec::new(),
         id: Some(format!("bench-{i}")),
+        media: None,
     }
 }
 

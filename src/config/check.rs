@@ -181,6 +181,14 @@ impl Settings {
                 "must be at most 30 days (like \"1s\")".into(),
             );
         }
+        if self.media.link_ttl < std::time::Duration::from_secs(60)
+            || self.media.link_ttl > MAX_DURATION
+        {
+            problem(
+                "media.link_ttl",
+                "must be between 1 minute and 30 days (like \"24h\")".into(),
+            );
+        }
         let mut names = std::collections::HashSet::new();
         let listen = self.server.listen;
         for (i, hook) in self.webhooks.iter_mut().enumerate() {

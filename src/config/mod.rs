@@ -38,6 +38,8 @@ pub struct Settings {
     pub puppet: PuppetSettings,
     /// Outbound message pacing.
     pub send: SendSettings,
+    /// Links to inbound images and files, and their disk cache.
+    pub media: MediaSettings,
     /// Where inbound events are pushed.
     #[serde(default)]
     pub webhooks: Vec<WebhookSettings>,
@@ -258,6 +260,40 @@ pub struct SendSettings {
     /// addresses. Off by default: a caller must not make the gateway fetch from inside
     /// your network.
     pub allow_private_urls: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSettings {
+    /// How long a `data.media.url` link works; the link key rotates at this period.
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+    /// Disk space the media cache may use (least recently used goes first).
+    pub cache_size: ByteSize,
+    /// The cache folder; default: `media-cache` next to the SQLite database.
+    #[serde(default)]
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Settings {
+    /// Where downloaded media is kept: `media.cache_dir`, else `media-cache` next to
+    /// the SQLite database.
+    pub fn media_cache_dir(&self) -> std::path::PathBuf {
+        if let Some(dir) = &self.media.cache_dir {
+            return dir.clone();
+        }
+        let path = self
+            .storage
+            .url
+            .strip_prefix("sqlite://")
+            .unwrap_or(&self.storage.url);
+        let path = path.split('?').next().unwrap_or(path);
+        std::path::Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .join("media-cache")
+    }
 }
 
 /// One webhook endpoint.

@@ -26,8 +26,10 @@ use crate::event::{
     now_millis,
 };
 use crate::ingest::{Ingest, Recorded};
+use crate::media::{ImageSize, MediaFile};
 use crate::send::{Content, FileRef, Link, Recipient};
 use crate::store::StoreError;
+use futures_util::StreamExt;
 
 /// How many sent messages the mock remembers for `GET /v1/mock/sent`: a long-running
 /// mock must not grow without bound.
@@ -92,6 +94,8 @@ struct World {
     requested: VecDeque<FriendRequest>,
     /// The newest [`SENT_KEPT`] messages the bot sent, oldest first.
     sent: VecDeque<SentMessage>,
+    /// The files of the newest [`MEDIA_KEPT`] media messages, by message id.
+    media: VecDeque<(String, InjectedMedia)>,
 }
 
 fn keep<T>(list: &mut VecDeque<T>, item: T) {
@@ -423,7 +427,21 @@ pub struct Injection {
     pub mentions: Vec<String>,
     /// The puppet message id; a fresh one when absent. Reusing one simulates a replay.
     pub id: Option<String>,
+    /// An image or file the message carries instead of text.
+    pub media: Option<InjectedMedia>,
 }
+
+/// The image, file, audio or video of a simulated message.
+#[derive(Debug, Clone)]
+pub struct InjectedMedia {
+    pub kind: MessageKind,
+    pub name: String,
+    pub bytes: bytes::Bytes,
+}
+
+/// How many injected files the mock keeps to serve (`GET /v1/media/…`); older ones are
+/// gone, as WeChat forgets old media.
+pub const MEDIA_KEPT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MockError {
@@ -488,6 +506,7 @@ impl MockPuppet {
             invitations: VecDeque::new(),
             requested: VecDeque::new(),
             sent: VecDeque::new(),
+            media: VecDeque::new(),
         };
         MockPuppet {
             world: Mutex::new(world),
@@ -638,7 +657,14 @@ impl MockPuppet {
     /// Simulates an inbound message; returns once it is stored.
     pub async fn inject(&self, msg: Injection) -> Result<(Recorded, String), MockError> {
         let ingest = self.running()?;
-        if msg.text.is_empty() {
+        if let Some(m) = &msg.media {
+            if !m.kind.has_media() {
+                return Err(MockError::Invalid(
+                    "`media.kind` must be image, file, audio or video".into(),
+                ));
+            }
+            crate::send::check_file_name("media", &m.name).map_err(|e| MockError::Invalid(e.0))?;
+        } else if msg.text.is_empty() {
             return Err(MockError::Invalid("`text` must not be empty".into()));
         }
         let (from, room, mentions) = {
@@ -683,16 +709,36 @@ impl MockPuppet {
         let id = msg
             .id
             .unwrap_or_else(|| format!("mock-{}", ulid::Ulid::new()));
+        let media = msg.media.map(|m| {
+            let data = crate::event::Media {
+                name: m.name.clone(),
+                mime: crate::media::mime_of(&m.name),
+                size: Some(m.bytes.len() as u64),
+                url: String::new(),
+            };
+            let kind = m.kind;
+            let media = &mut self.world().media;
+            media.retain(|(known, _)| *known != id);
+            if media.len() >= MEDIA_KEPT {
+                media.pop_front();
+            }
+            media.push_back((id.clone(), m));
+            (kind, data)
+        });
         let data = MessageData {
             id: id.clone(),
-            kind: MessageKind::Text,
-            text: msg.text,
+            kind: media.as_ref().map_or(MessageKind::Text, |(k, _)| *k),
+            text: match (&media, msg.text.is_empty()) {
+                (Some((_, m)), true) => m.name.clone(),
+                _ => msg.text,
+            },
             to: room.is_none().then(|| self.bot.clone()),
             mentions_self: mentions.contains(&self.bot.id),
             mentions,
             room: room.map(|r| r.room),
             from,
             sent_at: OffsetDateTime::now_utc(),
+            media: media.map(|(_, m)| m),
         };
         let recorded = ingest.record(EventData::Message(data)).await?;
         Ok((recorded, id))
@@ -804,6 +850,35 @@ impl Puppet for MockPuppet {
             .iter()
             .filter_map(|id| world.contact(&self.bot, id))
             .collect())
+    }
+
+    async fn media(
+        &self,
+        message_id: &str,
+        _image: Option<ImageSize>,
+    ) -> Result<MediaFile, PuppetError> {
+        // One size of each image: the mock serves what was injected.
+        let found = self
+            .world()
+            .media
+            .iter()
+            .find(|(id, _)| id == message_id)
+            .map(|(_, m)| m.clone());
+        let m = found.ok_or_else(|| {
+            PuppetError::NotFound(format!(
+                "the mock keeps the files of its newest {MEDIA_KEPT} media messages only, and `{message_id}` is not one of them"
+            ))
+        })?;
+        const CHUNK: usize = 64 * 1024;
+        let chunks: Vec<Result<bytes::Bytes, PuppetError>> = (0..m.bytes.len())
+            .step_by(CHUNK)
+            .map(|at| Ok(m.bytes.slice(at..(at + CHUNK).min(m.bytes.len()))))
+            .collect();
+        Ok(MediaFile {
+            name: m.name,
+            size: Some(m.bytes.len() as u64),
+            body: futures_util::stream::iter(chunks).boxed(),
+        })
     }
 
     async fn check(&self, action: &Action) -> Result<(), PuppetError> {

@@ -27,6 +27,7 @@ use crate::action::{Action, Capabilities, all_supported};
 use crate::config::PuppetKind;
 use crate::event::{Contact, Conversation, Millis, Room, ScanStatus, format_millis, now_millis};
 use crate::ingest::Ingest;
+use crate::media::{ImageSize, MediaFile};
 use crate::send::{Content, Recipient};
 
 /// Where the login stands.
@@ -229,6 +230,19 @@ pub trait Puppet: Send + Sync + 'static {
             "the {} puppet cannot do `{}` in this version",
             self.kind().as_str(),
             action.operations().join("`, `")
+        )))
+    }
+
+    /// The bytes of a media message's file, or with `image` of its image at that size,
+    /// as a stream.
+    async fn media(
+        &self,
+        _message_id: &str,
+        _image: Option<ImageSize>,
+    ) -> Result<MediaFile, PuppetError> {
+        Err(PuppetError::NotSupported(format!(
+            "the {} puppet cannot download media in this version",
+            self.kind().as_str()
         )))
     }
 

@@ -580,6 +580,10 @@ pub trait IdMap: Send + Sync {
 
     /// The alias of `kind` given to a target, if any.
     async fn alias_of(&self, kind: &str, target: &str) -> Result<Option<String>>;
+
+    /// The secret key called `name`: `fresh` the first time it is asked for, and what
+    /// was kept then every time after, across restarts and instances.
+    async fn key(&self, name: &str, fresh: Vec<u8>, now: Millis) -> Result<Vec<u8>>;
 }
 
 /// Signed requests seen, with their answers, so a replayed `webhook-id` acts once.

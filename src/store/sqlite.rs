@@ -580,6 +580,11 @@ impl IdMap for SqliteStore {
             .await
     }
 
+    async fn key(&self, name: &str, fresh: Vec<u8>, now: Millis) -> Result<Vec<u8>> {
+        let name = name.to_string();
+        self.write(|r| Write::Key(name, fresh, now, r)).await
+    }
+
     async fn alias_target(&self, kind: &str, alias: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT target FROM id_aliases WHERE kind = ? AND alias = ?")

@@ -167,6 +167,15 @@ impl PuppetFixture {
         self.control(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// The operations (recall, rooms, friendships…) that reached the puppet.
+    pub async fn ops(&self) -> Vec<Value> {
+        self.control(reqwest::Method::GET, "/ops", None)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// What reached the puppet through its gRPC send calls.
     pub async fn sent(&self) -> Vec<Value> {
         self.control(reqwest::Method::GET, "/sent", None)

@@ -429,8 +429,24 @@ pub fn message(
 ) -> MessageData {
     let sent_at = sent_at(&p);
     let mentions_self = !bot_id.is_empty() && p.mention_ids.iter().any(|m| m == bot_id);
+    let kind = message_kind(p.r#type);
+    // The link is signed by ingest; the size is known once fetched.
+    let media = kind.has_media().then(|| {
+        let name = if p.filename.is_empty() {
+            crate::media::default_name(kind, &p.id)
+        } else {
+            p.filename.clone()
+        };
+        crate::event::Media {
+            mime: crate::media::mime_of(&name),
+            name,
+            size: None,
+            url: String::new(),
+        }
+    });
     MessageData {
-        kind: message_kind(p.r#type),
+        kind,
+        media,
         // Media messages carry their file name where text would be.
         text: if p.text.is_empty() {
             p.filename

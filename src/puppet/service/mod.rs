@@ -40,10 +40,14 @@ use tonic::{Code, Status};
 
 use self::map::{Dirty, StreamEvent};
 use super::{Puppet, PuppetError, Qr, SessionHandle, SessionState};
+use crate::action::{Action, Capabilities, all_supported};
 use crate::config::{PuppetKind, ReconnectSettings, ServiceSettings};
 use crate::event::{BotRef, Contact, Conversation, EventData, Room};
 use crate::ingest::Ingest;
+use crate::media::{ImageSize, MediaFile};
 use crate::send::{Content, Recipient};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 
 /// Longest wait for one unary call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -220,6 +224,9 @@ pub struct ServicePuppet {
     bot: RwLock<Option<Contact>>,
     contacts: Mutex<HashMap<String, Contact>>,
     rooms: Mutex<HashMap<String, (Room, Vec<String>)>>,
+    /// Operations the server answered UNIMPLEMENTED: `GET /v1/capabilities` says so,
+    /// and the API refuses them with 501 up front.
+    refused: Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl ServicePuppet {
@@ -273,6 +280,7 @@ impl ServicePuppet {
             bot: RwLock::new(None),
             contacts: Mutex::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
+            refused: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -890,6 +898,167 @@ impl ServicePuppet {
         }
     }
 
+    /// A media download failed: UNIMPLEMENTED is learned like a refused operation.
+    fn media_error(&self, status: Status, image: bool) -> PuppetError {
+        if status.code() == Code::Unimplemented {
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert("media.download");
+        }
+        if transient(&status) {
+            return PuppetError::Offline;
+        }
+        match operation_error(status) {
+            PuppetError::NotFound(why) => PuppetError::NotFound(format!(
+                "the puppet has no {} for this message: {why}",
+                if image { "image" } else { "file" }
+            )),
+            other => other,
+        }
+    }
+
+    /// Carries out one operation with the RPCs the protocol has for it.
+    async fn operate(&self, action: &Action) -> Result<Option<String>, Status> {
+        let mut client = self.client.clone();
+        match action {
+            Action::Recall { message_id, .. } => {
+                let r = Self::call(client.message_recall(proto::MessageRecallRequest {
+                    id: message_id.clone(),
+                }))
+                .await?;
+                if r.success {
+                    Ok(None)
+                } else {
+                    Err(Status::failed_precondition(
+                        "the puppet could not recall the message (WeChat allows it for two minutes after the send)",
+                    ))
+                }
+            }
+            Action::RoomCreate { topic, members } => {
+                let r = Self::call(client.room_create(proto::RoomCreateRequest {
+                    contact_ids: members.clone(),
+                    topic: topic.clone(),
+                }))
+                .await?;
+                Ok(Some(r.id))
+            }
+            Action::RoomAdd { room, contacts } => {
+                for contact in contacts {
+                    Self::call(client.room_add(proto::RoomAddRequest {
+                        id: room.clone(),
+                        contact_id: contact.clone(),
+                        invite_only: false,
+                    }))
+                    .await?;
+                }
+                self.forget_room(room);
+                Ok(None)
+            }
+            Action::RoomRemove { room, contact } => {
+                Self::call(client.room_del(proto::RoomDelRequest {
+                    id: room.clone(),
+                    contact_id: contact.clone(),
+                }))
+                .await?;
+                self.forget_room(room);
+                Ok(None)
+            }
+            Action::RoomUpdate {
+                room,
+                topic,
+                announce,
+            } => {
+                if let Some(topic) = topic {
+                    Self::call(client.room_topic(proto::RoomTopicRequest {
+                        id: room.clone(),
+                        topic: Some(topic.clone()),
+                    }))
+                    .await?;
+                }
+                if let Some(text) = announce {
+                    Self::call(client.room_announce(proto::RoomAnnounceRequest {
+                        id: room.clone(),
+                        text: Some(text.clone()),
+                    }))
+                    .await?;
+                }
+                self.forget_room(room);
+                Ok(None)
+            }
+            Action::RoomQuit { room } => {
+                Self::call(client.room_quit(proto::RoomQuitRequest { id: room.clone() })).await?;
+                self.forget_room(room);
+                Ok(None)
+            }
+            Action::FriendshipAccept { id } => {
+                Self::call(
+                    client.friendship_accept(proto::FriendshipAcceptRequest { id: id.clone() }),
+                )
+                .await?;
+                Ok(None)
+            }
+            Action::FriendshipAdd {
+                contact,
+                wechat_id,
+                phone,
+                hello,
+            } => {
+                let contact_id = match (contact, wechat_id, phone) {
+                    (Some(id), _, _) => id.clone(),
+                    (None, Some(handle), _) => {
+                        Self::call(client.friendship_search_handle(
+                            proto::FriendshipSearchHandleRequest {
+                                weixin: handle.clone(),
+                            },
+                        ))
+                        .await?
+                        .contact_id
+                    }
+                    (None, None, Some(phone)) => {
+                        Self::call(client.friendship_search_phone(
+                            proto::FriendshipSearchPhoneRequest {
+                                phone: phone.clone(),
+                            },
+                        ))
+                        .await?
+                        .contact_id
+                    }
+                    (None, None, None) => String::new(),
+                };
+                if contact_id.is_empty() {
+                    return Err(Status::not_found(
+                        "WeChat found nobody with that WeChat id or phone number",
+                    ));
+                }
+                Self::call(client.friendship_add(proto::FriendshipAddRequest {
+                    contact_id,
+                    hello: hello.clone(),
+                }))
+                .await?;
+                Ok(None)
+            }
+            Action::RoomInvitationAccept { id } => {
+                Self::call(
+                    client.room_invitation_accept(proto::RoomInvitationAcceptRequest {
+                        id: id.clone(),
+                    }),
+                )
+                .await?;
+                Ok(None)
+            }
+            Action::ContactAlias { contact, alias } => {
+                Self::call(client.contact_alias(proto::ContactAliasRequest {
+                    id: contact.clone(),
+                    alias: Some(alias.clone().unwrap_or_default()),
+                }))
+                .await?;
+                self.forget_contact(contact);
+                Ok(None)
+            }
+        }
+    }
+
     fn online(&self) -> Result<(), PuppetError> {
         if self.session.state() == SessionState::LoggedIn {
             Ok(())
@@ -985,6 +1154,35 @@ fn directory_error(status: Status) -> PuppetError {
         PuppetError::Offline
     } else {
         PuppetError::Failed(format!("the puppet service: {}", describe(&status)))
+    }
+}
+
+/// The next chunk of a media stream, or a timeout error when none comes in time.
+async fn next_chunk(
+    chunks: &mut BoxStream<'static, Result<Option<proto::FileBoxChunk>, Status>>,
+) -> Option<Result<Option<proto::FileBoxChunk>, Status>> {
+    match tokio::time::timeout(CALL_TIMEOUT, chunks.next()).await {
+        Ok(next) => next,
+        Err(_) => Some(Err(Status::deadline_exceeded(format!(
+            "no part of the file came within {}s",
+            CALL_TIMEOUT.as_secs()
+        )))),
+    }
+}
+
+/// An operation failed: UNIMPLEMENTED means this puppet cannot do it at all (learned
+/// for `GET /v1/capabilities`); a missing or refused target will not change; anything
+/// else may pass and is retried.
+fn operation_error(status: Status) -> PuppetError {
+    match status.code() {
+        Code::Unimplemented => PuppetError::NotSupported(format!(
+            "the puppet service does not implement this: {}",
+            describe(&status)
+        )),
+        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
+            PuppetError::NotFound(describe(&status))
+        }
+        _ => PuppetError::Failed(format!("the puppet service: {}", describe(&status))),
     }
 }
 
@@ -1085,6 +1283,103 @@ impl Puppet for ServicePuppet {
         .map_err(|s| lookup_error(s, format!("no room `{room_id}`")))?
         .member_ids;
         Ok(self.contacts_by_id(ids).await)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut all = all_supported();
+        for op in self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            all.insert(op, false);
+        }
+        all
+    }
+
+    async fn media(
+        &self,
+        message_id: &str,
+        image: Option<ImageSize>,
+    ) -> Result<MediaFile, PuppetError> {
+        self.online()?;
+        let mut client = self.client.clone();
+        let id = message_id.to_string();
+        let chunks: BoxStream<'static, Result<Option<proto::FileBoxChunk>, Status>> = match image {
+            None => Self::call(client.message_file_stream(proto::MessageFileStreamRequest { id }))
+                .await
+                .map(|s| s.map(|r| r.map(|m| m.file_box_chunk)).boxed()),
+            Some(size) => Self::call(client.message_image_stream(
+                proto::MessageImageStreamRequest {
+                    id,
+                    r#type: match size {
+                        ImageSize::Thumbnail => proto::ImageType::Thumbnail,
+                        ImageSize::Hd => proto::ImageType::Hd,
+                        ImageSize::Artwork => proto::ImageType::Artwork,
+                    } as i32,
+                },
+            ))
+            .await
+            .map(|s| s.map(|r| r.map(|m| m.file_box_chunk)).boxed()),
+        }
+        .map_err(|status| self.media_error(status, image.is_some()))?;
+        // The first chunk names the file; the rest carry its bytes. Each must come
+        // within CALL_TIMEOUT of the one before.
+        let mut chunks = chunks;
+        let mut name = String::new();
+        let mut first = None;
+        while let Some(next) = next_chunk(&mut chunks).await {
+            let chunk = next.map_err(|status| self.media_error(status, image.is_some()))?;
+            let Some(chunk) = chunk else { continue };
+            if let Some(n) = chunk.name {
+                name = n;
+            }
+            if let Some(data) = chunk.data {
+                first = Some(Bytes::from(data));
+                break;
+            }
+            if !name.is_empty() {
+                break;
+            }
+        }
+        let rest = futures_util::stream::unfold(chunks, |mut chunks| async move {
+            let next = next_chunk(&mut chunks).await?;
+            Some((next, chunks))
+        })
+        .filter_map(|next| async move {
+            match next {
+                Ok(chunk) => chunk.and_then(|c| c.data).map(|d| Ok(Bytes::from(d))),
+                Err(status) => Some(Err(PuppetError::Failed(format!(
+                    "the puppet service stopped sending the file: {}",
+                    describe(&status)
+                )))),
+            }
+        });
+        let body = futures_util::stream::iter(first.map(Ok))
+            .chain(rest)
+            .boxed();
+        Ok(MediaFile {
+            name,
+            size: None,
+            body,
+        })
+    }
+
+    async fn perform(&self, action: &Action) -> Result<Option<String>, PuppetError> {
+        self.online()?;
+        let result = self.operate(action).await;
+        if let Err(status) = &result
+            && status.code() == Code::Unimplemented
+        {
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            for op in action.operations() {
+                if refused.insert(op) {
+                    tracing::warn!(account = %self.account, operation = op, "the puppet service does not implement this operation; GET /v1/capabilities now says so");
+                }
+            }
+        }
+        result.map_err(operation_error)
     }
 
     async fn send(&self, to: &Conversation, content: &Content) -> Result<String, PuppetError> {

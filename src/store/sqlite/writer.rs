@@ -62,6 +62,7 @@ pub(super) enum Write {
     ClaimSends(SendClaimRequest, Reply<Claim<QueuedSend>>),
     /// (kind, alias, target, now)
     Alias(String, String, String, Millis, Reply<bool>),
+    Key(String, Vec<u8>, Millis, Reply<Vec<u8>>),
     ReleaseSend(String, Reply<()>),
     Finish(Box<FinishedAttempt>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
@@ -455,6 +456,11 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Op
                 reply,
                 step(conn, |c| set_alias(c, &kind, &alias, &target, now)),
             ),
+            Write::Key(name, fresh, now, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| key(c, &name, &fresh, now)),
+            ),
             Write::Claim(request, reply) => answer(
                 &mut resource_failure,
                 reply,
@@ -635,6 +641,7 @@ fn fail(op: Write, msg: &str) {
         Write::ClaimSends(_, r) => r.send(err(msg)).is_ok(),
         Write::ReleaseSend(_, r) => r.send(err(msg)).is_ok(),
         Write::Alias(.., r) => r.send(err(msg)).is_ok(),
+        Write::Key(.., r) => r.send(err(msg)).is_ok(),
         Write::Claim(_, r) => r.send(err(msg)).is_ok(),
         Write::Release(_, r) => r.send(err(msg)).is_ok(),
         Write::Finish(_, r) => r.send(err(msg)).is_ok(),
@@ -1022,6 +1029,19 @@ fn set_alias(
         .prepare_cached("SELECT target FROM id_aliases WHERE kind = ?1 AND alias = ?2")?
         .query_row([kind, alias], |r| r.get(0))?;
     Ok(existing == target)
+}
+
+/// The kept key, or `fresh` stored as it.
+fn key(conn: &Connection, name: &str, fresh: &[u8], now: Millis) -> Result<Vec<u8>> {
+    exec(
+        conn,
+        "INSERT INTO keys (name, value, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO NOTHING",
+        params![name, fresh, now],
+    )?;
+    Ok(conn
+        .prepare_cached("SELECT value FROM keys WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?)
 }
 
 fn release_send(conn: &Connection, id: &str) -> Result<()> {
