@@ -900,7 +900,7 @@ impl ServicePuppet {
 
     /// A media download failed: UNIMPLEMENTED is learned like a refused operation.
     fn media_error(&self, status: Status, image: bool) -> PuppetError {
-        if status.code() == Code::Unimplemented {
+        if unimplemented(&status) {
             self.refused
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1157,6 +1157,14 @@ fn directory_error(status: Status) -> PuppetError {
     }
 }
 
+/// The server cannot do this at all: UNIMPLEMENTED, or wechaty-puppet-service's answer
+/// when its puppet lacks the method (`UNKNOWN`, "TypeError: puppet.x is not a
+/// function").
+fn unimplemented(status: &Status) -> bool {
+    status.code() == Code::Unimplemented
+        || (status.code() == Code::Unknown && status.message().contains("is not a function"))
+}
+
 /// The next chunk of a media stream, or a timeout error when none comes in time.
 async fn next_chunk(
     chunks: &mut BoxStream<'static, Result<Option<proto::FileBoxChunk>, Status>>,
@@ -1174,6 +1182,12 @@ async fn next_chunk(
 /// for `GET /v1/capabilities`); a missing or refused target will not change; anything
 /// else may pass and is retried.
 fn operation_error(status: Status) -> PuppetError {
+    if unimplemented(&status) {
+        return PuppetError::NotSupported(format!(
+            "the puppet service does not implement this: {}",
+            describe(&status)
+        ));
+    }
     match status.code() {
         Code::Unimplemented => PuppetError::NotSupported(format!(
             "the puppet service does not implement this: {}",
@@ -1370,7 +1384,7 @@ impl Puppet for ServicePuppet {
         self.online()?;
         let result = self.operate(action).await;
         if let Err(status) = &result
-            && status.code() == Code::Unimplemented
+            && unimplemented(status)
         {
             let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
             for op in action.operations() {
