@@ -175,6 +175,8 @@ pub fn content_operation(content: &Content) -> &'static str {
         Content::File(_) => "message.file",
         Content::Image(_) => "message.image",
         Content::ContactCard(_) => "message.contact_card",
+        Content::Upload(u) if u.image => "message.image",
+        Content::Upload(_) => "message.file",
     }
 }
 

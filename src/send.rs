@@ -45,6 +45,34 @@ pub enum Content {
     Image(FileRef),
     /// Shares the card of the contact with this id.
     ContactCard(String),
+    /// A file uploaded with `multipart/form-data`, stored until it is sent. Never
+    /// taken from a JSON body: only the upload route makes one.
+    Upload(Upload),
+}
+
+impl Content {
+    /// Removes an upload's file once its send is over (sent, or failed for good).
+    pub fn discard_upload(&self) {
+        if let Content::Upload(upload) = self
+            && let Err(e) = std::fs::remove_file(&upload.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %upload.path.display(), error = %e, "cannot remove a sent upload");
+        }
+    }
+}
+
+/// An uploaded file waiting on disk to be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    pub path: std::path::PathBuf,
+    pub name: String,
+    /// Sent as a picture (the `image` part) rather than a file.
+    #[serde(default)]
+    pub image: bool,
+    pub size: u64,
+    /// Hex SHA-256 of the bytes, to tell a replayed upload from another.
+    pub sha256: String,
 }
 
 /// The wire shape of a send body without `to` (a reply in a webhook response).
@@ -249,14 +277,28 @@ pub fn new_send(
     now: i64,
 ) -> crate::store::NewSend {
     let request_json = serde_json::to_string(&request).unwrap_or_default();
-    queue_row(
+    let mut row = queue_row(
         "out",
         account,
         request_json,
         conversation.key(),
         idempotency_key,
         now,
-    )
+    );
+    // An upload's digest stands for its file: the same bytes uploaded again under the
+    // same key are the same request, wherever they were stored.
+    if let Content::Upload(upload) = &request.content {
+        let mut same = upload.clone();
+        same.path = std::path::PathBuf::new();
+        let canonical = serde_json::to_string(&SendRequest {
+            to: request.to.clone(),
+            content: Content::Upload(same),
+        })
+        .unwrap_or_default();
+        row.request_hash =
+            queue_row("out", account, canonical, String::new(), None, now).request_hash;
+    }
+    row
 }
 
 /// A row of the send queue: a fresh `{prefix}_…` id, the request and its digest.

@@ -10,8 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{
-    Acct, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Credential, SignedMessageId,
-    idempotency_key,
+    Acct, ApiError, ApiPath, ApiQuery, AppState, Credential, SignedMessageId, idempotency_key,
 };
 use crate::account::Account;
 use crate::event::{Conversation, now_millis};
@@ -21,9 +20,13 @@ use crate::send::new_send;
 use crate::send::{Content, Recipient, SendBody, SendRequest};
 use crate::store::{SendStatus, SendView};
 
-pub fn router() -> Router<AppState> {
+/// `max_upload` bounds the body of a multipart upload (JSON keeps `server.body_limit`).
+pub fn router(max_upload: usize) -> Router<AppState> {
     Router::new()
-        .route("/v1/messages", post(send))
+        .route(
+            "/v1/messages",
+            post(send).layer(axum::extract::DefaultBodyLimit::max(max_upload)),
+        )
         .route("/v1/messages/{id}", get(status))
 }
 
@@ -86,22 +89,26 @@ pub fn parse_seconds_or_duration(raw: &str) -> Result<Duration, &'static str> {
         WaitQuery,
         ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key answers the first result. 1 to 255 printable ASCII characters.", pattern = r"^[!-~]([ -~]{0,253}[!-~])?$"),
     ),
-    request_body = crate::send::SendBody,
+    request_body(content(
+        (crate::send::SendBody = "application/json"),
+        (super::upload::UploadForm = "multipart/form-data"),
+    )),
     responses(
         (status = 202, description = "Queued", body = SendView),
         (status = 200, description = "Sent or failed within `wait`", body = SendView),
     )
 )]
+/// A multipart upload is stored before it is queued; larger than `media.max_upload`
+/// answers 413.
 pub(super) async fn send(
     State(app): State<AppState>,
     Acct(account): Acct,
     signed: Option<Extension<SignedMessageId>>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<WaitQuery>,
-    ApiJson(body): ApiJson<SendBody>,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<SendView>), ApiError> {
     let wait = parse_wait(&app, query.wait.as_deref())?;
-    let SendRequest { to, content } = body.into_request().map_err(|e| ApiError::invalid(e.0))?;
     // A signed request's verified webhook-id is its key, always (a captured request
     // replayed with a fresh Idempotency-Key must not send again); else Idempotency-Key;
     // else an unsigned webhook-id.
@@ -115,7 +122,30 @@ pub(super) async fn send(
                 .map(str::to_string)
         }),
     };
-    let mut view = queue_send(&app, &account, to, content, key).await?;
+    let mut view = if super::upload::is_multipart(&headers) {
+        super::upload::queue(&app, &account, request, key).await?
+    } else {
+        // The route takes uploads up to media.max_upload; JSON keeps server.body_limit.
+        let limit = app.settings.server.body_limit.0 as usize;
+        let bytes = axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|_| super::too_large("the body is larger than server.body_limit"))?;
+        if !headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON (`content-type: application/json`), or a file as `multipart/form-data`",
+            ));
+        }
+        let axum::Json(body) = axum::Json::<SendBody>::from_bytes(&bytes)?;
+        let SendRequest { to, content } =
+            body.into_request().map_err(|e| ApiError::invalid(e.0))?;
+        queue_send(&app, &account, to, content, key).await?
+    };
     if let Some(wait) = wait
         && view.status == SendStatus::Queued
     {
@@ -141,6 +171,17 @@ pub(super) async fn queue_send(
     content: Content,
     key: Option<String>,
 ) -> Result<SendView, ApiError> {
+    Ok(enqueue(app, account, to, content, key).await?.send)
+}
+
+/// [`queue_send`], telling also whether the key was a replay (nothing new queued).
+pub(super) async fn enqueue(
+    app: &AppState,
+    account: &Account,
+    to: Recipient,
+    content: Content,
+    key: Option<String>,
+) -> Result<crate::store::Enqueued, ApiError> {
     content
         .check_urls(app.settings.send.allow_private_urls)
         .map_err(|e| ApiError::invalid(e.0))?;
@@ -162,7 +203,7 @@ pub(super) async fn queue_send(
         return Err(ApiError::invalid("`mentions` works in rooms only"));
     }
     let request = SendRequest { to, content };
-    let enqueued = app
+    Ok(app
         .outbox
         .queue_send(new_send(
             &account.name,
@@ -171,8 +212,7 @@ pub(super) async fn queue_send(
             key,
             now_millis(),
         ))
-        .await?;
-    Ok(enqueued.send)
+        .await?)
 }
 
 fn describe(to: &Recipient) -> String {

@@ -14,6 +14,7 @@ pub mod openapi;
 pub(crate) mod operations;
 mod session;
 pub mod slack;
+mod upload;
 mod webhooks;
 
 use std::sync::Arc;
@@ -59,7 +60,13 @@ pub fn router(app: AppState) -> Router {
         .merge(mock::router())
         .merge(webhooks::router())
         .merge(deliveries::router())
-        .merge(messages::router())
+        .merge(messages::router(
+            app.settings
+                .media
+                .max_upload
+                .0
+                .max(app.settings.server.body_limit.0) as usize,
+        ))
         .merge(events::router())
         .merge(directory::router())
         .merge(operations::router())
@@ -839,6 +846,11 @@ impl From<StoreError> for ApiError {
             other => ApiError::internal(other),
         }
     }
+}
+
+/// 413 `payload_too_large`, saying which limit.
+pub fn too_large(message: &str) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
 }
 
 impl From<JsonRejection> for ApiError {

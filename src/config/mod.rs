@@ -273,15 +273,27 @@ pub struct MediaSettings {
     /// The cache folder; default: `media-cache` next to the SQLite database.
     #[serde(default)]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Largest file a multipart upload to `POST /v1/messages` may carry.
+    pub max_upload: ByteSize,
 }
 
 impl Settings {
     /// Where downloaded media is kept: `media.cache_dir`, else `media-cache` next to
     /// the SQLite database.
     pub fn media_cache_dir(&self) -> std::path::PathBuf {
-        if let Some(dir) = &self.media.cache_dir {
-            return dir.clone();
+        match &self.media.cache_dir {
+            Some(dir) => dir.clone(),
+            None => self.data_dir().join("media-cache"),
         }
+    }
+
+    /// Where uploaded files wait to be sent: `uploads` next to the SQLite database.
+    pub fn upload_dir(&self) -> std::path::PathBuf {
+        self.data_dir().join("uploads")
+    }
+
+    /// The folder of the SQLite database.
+    fn data_dir(&self) -> std::path::PathBuf {
         let path = self
             .storage
             .url
@@ -292,7 +304,7 @@ impl Settings {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."))
-            .join("media-cache")
+            .to_path_buf()
     }
 }
 

@@ -52,10 +52,53 @@ pub struct SentMessage {
     pub image: Option<FileRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact_card: Option<String>,
+    /// A file uploaded with multipart, as the mock read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<SentUpload>,
     pub sent_at: String,
     /// True once the bot recalled it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recalled: bool,
+}
+
+/// An uploaded file the bot sent: its name, kind, size and digest.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SentUpload {
+    pub name: String,
+    /// Sent as a picture.
+    pub image: bool,
+    pub size: u64,
+    /// Hex SHA-256 of the bytes the mock read.
+    pub sha256: String,
+}
+
+/// Reads an upload back in chunks: its size and digest.
+async fn read_upload(path: &std::path::Path) -> Result<(u64, String), PuppetError> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| PuppetError::NotFound(format!("the uploaded file is gone ({e})")))?;
+    let mut digest = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| PuppetError::Failed(format!("reading the upload: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        digest.update(&buf[..n]);
+    }
+    let hex = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((size, hex))
 }
 
 /// How many pending friend requests and room invitations the mock keeps.
@@ -911,6 +954,7 @@ impl Puppet for MockPuppet {
             file: None,
             image: None,
             contact_card: None,
+            upload: None,
             sent_at: crate::event::format_millis(now_millis()),
             recalled: false,
         };
@@ -937,6 +981,16 @@ impl Puppet for MockPuppet {
             Content::Link(link) => sent.link = Some(link.clone()),
             Content::File(file) => sent.file = Some(file.clone()),
             Content::Image(image) => sent.image = Some(image.clone()),
+            Content::Upload(upload) => {
+                // What WeChat would receive: the bytes read back from the upload.
+                let (size, sha256) = read_upload(&upload.path).await?;
+                sent.upload = Some(SentUpload {
+                    name: upload.name.clone(),
+                    image: upload.image,
+                    size,
+                    sha256,
+                });
+            }
             Content::ContactCard(id) => {
                 if !self.world().contacts.iter().any(|c| c.id == *id) {
                     return Err(PuppetError::NotFound(format!(

@@ -308,7 +308,14 @@ impl Sender {
         })
         .await
         {
-            Some(Ok(())) => {}
+            Some(Ok(())) => {
+                // Its outcome is stored: an upload's file is needed no more.
+                if !matches!(outcome, SendOutcome::Retry { .. })
+                    && let Some(request) = request
+                {
+                    request.content.discard_upload();
+                }
+            }
             Some(Err(e)) => {
                 tracing::error!(send_id = %send.id, error = %e, "cannot record a send outcome")
             }

@@ -1445,6 +1445,67 @@ impl Puppet for ServicePuppet {
                 .await
                 .map(|r| r.id)
             }
+            Content::Upload(upload) => {
+                let file = tokio::fs::File::open(&upload.path).await.map_err(|e| {
+                    PuppetError::NotFound(format!("the uploaded file is gone ({e})"))
+                })?;
+                let head = [
+                    proto::MessageSendFileStreamRequest {
+                        conversation_id: Some(conversation_id),
+                        file_box_chunk: None,
+                    },
+                    proto::MessageSendFileStreamRequest {
+                        conversation_id: None,
+                        file_box_chunk: Some(proto::FileBoxChunk {
+                            data: None,
+                            name: Some(upload.name.clone()),
+                        }),
+                    },
+                ];
+                // A read error ends the stream early; the send then fails, named.
+                let unreadable = Arc::new(Mutex::new(None::<std::io::Error>));
+                let seen = unreadable.clone();
+                let body = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024)
+                    .take_while(move |r| {
+                        let ok = match r {
+                            Ok(_) => true,
+                            Err(e) => {
+                                *seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(std::io::Error::new(e.kind(), e.to_string()));
+                                false
+                            }
+                        };
+                        std::future::ready(ok)
+                    })
+                    .filter_map(|r| std::future::ready(r.ok()))
+                    .map(|bytes| proto::MessageSendFileStreamRequest {
+                        conversation_id: None,
+                        file_box_chunk: Some(proto::FileBoxChunk {
+                            data: Some(bytes.to_vec()),
+                            name: None,
+                        }),
+                    });
+                let requests = futures_util::stream::iter(head).chain(body);
+                // A large file takes longer than one call's timeout: a second per MB more.
+                let limit = CALL_TIMEOUT + Duration::from_secs(upload.size / 1_000_000);
+                let sent =
+                    match tokio::time::timeout(limit, client.message_send_file_stream(requests))
+                        .await
+                    {
+                        Ok(r) => r.map(|r| r.into_inner().id),
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "the puppet service took over {}s to take the file",
+                            limit.as_secs()
+                        ))),
+                    };
+                if let Some(e) = unreadable.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    tracing::error!(path = %upload.path.display(), error = %e, "an upload could not be read while it was sent");
+                    return Err(PuppetError::Failed(format!(
+                        "reading the uploaded file failed: {e}"
+                    )));
+                }
+                sent
+            }
             Content::ContactCard(contact_id) => Self::call(client.message_send_contact(
                 proto::MessageSendContactRequest {
                     conversation_id,
