@@ -188,7 +188,8 @@ fn refine(schemas: &mut Value) {
     let non_blank = json!({"type": "string", "pattern": "\\S"});
     schemas["SendBody"] = json!({
         "description": "The body of `POST /v1/messages`: `to`, and exactly one of `text` \
-                        (with optional `mentions`, rooms only), `link`, `file`, `contact_card`.",
+                        (with optional `mentions`, rooms only), `link`, `file`, `image`, `contact_card`. \
+                        A file may instead be uploaded as `multipart/form-data`.",
         "type": "object",
         "required": ["to"],
         "additionalProperties": false,
@@ -202,6 +203,7 @@ fn refine(schemas: &mut Value) {
             },
             "link": {"$ref": "#/components/schemas/Link"},
             "file": {"$ref": "#/components/schemas/FileRef"},
+            "image": {"$ref": "#/components/schemas/ImageRef"},
             "contact_card": {
                 "type": "string",
                 "minLength": 1,
@@ -212,6 +214,7 @@ fn refine(schemas: &mut Value) {
             {"required": ["text"]},
             {"required": ["link"]},
             {"required": ["file"]},
+            {"required": ["image"]},
             {"required": ["contact_card"]}
         ],
         "dependentRequired": {"mentions": ["text"]}
@@ -239,6 +242,63 @@ fn refine(schemas: &mut Value) {
             "name": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/\\\\\\x00-\\x1f\\x7f-\\x9f]*[^/\\\\\\x00-\\x1f\\x7f-\\x9f.\\s][^/\\\\\\x00-\\x1f\\x7f-\\x9f]*$", "description": "A plain file name, like `report.pdf`: no `/`, `\\`, control characters, and not `.` or `..`."}
         },
         "oneOf": [{"required": ["url"]}, {"required": ["base64"]}]
+    });
+    let mut image = schemas["FileRef"].clone();
+    image["description"] = json!("An image, by URL or inline as base64, sent as a WeChat picture.");
+    image["properties"]["name"] = json!({"type": "string", "minLength": 5, "maxLength": 255, "pattern": "^[A-Za-z0-9_-]{1,200}\\.(jpg|jpeg|png|gif|webp)$", "description": "A plain file name with an image extension, like `chart.png`."});
+    schemas["ImageRef"] = image;
+    let id = json!({"type": "string", "pattern": "\\S"});
+    let ids = |min: usize| json!({"type": "array", "items": id.clone(), "minItems": min, "maxItems": 500, "uniqueItems": true});
+    let topic = json!({"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^\\r\\n]*\\S[^\\r\\n]*$"});
+    schemas["CreateRoom"] = json!({
+        "description": "A room to create: its topic and two or more contact ids (the bot is a member anyway).",
+        "type": "object", "required": ["topic", "members"], "additionalProperties": false,
+        "properties": {"topic": topic.clone(), "members": ids(2)}
+    });
+    schemas["AddMembers"] = json!({
+        "description": "Contacts to add to a room.",
+        "type": "object", "required": ["contacts"], "additionalProperties": false,
+        "properties": {"contacts": ids(1)}
+    });
+    schemas["UpdateRoom"] = json!({
+        "description": "A new topic, an announcement, or both.",
+        "type": "object", "additionalProperties": false,
+        "properties": {"topic": topic, "announce": {"type": "string", "maxLength": 2000}},
+        "anyOf": [{"required": ["topic"]}, {"required": ["announce"]}]
+    });
+    schemas["AddFriend"] = json!({
+        "description": "A friend request: exactly one of `wechat_id`, `phone`, `contact`, and a greeting.",
+        "type": "object", "additionalProperties": false,
+        "properties": {
+            "wechat_id": id.clone(),
+            "phone": {"type": "string", "pattern": "^\\+?[0-9][0-9 -]{0,30}$"},
+            "contact": id.clone(),
+            "hello": {"type": "string", "maxLength": 200}
+        },
+        "oneOf": [{"required": ["wechat_id"]}, {"required": ["phone"]}, {"required": ["contact"]}]
+    });
+    schemas["UpdateContact"] = json!({
+        "description": "The bot's alias (remark) for a contact; null or \"\" clears it.",
+        "type": "object", "required": ["alias"], "additionalProperties": false,
+        "properties": {"alias": {"type": ["string", "null"], "maxLength": 64, "pattern": "^[^\\r\\n]*$"}}
+    });
+    let someone = json!({"oneOf": [
+        {"type": "string", "minLength": 1, "description": "A contact id or name"},
+        {"type": "object", "required": ["id", "name"], "additionalProperties": false,
+         "properties": {"id": id.clone(), "name": id.clone()}, "description": "Someone the bot does not know"}
+    ]});
+    schemas["FriendRequestBody"] = json!({
+        "description": "A simulated friend request to the bot.",
+        "type": "object", "required": ["from"], "additionalProperties": false,
+        "properties": {"from": someone.clone(), "hello": {"type": "string"}}
+    });
+    schemas["InvitationBody"] = json!({
+        "description": "A simulated invitation into a room.",
+        "type": "object", "required": ["from", "room"], "additionalProperties": false,
+        "properties": {"from": someone, "room": {
+            "type": "object", "required": ["id", "topic"], "additionalProperties": false,
+            "properties": {"id": {"type": "string", "pattern": "^[^@]*@[^@]*$"}, "topic": {"type": "string", "pattern": "\\S"}}
+        }}
     });
     schemas["ReplayBody"] = json!({
         "description": "Which events to send again: after a `seq`, or since a time (or both).",
@@ -271,14 +331,25 @@ fn refine(schemas: &mut Value) {
         ]
     });
     schemas["InjectBody"] = json!({
-        "description": "A simulated inbound message.",
+        "description": "A simulated inbound message: `text`, `media`, or both (the text is then a caption).",
         "type": "object",
-        "required": ["from", "text"],
+        "required": ["from"],
         "additionalProperties": false,
+        "anyOf": [{"required": ["text"]}, {"required": ["media"]}],
         "properties": {
             "from": {"type": "string", "description": "Contact id or name."},
             "room": {"type": "string", "description": "Room id or topic."},
             "text": {"type": "string", "minLength": 1},
+            "media": {
+                "type": "object",
+                "required": ["kind", "name", "base64"],
+                "additionalProperties": false,
+                "properties": {
+                    "kind": {"enum": ["image", "file", "audio", "video"]},
+                    "name": schemas["FileRef"]["properties"]["name"].clone(),
+                    "base64": schemas["FileRef"]["properties"]["base64"].clone()
+                }
+            },
             "mentions": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -325,9 +396,12 @@ const ERRORS: &[(&str, &str)] = &[
     ("405", "This route does not take that method"),
     (
         "409",
-        "The idempotency key was used with another request (or, mock only, no scan is pending)",
+        "The idempotency key was used with another request, the message to recall is not sent (`not_sent`), or (mock only) no scan is pending",
     ),
-    ("413", "The body is larger than server.body_limit"),
+    (
+        "413",
+        "The body is larger than server.body_limit (an upload: media.max_upload)",
+    ),
     ("415", "The body is not sent as application/json"),
     (
         "429",
@@ -338,6 +412,10 @@ const ERRORS: &[(&str, &str)] = &[
         "A field is missing or invalid (the message names it)",
     ),
     ("500", "An internal error (details in the server log)"),
+    (
+        "501",
+        "The account's puppet cannot do this (`not_supported`; GET /v1/capabilities lists what it can)",
+    ),
     (
         "503",
         "Not ready (the message says why), or the request outlasted server.request_timeout",

@@ -107,7 +107,10 @@ impl Request {
         headers: &HeaderMap,
         wait: Option<String>,
     ) -> Result<Request, ApiError> {
-        let wait = parse_wait(app, wait.as_deref())?.unwrap_or(DEFAULT_WAIT);
+        // The default, like a given wait, stays under server.request_timeout.
+        let default = format!("{}ms", DEFAULT_WAIT.as_millis());
+        let wait = parse_wait(app, Some(wait.as_deref().unwrap_or(&default)))?
+            .unwrap_or(DEFAULT_WAIT);
         let key = match signed {
             Some(Extension(SignedMessageId(id))) => Some(id),
             None => idempotency_key(headers)?.or_else(|| {
