@@ -188,7 +188,7 @@ pub struct MessageData {
     pub sent_at: OffsetDateTime,
     /// The image or file of a media message, with a link to fetch it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media: Option<Media>,
+    pub media: Option<Box<Media>>,
 }
 
 /// The image, file, audio, video or sticker a message carries.
@@ -275,6 +275,9 @@ pub enum ScanStatus {
 }
 
 /// The payload of each event type: the part of an event that varies.
+// Messages are most events, so boxing them would allocate for nearly every event to
+// save bytes on the rare others; an event is built once and moved a few times.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EventData {

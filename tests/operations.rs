@@ -107,7 +107,7 @@ async fn a_room_is_created_changed_and_left_with_its_events() {
     assert_eq!(renamed["old_topic"], "Team");
     assert_eq!(renamed["new_topic"], "Team Two");
     let (_, found) = app.get("/v1/rooms?q=team%20two").await;
-    assert_eq!(ids(&found["rooms"]), [id.clone()]);
+    assert_eq!(ids(&found["rooms"]), std::slice::from_ref(&id));
 
     let (status, op) = call(&app, "POST", &format!("/v1/rooms/{id}/quit"), None).await;
     assert_eq!((status, op["status"].as_str()), (200, Some("done")), "{op}");

@@ -89,7 +89,7 @@ pub struct ErrorDetail {
         mock::friend_requests,
         mock::room_invitation,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, crate::media::ImageSize)),
     modifiers(&Errors),
     tags(
         (name = "health", description = "Liveness, readiness, metrics (no auth)"),
@@ -290,7 +290,7 @@ fn refine(schemas: &mut Value) {
     schemas["FriendRequestBody"] = json!({
         "description": "A simulated friend request to the bot.",
         "type": "object", "required": ["from"], "additionalProperties": false,
-        "properties": {"from": someone.clone(), "hello": {"type": "string"}}
+        "properties": {"from": someone.clone(), "hello": {"type": ["string", "null"]}}
     });
     schemas["InvitationBody"] = json!({
         "description": "A simulated invitation into a room.",
@@ -299,6 +299,14 @@ fn refine(schemas: &mut Value) {
             "type": "object", "required": ["id", "topic"], "additionalProperties": false,
             "properties": {"id": {"type": "string", "pattern": "^[^@]*@[^@]*$"}, "topic": {"type": "string", "pattern": "\\S"}}
         }}
+    });
+    schemas["UploadForm"] = json!({
+        "description": "A file sent from your disk: the recipient, and the bytes named by the part's file name. A part whose own content-type is image/jpeg, image/png, image/gif or image/webp is sent as a picture.",
+        "type": "object", "required": ["to", "file"], "additionalProperties": false,
+        "properties": {
+            "to": {"$ref": "#/components/schemas/Recipient"},
+            "file": {"type": "string", "format": "binary"}
+        }
     });
     schemas["ReplayBody"] = json!({
         "description": "Which events to send again: after a `seq`, or since a time (or both).",

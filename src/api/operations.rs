@@ -109,8 +109,8 @@ impl Request {
     ) -> Result<Request, ApiError> {
         // The default, like a given wait, stays under server.request_timeout.
         let default = format!("{}ms", DEFAULT_WAIT.as_millis());
-        let wait = parse_wait(app, Some(wait.as_deref().unwrap_or(&default)))?
-            .unwrap_or(DEFAULT_WAIT);
+        let wait =
+            parse_wait(app, Some(wait.as_deref().unwrap_or(&default)))?.unwrap_or(DEFAULT_WAIT);
         let key = match signed {
             Some(Extension(SignedMessageId(id))) => Some(id),
             None => idempotency_key(headers)?.or_else(|| {
@@ -241,7 +241,7 @@ pub enum Created {
 /// 202 with the operation while it waits (its `result` is the room id when done).
 #[utoipa::path(
     post, path = "/v1/rooms", operation_id = "create_room", tag = "rooms",
-    params(WaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat safely: the same key answers the first result")),
+    params(WaitQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat safely: the same key answers the first result. 1 to 255 printable ASCII characters.", pattern = r"^[!-~]([ -~]{0,253}[!-~])?$")),
     request_body = CreateRoom,
     responses(
         (status = 201, description = "Created", body = Room),
@@ -533,8 +533,16 @@ pub(super) async fn accept_invitation(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateContact {
-    /// The bot's alias (remark) for the contact; null or `""` clears it.
-    pub alias: Option<String>,
+    /// The bot's alias (remark) for the contact; null or `""` clears it. Required, so
+    /// that an empty body is a mistake rather than a silent clear.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub alias: Option<Option<String>>,
+}
+
+/// A field that must be given, though it may be null.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// Sets the bot's alias for a contact.
@@ -553,8 +561,12 @@ pub(super) async fn update_contact(
     ApiQuery(query): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<UpdateContact>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    if body
-        .alias
+    let Some(alias) = body.alias else {
+        return Err(ApiError::invalid(
+            "`alias` is required: the new alias, or null to clear it",
+        ));
+    };
+    if alias
         .as_ref()
         .is_some_and(|a| a.chars().count() > 64 || a.contains(['\r', '\n']))
     {
@@ -565,7 +577,7 @@ pub(super) async fn update_contact(
     let request = Request::new(&app, account, signed, &headers, query.wait)?;
     let action = Action::ContactAlias {
         contact,
-        alias: body.alias.filter(|a| !a.is_empty()),
+        alias: alias.filter(|a| !a.is_empty()),
     };
     Ok(answer(request.run(&app, action).await?))
 }

@@ -1,7 +1,8 @@
 //! `POST /v1/messages` as `multipart/form-data`: a file (or an image) uploaded with the
 //! request rather than fetched from a URL. Parts: `to` (the recipient as JSON, as in a
-//! JSON send), then `file` or `image` (the bytes, with a file name), and optionally
-//! `name` (overrides the part's file name).
+//! JSON send) and `file` (the bytes, named by the part's file name). A `file` part whose
+//! own `content-type` is `image/jpeg`, `image/png`, `image/gif` or `image/webp` is sent as
+//! a picture (its name gets the matching extension if it lacks one).
 //!
 //! Nothing is acknowledged before it is stored: the bytes are streamed to a file in the
 //! upload folder (never held whole in memory), synced to disk, and only then is the
@@ -27,15 +28,10 @@ use crate::store::SendView;
 #[allow(dead_code)]
 pub struct UploadForm {
     /// The recipient as JSON, like `{"contact": "alice"}`.
-    to: String,
-    /// The file's bytes, with its file name (or `image` instead, to send a picture).
+    to: Recipient,
+    /// The file's bytes, with its file name; with an image `content-type`, a picture.
     #[schema(value_type = String, format = Binary)]
-    file: Option<Vec<u8>>,
-    /// A picture's bytes, with a file name ending in an image extension.
-    #[schema(value_type = String, format = Binary)]
-    image: Option<Vec<u8>>,
-    /// Overrides the part's file name.
-    name: Option<String>,
+    file: Vec<u8>,
 }
 
 /// True for a `multipart/form-data` body.
@@ -83,8 +79,8 @@ pub async fn queue(
         .map_err(|e| ApiError::invalid(format!("the multipart body: {}", e.body_text())))?;
     let dir = app.settings.upload_dir();
     let mut to: Option<Recipient> = None;
-    let mut name: Option<String> = None;
-    let mut file: Option<(Stored, String, bool, u64, String)> = None;
+    let mut file: Option<(Stored, String, u64, String)> = None;
+    let mut image: Option<&'static str> = None;
     while let Some(mut field) = multipart
         .next_field()
         .await
@@ -99,15 +95,18 @@ pub async fn queue(
                     ))
                 })?);
             }
-            "name" => name = Some(field.text().await.map_err(|e| multipart_error(app, e))?),
-            part @ ("file" | "image") => {
+            "file" => {
                 if file.is_some() {
-                    return Err(ApiError::invalid(
-                        "give one `file` or `image` part, not several",
-                    ));
+                    return Err(ApiError::invalid("give one `file` part, not several"));
                 }
-                let image = part == "image";
                 let given = field.file_name().unwrap_or_default().to_string();
+                image = match field.content_type().map(str::to_ascii_lowercase).as_deref() {
+                    Some("image/jpeg") => Some("jpg"),
+                    Some("image/png") => Some("png"),
+                    Some("image/gif") => Some("gif"),
+                    Some("image/webp") => Some("webp"),
+                    _ => None,
+                };
                 let path = dir.join(format!("up_{}", ulid::Ulid::new()));
                 let stored = Stored {
                     path: path.clone(),
@@ -147,11 +146,11 @@ pub async fn queue(
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect();
-                file = Some((stored, given, image, size, sha));
+                file = Some((stored, given, size, sha));
             }
             other => {
                 return Err(ApiError::invalid(format!(
-                    "unknown part `{other}`: send `to`, then `file` or `image`, and optionally `name`"
+                    "unknown part `{other}`: send `to` and `file`"
                 )));
             }
         }
@@ -161,21 +160,21 @@ pub async fn queue(
             "a `to` part is needed (the recipient as JSON, like {\"contact\": \"alice\"})",
         )
     })?;
-    let (mut stored, given, image, size, sha256) = file.ok_or_else(|| {
-        ApiError::invalid("a `file` or `image` part is needed (the bytes, with a file name)")
+    let (mut stored, given, size, sha256) = file.ok_or_else(|| {
+        ApiError::invalid("a `file` part is needed (the bytes, with a file name)")
     })?;
-    let field = if image { "image" } else { "file" };
-    let name = name.unwrap_or(given);
+    let field = if image.is_some() { "image" } else { "file" };
+    let mut name = given;
     check_file_name(field, &name).map_err(|e| ApiError::invalid(e.0))?;
-    if image && !crate::media::mime_of(&name).is_some_and(|m| m.starts_with("image/")) {
-        return Err(ApiError::invalid(
-            "`image.name` must end in an image extension (.jpg, .png, .gif, .webp)",
-        ));
+    if let Some(extension) = image
+        && !crate::media::mime_of(&name).is_some_and(|m| m.starts_with("image/"))
+    {
+        name = format!("{name}.{extension}");
     }
     let content = Content::Upload(Upload {
         path: stored.path.clone(),
         name,
-        image,
+        image: image.is_some(),
         size,
         sha256,
     });

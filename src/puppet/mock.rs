@@ -455,7 +455,15 @@ impl World {
 #[serde(untagged)]
 pub enum Someone {
     Known(String),
-    Stranger { id: String, name: String },
+    Stranger(Stranger),
+}
+
+/// Someone the bot does not know yet.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stranger {
+    pub id: String,
+    pub name: String,
 }
 
 /// An inbound message to simulate.
@@ -604,7 +612,7 @@ impl MockPuppet {
                         "no contact `{key}` (give an id or a name, or {{\"id\", \"name\"}} for a stranger)"
                     ))
                 }),
-            Someone::Stranger { id, name } => {
+            Someone::Stranger(Stranger { id, name }) => {
                 if id.trim().is_empty() || name.trim().is_empty() {
                     return Err(MockError::Invalid(
                         "`from.id` and `from.name` must not be empty".into(),
@@ -781,7 +789,7 @@ impl MockPuppet {
             room: room.map(|r| r.room),
             from,
             sent_at: OffsetDateTime::now_utc(),
-            media: media.map(|(_, m)| m),
+            media: media.map(|(_, m)| Box::new(m)),
         };
         let recorded = ingest.record(EventData::Message(data)).await?;
         Ok((recorded, id))

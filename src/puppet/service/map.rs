@@ -437,12 +437,12 @@ pub fn message(
         } else {
             p.filename.clone()
         };
-        crate::event::Media {
+        Box::new(crate::event::Media {
             mime: crate::media::mime_of(&name),
             name,
             size: None,
             url: String::new(),
-        }
+        })
     });
     MessageData {
         kind,
