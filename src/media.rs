@@ -29,7 +29,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::event::MessageKind;
-use crate::puppet::PuppetError;
 
 /// The store's name for the master key of media links.
 pub const KEY_NAME: &str = "media_links";
@@ -73,14 +72,6 @@ impl ImageSize {
             ImageSize::Artwork => "artwork",
         }
     }
-}
-
-/// A file as the puppet streams it.
-pub struct MediaFile {
-    pub name: String,
-    /// Known when the puppet tells it up front.
-    pub size: Option<u64>,
-    pub body: BoxStream<'static, Result<Bytes, PuppetError>>,
 }
 
 /// What a valid token names.
@@ -276,12 +267,12 @@ impl MediaCache {
         self: &Arc<Self>,
         media: &MediaRef,
         size: Option<ImageSize>,
-        file: MediaFile,
-    ) -> BoxStream<'static, Result<Bytes, PuppetError>> {
+        name: String,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> BoxStream<'static, std::io::Result<Bytes>> {
         let key = Self::key(media, size);
         let cache = self.clone();
-        let name = file.name.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, PuppetError>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
         tokio::spawn(async move {
             let part = cache.dir.join(format!(".{key}.{}.part", ulid::Ulid::new()));
             let mut copy = match cache.limit {
@@ -292,7 +283,7 @@ impl MediaCache {
                 },
             };
             let mut written = 0u64;
-            let mut body = file.body;
+            let mut body = body;
             let mut complete = true;
             while let Some(chunk) = body.next().await {
                 let chunk = match chunk {
@@ -358,8 +349,8 @@ impl MediaCache {
 }
 
 fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, PuppetError>>,
-) -> BoxStream<'static, Result<Bytes, PuppetError>> {
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 

@@ -82,10 +82,11 @@ pub(super) async fn download(
                 file.name.clone()
             };
             let length = file.size;
-            let stream = app
-                .media_cache
-                .tee(&media, size, file)
-                .map(|chunk| chunk.map_err(std::io::Error::other));
+            let body = file
+                .body
+                .map(|chunk| chunk.map_err(std::io::Error::other))
+                .boxed();
+            let stream = app.media_cache.tee(&media, size, name.clone(), body);
             (name, length, Body::from_stream(stream))
         }
     };

@@ -123,7 +123,14 @@ pub(super) async fn send(
         }),
     };
     let mut view = if super::upload::is_multipart(&headers) {
-        super::upload::queue(&app, &account, request, key).await?
+        let received = super::upload::receive(&app, request).await?;
+        let (to, content) = (received.to.clone(), received.content.clone());
+        let enqueued = enqueue(&app, &account, to, content, key).await?;
+        // A replayed key answers the first send, which has its own file: this one goes.
+        if !enqueued.replayed {
+            received.keep();
+        }
+        enqueued.send
     } else {
         // The route takes uploads up to media.max_upload; JSON keeps server.body_limit.
         let limit = app.settings.server.body_limit.0 as usize;

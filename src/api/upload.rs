@@ -17,11 +17,8 @@ use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::messages::enqueue;
 use super::{ApiError, AppState, too_large};
-use crate::account::Account;
 use crate::send::{Content, Recipient, Upload, check_file_name};
-use crate::store::SendView;
 
 /// The parts of a multipart send, for the API description.
 #[derive(utoipa::ToSchema)]
@@ -54,7 +51,7 @@ fn multipart_error(app: &AppState, e: MultipartError) -> ApiError {
 }
 
 /// An upload on disk that is removed when dropped, unless kept.
-struct Stored {
+pub struct Stored {
     path: PathBuf,
     kept: bool,
 }
@@ -67,13 +64,22 @@ impl Drop for Stored {
     }
 }
 
-/// Reads the parts, stores the file durably and queues the send.
-pub async fn queue(
-    app: &AppState,
-    account: &Account,
-    request: Request,
-    key: Option<String>,
-) -> Result<SendView, ApiError> {
+/// A multipart send read and its file stored: what to queue, and the file, removed
+/// when this is dropped unless [`Received::keep`] is called (once its send is queued).
+pub struct Received {
+    pub to: Recipient,
+    pub content: Content,
+    stored: Stored,
+}
+
+impl Received {
+    pub fn keep(mut self) {
+        self.stored.kept = true;
+    }
+}
+
+/// Reads the parts and stores the file durably (synced before this returns).
+pub async fn receive(app: &AppState, request: Request) -> Result<Received, ApiError> {
     let mut multipart = Multipart::from_request(request, app)
         .await
         .map_err(|e| ApiError::invalid(format!("the multipart body: {}", e.body_text())))?;
@@ -160,7 +166,7 @@ pub async fn queue(
             "a `to` part is needed (the recipient as JSON, like {\"contact\": \"alice\"})",
         )
     })?;
-    let (mut stored, given, size, sha256) = file.ok_or_else(|| {
+    let (stored, given, size, sha256) = file.ok_or_else(|| {
         ApiError::invalid("a `file` part is needed (the bytes, with a file name)")
     })?;
     let field = if image.is_some() { "image" } else { "file" };
@@ -178,10 +184,11 @@ pub async fn queue(
         size,
         sha256,
     });
-    let enqueued = enqueue(app, account, to, content, key).await?;
-    // A replayed key answers the first send, which has its own file: this one goes.
-    stored.kept = !enqueued.replayed;
-    Ok(enqueued.send)
+    Ok(Received {
+        to,
+        content,
+        stored,
+    })
 }
 
 /// Makes a rename in `dir` durable.

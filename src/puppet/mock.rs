@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::MediaFile;
 use super::{Puppet, PuppetError, Qr, SessionHandle, SessionState};
 use crate::action::Action;
 use crate::config::{MockSettings, PuppetKind};
@@ -26,7 +27,7 @@ use crate::event::{
     now_millis,
 };
 use crate::ingest::{Ingest, Recorded};
-use crate::media::{ImageSize, MediaFile};
+use crate::media::ImageSize;
 use crate::send::{Content, FileRef, Link, Recipient};
 use crate::store::StoreError;
 use futures_util::StreamExt;

@@ -27,7 +27,7 @@ use crate::action::{Action, Capabilities, all_supported};
 use crate::config::PuppetKind;
 use crate::event::{Contact, Conversation, Millis, Room, ScanStatus, format_millis, now_millis};
 use crate::ingest::Ingest;
-use crate::media::{ImageSize, MediaFile};
+use crate::media::ImageSize;
 use crate::send::{Content, Recipient};
 
 /// Where the login stands.
@@ -173,6 +173,14 @@ pub fn qr_svg(payload: &str) -> Option<String> {
             .quiet_zone(true)
             .build(),
     )
+}
+
+/// A media message's file as the puppet streams it.
+pub struct MediaFile {
+    pub name: String,
+    /// Known when the puppet tells it up front.
+    pub size: Option<u64>,
+    pub body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, PuppetError>>,
 }
 
 /// Why the puppet could not do something.

@@ -39,12 +39,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use self::map::{Dirty, StreamEvent};
+use super::MediaFile;
 use super::{Puppet, PuppetError, Qr, SessionHandle, SessionState};
 use crate::action::{Action, Capabilities, all_supported};
 use crate::config::{PuppetKind, ReconnectSettings, ServiceSettings};
 use crate::event::{BotRef, Contact, Conversation, EventData, Room};
 use crate::ingest::Ingest;
-use crate::media::{ImageSize, MediaFile};
+use crate::media::ImageSize;
 use crate::send::{Content, Recipient};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
