@@ -379,6 +379,33 @@ fn announce(app: &App, addr: SocketAddr) {
 }
 
 /// Deletes what retention allows, at start and then hourly.
+/// Removes uploads cut off before they were stored whole (`.part` files an hour old):
+/// none was acknowledged, so none is waited for. Stored uploads are removed by their
+/// send once it is over.
+fn sweep_partial_uploads(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < hour_ago);
+        if old && path.extension().is_some_and(|e| e == "part") {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed an upload that was cut off")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a cut-off upload")
+                }
+            }
+        }
+    }
+}
+
 async fn prune_loop(app: Arc<App>, shutdown: CancellationToken) {
     let retention = app.settings.storage.retention;
     loop {
@@ -388,9 +415,41 @@ async fn prune_loop(app: Arc<App>, shutdown: CancellationToken) {
             Ok(n) => tracing::info!(events = n, "pruned events older than storage.retention"),
             Err(e) => tracing::error!(error = %e, "pruning failed"),
         }
+        sweep_partial_uploads(&app.settings.upload_dir());
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             _ = shutdown.cancelled() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_cut_off_uploads_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+        for name in ["up_a.part", "up_b.part", "up_c"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        for name in ["up_a.part", "up_c"] {
+            let f = std::fs::File::options()
+                .append(true)
+                .open(dir.path().join(name))
+                .unwrap();
+            f.set_modified(old).unwrap();
+        }
+        sweep_partial_uploads(dir.path());
+        assert!(!dir.path().join("up_a.part").exists(), "old and cut off");
+        assert!(
+            dir.path().join("up_b.part").exists(),
+            "maybe still arriving"
+        );
+        assert!(
+            dir.path().join("up_c").exists(),
+            "stored whole: its send removes it"
+        );
     }
 }
