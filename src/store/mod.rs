@@ -581,6 +581,13 @@ pub trait IdMap: Send + Sync {
     /// The alias of `kind` given to a target, if any.
     async fn alias_of(&self, kind: &str, target: &str) -> Result<Option<String>>;
 
+    /// The integer that stands for `target` (of `kind`): given the first time it is
+    /// asked for, the same ever after (across restarts), never reused; below 2^53.
+    async fn number(&self, kind: &str, target: &str, now: Millis) -> Result<i64>;
+
+    /// What an integer of `kind` stands for.
+    async fn number_target(&self, kind: &str, number: i64) -> Result<Option<String>>;
+
     /// The secret key called `name`: `fresh` the first time it is asked for, and what
     /// was kept then every time after, across restarts and instances.
     async fn key(&self, name: &str, fresh: Vec<u8>, now: Millis) -> Result<Vec<u8>>;

@@ -580,6 +580,31 @@ impl IdMap for SqliteStore {
             .await
     }
 
+    async fn number(&self, kind: &str, target: &str, now: Millis) -> Result<i64> {
+        // Most lookups find a number already given: read first, write only when new.
+        let given: Option<i64> =
+            sqlx::query_scalar("SELECT number FROM id_numbers WHERE kind = ? AND target = ?")
+                .bind(kind)
+                .bind(target)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(n) = given {
+            return Ok(n);
+        }
+        let (kind, target) = (kind.to_string(), target.to_string());
+        self.write(|r| Write::Number(kind, target, now, r)).await
+    }
+
+    async fn number_target(&self, kind: &str, number: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT target FROM id_numbers WHERE kind = ? AND number = ?")
+                .bind(kind)
+                .bind(number)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn key(&self, name: &str, fresh: Vec<u8>, now: Millis) -> Result<Vec<u8>> {
         let name = name.to_string();
         self.write(|r| Write::Key(name, fresh, now, r)).await
@@ -684,6 +709,33 @@ mod tests {
             claimed: false,
             conversation: None,
         }]
+    }
+
+    #[tokio::test]
+    async fn numbers_are_stable_distinct_and_survive_a_reopen() {
+        let (dir, store) = open().await;
+        let alice = store.number("contact", "alice", 1).await.unwrap();
+        let bob = store.number("contact", "bob", 1).await.unwrap();
+        let room = store.number("room", "alice", 1).await.unwrap();
+        assert_ne!(alice, bob);
+        assert_ne!(alice, room, "kinds are apart");
+        assert_eq!(store.number("contact", "alice", 2).await.unwrap(), alice);
+        assert_eq!(
+            store
+                .number_target("contact", bob)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("bob")
+        );
+        assert_eq!(store.number_target("room", bob).await.unwrap(), None);
+        assert!(alice > 0 && bob < (1 << 53));
+        drop(store);
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let again = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        assert_eq!(again.number("contact", "alice", 3).await.unwrap(), alice);
+        let carol = again.number("contact", "carol", 3).await.unwrap();
+        assert!(carol > room, "numbers are never reused");
     }
 
     async fn open() -> (tempfile::TempDir, SqliteStore) {

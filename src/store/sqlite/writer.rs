@@ -63,6 +63,7 @@ pub(super) enum Write {
     /// (kind, alias, target, now)
     Alias(String, String, String, Millis, Reply<bool>),
     Key(String, Vec<u8>, Millis, Reply<Vec<u8>>),
+    Number(String, String, Millis, Reply<i64>),
     ReleaseSend(String, Reply<()>),
     Finish(Box<FinishedAttempt>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
@@ -456,6 +457,11 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Op
                 reply,
                 step(conn, |c| set_alias(c, &kind, &alias, &target, now)),
             ),
+            Write::Number(kind, target, now, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| number(c, &kind, &target, now)),
+            ),
             Write::Key(name, fresh, now, reply) => answer(
                 &mut resource_failure,
                 reply,
@@ -642,6 +648,7 @@ fn fail(op: Write, msg: &str) {
         Write::ReleaseSend(_, r) => r.send(err(msg)).is_ok(),
         Write::Alias(.., r) => r.send(err(msg)).is_ok(),
         Write::Key(.., r) => r.send(err(msg)).is_ok(),
+        Write::Number(.., r) => r.send(err(msg)).is_ok(),
         Write::Claim(_, r) => r.send(err(msg)).is_ok(),
         Write::Release(_, r) => r.send(err(msg)).is_ok(),
         Write::Finish(_, r) => r.send(err(msg)).is_ok(),
@@ -1029,6 +1036,19 @@ fn set_alias(
         .prepare_cached("SELECT target FROM id_aliases WHERE kind = ?1 AND alias = ?2")?
         .query_row([kind, alias], |r| r.get(0))?;
     Ok(existing == target)
+}
+
+/// The number given to `target`, or a new one.
+fn number(conn: &Connection, kind: &str, target: &str, now: Millis) -> Result<i64> {
+    exec(
+        conn,
+        "INSERT INTO id_numbers (kind, target, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (kind, target) DO NOTHING",
+        params![kind, target, now],
+    )?;
+    Ok(conn
+        .prepare_cached("SELECT number FROM id_numbers WHERE kind = ?1 AND target = ?2")?
+        .query_row([kind, target], |r| r.get(0))?)
 }
 
 /// The kept key, or `fresh` stored as it.
