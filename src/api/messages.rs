@@ -109,19 +109,7 @@ pub(super) async fn send(
     request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<SendView>), ApiError> {
     let wait = parse_wait(&app, query.wait.as_deref())?;
-    // A signed request's verified webhook-id is its key, always (a captured request
-    // replayed with a fresh Idempotency-Key must not send again); else Idempotency-Key;
-    // else an unsigned webhook-id.
-    let given = idempotency_key(&headers)?;
-    let key = match signed {
-        Some(Extension(SignedMessageId(id))) => Some(id),
-        None => given.or_else(|| {
-            headers
-                .get(WEBHOOK_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        }),
-    };
+    let key = request_key(signed, &headers)?;
     let mut view = if super::upload::is_multipart(&headers) {
         let received = super::upload::receive(&app, request).await?;
         let (to, content) = (received.to.clone(), received.content.clone());
@@ -166,6 +154,25 @@ pub(super) async fn send(
         StatusCode::OK
     };
     Ok((status, Json(view)))
+}
+
+/// The idempotency key of a request that changes WeChat: a signed request's verified
+/// webhook-id, always (a captured request replayed with a fresh Idempotency-Key must not
+/// act again); else `Idempotency-Key` (422 when malformed); else an unsigned webhook-id.
+pub(super) fn request_key(
+    signed: Option<Extension<SignedMessageId>>,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    let given = idempotency_key(headers)?;
+    Ok(match signed {
+        Some(Extension(SignedMessageId(id))) => Some(id),
+        None => given.or_else(|| {
+            headers
+                .get(WEBHOOK_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        }),
+    })
 }
 
 /// Resolves the recipient (404 when unknown), checks what needs the recipient's kind,

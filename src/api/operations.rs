@@ -13,16 +13,12 @@ use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::messages::{WaitQuery, parse_wait, wait_for_outcome};
-use super::{
-    Acct, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Credential, SignedMessageId,
-    idempotency_key,
-};
+use super::messages::{WaitQuery, parse_wait, request_key, wait_for_outcome};
+use super::{Acct, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Credential, SignedMessageId};
 use crate::account::Account;
 use crate::action::{Action, new_operation};
 use crate::event::{Room, now_millis};
 use crate::puppet::PuppetError;
-use crate::relay::signing::WEBHOOK_ID;
 use crate::store::{SendStatus, SendView};
 
 pub fn router() -> Router<AppState> {
@@ -111,15 +107,7 @@ impl Request {
         let default = format!("{}ms", DEFAULT_WAIT.as_millis());
         let wait =
             parse_wait(app, Some(wait.as_deref().unwrap_or(&default)))?.unwrap_or(DEFAULT_WAIT);
-        let key = match signed {
-            Some(Extension(SignedMessageId(id))) => Some(id),
-            None => idempotency_key(headers)?.or_else(|| {
-                headers
-                    .get(WEBHOOK_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            }),
-        };
+        let key = request_key(signed, headers)?;
         Ok(Request { account, key, wait })
     }
 
