@@ -9,20 +9,6 @@ use std::sync::Arc;
 use common::{TestApp, TestReceiver, spawn_app, spawn_app_unready, webhook};
 use serde_json::{Value, json};
 
-async fn call(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut rb = app.client.request(method, app.url(path));
-    if let Some(t) = &app.token {
-        rb = rb.bearer_auth(t);
-    }
-    if let Some(body) = body {
-        rb = rb.json(&body);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn with_receiver() -> (TestApp, TestReceiver) {
     let receiver = TestReceiver::start().await;
     let app = spawn_app(&webhook("all", &receiver, "")).await;
@@ -54,13 +40,13 @@ fn ids(list: &Value) -> Vec<String> {
 #[tokio::test]
 async fn a_room_is_created_changed_and_left_with_its_events() {
     let (app, receiver) = with_receiver().await;
-    let (status, room) = call(
-        &app,
-        "POST",
-        "/v1/rooms",
-        Some(json!({"topic": "Team", "members": ["alice", "bob"]})),
-    )
-    .await;
+    let (status, room) = app
+        .call(
+            "POST",
+            "/v1/rooms",
+            Some(json!({"topic": "Team", "members": ["alice", "bob"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{room}");
     assert_eq!(room["topic"], "Team");
     assert_eq!(room["member_count"], 3);
@@ -72,13 +58,13 @@ async fn a_room_is_created_changed_and_left_with_its_events() {
     assert_eq!(ids(&joined["invitees"]), ["alice", "bob"]);
     assert_eq!(joined["inviter"]["id"], "bot-user");
 
-    let (status, op) = call(
-        &app,
-        "POST",
-        &format!("/v1/rooms/{id}/members"),
-        Some(json!({"contacts": ["carol"]})),
-    )
-    .await;
+    let (status, op) = app
+        .call(
+            "POST",
+            &format!("/v1/rooms/{id}/members"),
+            Some(json!({"contacts": ["carol"]})),
+        )
+        .await;
     assert_eq!(status, 200, "{op}");
     assert_eq!(op["status"], "done");
     assert!(op["id"].as_str().unwrap().starts_with("op_"));
@@ -88,20 +74,22 @@ async fn a_room_is_created_changed_and_left_with_its_events() {
     .await;
     assert_eq!(joined["room"]["member_count"], 4);
 
-    let (status, op) = call(&app, "DELETE", &format!("/v1/rooms/{id}/members/bob"), None).await;
+    let (status, op) = app
+        .call("DELETE", &format!("/v1/rooms/{id}/members/bob"), None)
+        .await;
     assert_eq!((status, op["status"].as_str()), (200, Some("done")), "{op}");
     let left = event(&receiver, "room.leave", |d| d["removees"][0]["id"] == "bob").await;
     assert_eq!(left["remover"]["id"], "bot-user");
     let (_, members) = app.get(&format!("/v1/rooms/{id}/members")).await;
     assert_eq!(ids(&members["members"]), ["alice", "bot-user", "carol"]);
 
-    let (status, op) = call(
-        &app,
-        "PATCH",
-        &format!("/v1/rooms/{id}"),
-        Some(json!({"topic": "Team Two", "announce": "Standup at 10"})),
-    )
-    .await;
+    let (status, op) = app
+        .call(
+            "PATCH",
+            &format!("/v1/rooms/{id}"),
+            Some(json!({"topic": "Team Two", "announce": "Standup at 10"})),
+        )
+        .await;
     assert_eq!((status, op["status"].as_str()), (200, Some("done")), "{op}");
     let renamed = event(&receiver, "room.topic", |d| d["room"]["id"] == id.as_str()).await;
     assert_eq!(renamed["old_topic"], "Team");
@@ -109,7 +97,9 @@ async fn a_room_is_created_changed_and_left_with_its_events() {
     let (_, found) = app.get("/v1/rooms?q=team%20two").await;
     assert_eq!(ids(&found["rooms"]), std::slice::from_ref(&id));
 
-    let (status, op) = call(&app, "POST", &format!("/v1/rooms/{id}/quit"), None).await;
+    let (status, op) = app
+        .call("POST", &format!("/v1/rooms/{id}/quit"), None)
+        .await;
     assert_eq!((status, op["status"].as_str()), (200, Some("done")), "{op}");
     event(&receiver, "room.leave", |d| {
         d["removees"][0]["id"] == "bot-user"
@@ -244,7 +234,7 @@ async fn bad_room_operations_are_refused_with_what_to_fix() {
         ("GET", "/v1/operations/op_nothing", None, 404, "op_nothing"),
     ];
     for (method, path, body, want, says) in cases {
-        let (status, answer) = call(&app, method, path, body.clone()).await;
+        let (status, answer) = app.call(method, path, body.clone()).await;
         assert_eq!(status, want, "{method} {path} {body:?}: {answer}");
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{method} {path}: {message}");
@@ -349,13 +339,9 @@ async fn a_room_invitation_is_accepted_into_the_directory() {
 #[tokio::test]
 async fn an_alias_is_set_used_and_cleared() {
     let app = spawn_app("").await;
-    let (status, op) = call(
-        &app,
-        "PATCH",
-        "/v1/contacts/alice",
-        Some(json!({"alias": "Al"})),
-    )
-    .await;
+    let (status, op) = app
+        .call("PATCH", "/v1/contacts/alice", Some(json!({"alias": "Al"})))
+        .await;
     assert_eq!((status, op["status"].as_str()), (200, Some("done")), "{op}");
     assert_eq!(app.get("/v1/contacts/alice").await.1["alias"], "Al");
     let (status, sent) = app
@@ -369,13 +355,9 @@ async fn an_alias_is_set_used_and_cleared() {
         (200, Some("sent")),
         "{sent}"
     );
-    let (status, _) = call(
-        &app,
-        "PATCH",
-        "/v1/contacts/alice",
-        Some(json!({"alias": null})),
-    )
-    .await;
+    let (status, _) = app
+        .call("PATCH", "/v1/contacts/alice", Some(json!({"alias": null})))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(app.get("/v1/contacts/alice").await.1["alias"], Value::Null);
 }
@@ -395,11 +377,15 @@ async fn a_sent_message_is_recalled_once() {
         "{sent}"
     );
     let out = sent["id"].as_str().unwrap();
-    let (status, op) = call(&app, "DELETE", &format!("/v1/messages/{out}"), None).await;
+    let (status, op) = app
+        .call("DELETE", &format!("/v1/messages/{out}"), None)
+        .await;
     assert_eq!((status, op["status"].as_str()), (200, Some("done")), "{op}");
     let mocked = app.sent().await;
     assert_eq!(mocked[0]["recalled"], true);
-    let (_, again) = call(&app, "DELETE", &format!("/v1/messages/{out}"), None).await;
+    let (_, again) = app
+        .call("DELETE", &format!("/v1/messages/{out}"), None)
+        .await;
     assert_eq!(again["id"], op["id"], "DELETE twice is one recall");
 
     // The next message to alice waits for the pacer: nothing to recall yet.
@@ -410,13 +396,13 @@ async fn a_sent_message_is_recalled_once() {
         )
         .await;
     assert_eq!(status, 202);
-    let (status, refused) = call(
-        &app,
-        "DELETE",
-        &format!("/v1/messages/{}", queued["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let (status, refused) = app
+        .call(
+            "DELETE",
+            &format!("/v1/messages/{}", queued["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error"]["code"], "not_sent");
 }

@@ -6,19 +6,8 @@
 mod common;
 
 use common::puppet_fixture::{PuppetFixture, TOKEN};
-use common::{TestApp, TestReceiver, spawn_app, webhook};
+use common::{TestReceiver, spawn_app, webhook};
 use serde_json::{Value, json};
-
-async fn call(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut rb = app.client.request(method, app.url(path));
-    if let Some(body) = body {
-        rb = rb.json(&body);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 /// The arguments of the operations of `method` that reached the puppet.
 async fn ops(fixture: &PuppetFixture, method: &str) -> Vec<Value> {
@@ -36,13 +25,13 @@ async fn operations_reach_the_puppet_service_as_their_rpcs() {
     let fixture = PuppetFixture::start(TOKEN).await;
     let app = spawn_app(&fixture.puppet_config(TOKEN)).await;
 
-    let (status, room) = call(
-        &app,
-        "POST",
-        "/v1/rooms",
-        Some(json!({"topic": "Team", "members": ["alice", "bob"]})),
-    )
-    .await;
+    let (status, room) = app
+        .call(
+            "POST",
+            "/v1/rooms",
+            Some(json!({"topic": "Team", "members": ["alice", "bob"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{room}");
     // wechaty-puppet-mock answers every RoomCreate with this id.
     assert_eq!(room["id"], "mock_room_id");
@@ -118,7 +107,7 @@ async fn operations_reach_the_puppet_service_as_their_rpcs() {
         ),
     ];
     for (method, path, body, rpc, args) in steps {
-        let (status, op) = call(&app, method, &path, body).await;
+        let (status, op) = app.call(method, &path, body).await;
         assert_eq!(
             (status, op["status"].as_str()),
             (200, Some("done")),
@@ -129,13 +118,13 @@ async fn operations_reach_the_puppet_service_as_their_rpcs() {
     }
 
     // The puppet finds nobody with this phone number: the operation fails, and says why.
-    let (status, op) = call(
-        &app,
-        "POST",
-        "/v1/friendships",
-        Some(json!({"phone": "+1 555 0100", "hello": "hi"})),
-    )
-    .await;
+    let (status, op) = app
+        .call(
+            "POST",
+            "/v1/friendships",
+            Some(json!({"phone": "+1 555 0100", "hello": "hi"})),
+        )
+        .await;
     assert_eq!(
         (status, op["status"].as_str()),
         (200, Some("failed")),
@@ -149,13 +138,13 @@ async fn operations_reach_the_puppet_service_as_their_rpcs() {
     // This wechaty-puppet-mock lacks the search by WeChat id (the server answers
     // "puppet.friendshipSearchHandle is not a function"): 501 from then on, and the
     // capabilities say so.
-    let (status, op) = call(
-        &app,
-        "POST",
-        "/v1/friendships",
-        Some(json!({"wechat_id": "someone_wx"})),
-    )
-    .await;
+    let (status, op) = app
+        .call(
+            "POST",
+            "/v1/friendships",
+            Some(json!({"wechat_id": "someone_wx"})),
+        )
+        .await;
     assert_eq!(
         (status, op["status"].as_str()),
         (200, Some("failed")),
@@ -167,31 +156,29 @@ async fn operations_reach_the_puppet_service_as_their_rpcs() {
     );
     let (_, caps) = app.get("/v1/capabilities").await;
     assert_eq!(caps["operations"]["friendship.add"], false, "{caps}");
-    let (status, refused) = call(
-        &app,
-        "POST",
-        "/v1/friendships",
-        Some(json!({"contact": "dave"})),
-    )
-    .await;
+    let (status, refused) = app
+        .call("POST", "/v1/friendships", Some(json!({"contact": "dave"})))
+        .await;
     assert_eq!(status, 501, "{refused}");
     assert_eq!(refused["error"]["code"], "not_supported");
 
     // wechaty-puppet-mock refuses every recall: the outcome says so.
-    let (status, sent) = call(
-        &app,
-        "POST",
-        "/v1/messages?wait=5s",
-        Some(json!({"to": {"contact": "bob"}, "text": "to recall"})),
-    )
-    .await;
+    let (status, sent) = app
+        .call(
+            "POST",
+            "/v1/messages?wait=5s",
+            Some(json!({"to": {"contact": "bob"}, "text": "to recall"})),
+        )
+        .await;
     assert_eq!(
         (status, sent["status"].as_str()),
         (200, Some("sent")),
         "{sent}"
     );
     let out = sent["id"].as_str().unwrap();
-    let (status, op) = call(&app, "DELETE", &format!("/v1/messages/{out}"), None).await;
+    let (status, op) = app
+        .call("DELETE", &format!("/v1/messages/{out}"), None)
+        .await;
     assert_eq!(
         (status, op["status"].as_str()),
         (200, Some("failed")),

@@ -7,12 +7,14 @@
 
 use std::time::Duration;
 
-use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Extension, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::directory::puppet_error;
 use super::messages::{WaitQuery, parse_wait, request_key, wait_for_outcome};
 use super::{Acct, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Credential, SignedMessageId};
 use crate::account::Account;
@@ -87,33 +89,45 @@ fn answer(op: Operation) -> (StatusCode, Json<Operation>) {
     (status, Json(op))
 }
 
-/// What an operation request carries besides its body: the account, the idempotency
-/// key (a signed request's verified `webhook-id`, else `Idempotency-Key`) and the wait.
+/// What an operation request carries besides its body, taken as one extractor: the
+/// account, the idempotency key (a signed request's verified `webhook-id`, else
+/// `Idempotency-Key`) and the `?wait=` (10 s unless given, under
+/// `server.request_timeout`).
 pub(super) struct Request {
+    app: AppState,
     account: std::sync::Arc<Account>,
     key: Option<String>,
     wait: Duration,
 }
 
-impl Request {
-    fn new(
-        app: &AppState,
-        account: std::sync::Arc<Account>,
-        signed: Option<Extension<SignedMessageId>>,
-        headers: &HeaderMap,
-        wait: Option<String>,
-    ) -> Result<Request, ApiError> {
-        // The default, like a given wait, stays under server.request_timeout.
-        let default = format!("{}ms", DEFAULT_WAIT.as_millis());
-        let wait =
-            parse_wait(app, Some(wait.as_deref().unwrap_or(&default)))?.unwrap_or(DEFAULT_WAIT);
-        let key = request_key(signed, headers)?;
-        Ok(Request { account, key, wait })
-    }
+impl FromRequestParts<AppState> for Request {
+    type Rejection = ApiError;
 
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Request, ApiError> {
+        let Acct(account) = Acct::from_request_parts(parts, app).await?;
+        let ApiQuery(query) = ApiQuery::<WaitQuery>::from_request_parts(parts, app).await?;
+        let signed = parts
+            .extensions
+            .get::<SignedMessageId>()
+            .cloned()
+            .map(Extension);
+        let default = format!("{}ms", DEFAULT_WAIT.as_millis());
+        let wait = parse_wait(app, Some(query.wait.as_deref().unwrap_or(&default)))?
+            .unwrap_or(DEFAULT_WAIT);
+        let key = request_key(signed, &parts.headers)?;
+        Ok(Request {
+            app: app.clone(),
+            account,
+            key,
+            wait,
+        })
+    }
+}
+
+impl Request {
     /// Checks, queues and waits for `action`.
-    async fn run(self, app: &AppState, action: Action) -> Result<Operation, ApiError> {
-        let account = &self.account;
+    async fn run(self, action: Action) -> Result<Operation, ApiError> {
+        let (app, account) = (&self.app, &self.account);
         let capabilities = account.puppet.capabilities();
         if let Some(op) = action
             .operations()
@@ -124,13 +138,8 @@ impl Request {
         }
         match account.puppet.check(&action).await {
             Ok(()) => {}
-            Err(PuppetError::NotFound(why)) => return Err(ApiError::not_found(why)),
-            Err(PuppetError::NotSupported(why)) => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "not_supported",
-                    why,
-                ));
+            Err(e @ (PuppetError::NotFound(_) | PuppetError::NotSupported(_))) => {
+                return Err(puppet_error(e));
             }
             // It cannot tell now (offline): queued all the same, done after the login.
             Err(e @ (PuppetError::Offline | PuppetError::Failed(_))) => {
@@ -238,26 +247,19 @@ pub enum Created {
     )
 )]
 pub(super) async fn create_room(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
-    ApiQuery(query): ApiQuery<WaitQuery>,
+    request: Request,
     ApiJson(body): ApiJson<CreateRoom>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     check_topic("topic", &body.topic)?;
     check_ids("members", &body.members, 2)?;
-    let request = Request::new(&app, account.clone(), signed, &headers, query.wait)?;
     let members = body.members.len() as u32;
     let topic = body.topic.clone();
+    let account = request.account.clone();
     let op = request
-        .run(
-            &app,
-            Action::RoomCreate {
-                topic: body.topic,
-                members: body.members,
-            },
-        )
+        .run(Action::RoomCreate {
+            topic: body.topic,
+            members: body.members,
+        })
         .await?;
     let (OperationStatus::Done, Some(id)) = (op.status, op.result.clone()) else {
         let (status, Json(op)) = answer(op);
@@ -294,21 +296,16 @@ pub struct AddMembers {
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn add_members(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
+    request: Request,
     ApiPath(room): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<AddMembers>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
     check_ids("contacts", &body.contacts, 1)?;
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
     let action = Action::RoomAdd {
         room,
         contacts: body.contacts,
     };
-    Ok(answer(request.run(&app, action).await?))
+    Ok(answer(request.run(action).await?))
 }
 
 /// Removes a member from a room (`room.leave` follows).
@@ -318,18 +315,11 @@ pub(super) async fn add_members(
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn remove_member(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
+    request: Request,
     ApiPath((room, contact)): ApiPath<(String, String)>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
     Ok(answer(
-        request
-            .run(&app, Action::RoomRemove { room, contact })
-            .await?,
+        request.run(Action::RoomRemove { room, contact }).await?,
     ))
 }
 
@@ -353,12 +343,8 @@ pub struct UpdateRoom {
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn update_room(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
+    request: Request,
     ApiPath(room): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<UpdateRoom>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
     if body.topic.is_none() && body.announce.is_none() {
@@ -376,13 +362,12 @@ pub(super) async fn update_room(
             "`announce` takes at most 2000 characters",
         ));
     }
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
     let action = Action::RoomUpdate {
         room,
         topic: body.topic,
         announce: body.announce,
     };
-    Ok(answer(request.run(&app, action).await?))
+    Ok(answer(request.run(action).await?))
 }
 
 /// The bot leaves a room (`room.leave` follows).
@@ -392,15 +377,10 @@ pub(super) async fn update_room(
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn quit_room(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
+    request: Request,
     ApiPath(room): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
-    Ok(answer(request.run(&app, Action::RoomQuit { room }).await?))
+    Ok(answer(request.run(Action::RoomQuit { room }).await?))
 }
 
 /// `POST /v1/friendships`: exactly one of `wechat_id`, `phone`, `contact`.
@@ -429,11 +409,7 @@ pub struct AddFriend {
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn add_friend(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
-    ApiQuery(query): ApiQuery<WaitQuery>,
+    request: Request,
     ApiJson(body): ApiJson<AddFriend>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
     let given = [&body.wechat_id, &body.phone, &body.contact];
@@ -464,14 +440,13 @@ pub(super) async fn add_friend(
     if body.hello.chars().count() > 200 {
         return Err(ApiError::invalid("`hello` takes at most 200 characters"));
     }
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
     let action = Action::FriendshipAdd {
         contact: body.contact,
         wechat_id: body.wechat_id,
         phone: body.phone,
         hello: body.hello,
     };
-    Ok(answer(request.run(&app, action).await?))
+    Ok(answer(request.run(action).await?))
 }
 
 /// Accepts a friend request (the `id` of a `friendship` event of kind `receive`).
@@ -481,17 +456,10 @@ pub(super) async fn add_friend(
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn accept_friendship(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
+    request: Request,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
-    Ok(answer(
-        request.run(&app, Action::FriendshipAccept { id }).await?,
-    ))
+    Ok(answer(request.run(Action::FriendshipAccept { id }).await?))
 }
 
 /// Accepts an invitation into a room (the `id` of a `room.invite` event); `result` is
@@ -502,18 +470,11 @@ pub(super) async fn accept_friendship(
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn accept_invitation(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
+    request: Request,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
     Ok(answer(
-        request
-            .run(&app, Action::RoomInvitationAccept { id })
-            .await?,
+        request.run(Action::RoomInvitationAccept { id }).await?,
     ))
 }
 
@@ -541,12 +502,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn update_contact(
-    State(app): State<AppState>,
-    Acct(account): Acct,
-    signed: Option<Extension<SignedMessageId>>,
-    headers: HeaderMap,
+    request: Request,
     ApiPath(contact): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<UpdateContact>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
     let Some(alias) = body.alias else {
@@ -562,12 +519,11 @@ pub(super) async fn update_contact(
             "`alias` takes at most 64 characters on one line",
         ));
     }
-    let request = Request::new(&app, account, signed, &headers, query.wait)?;
     let action = Action::ContactAlias {
         contact,
         alias: alias.filter(|a| !a.is_empty()),
     };
-    Ok(answer(request.run(&app, action).await?))
+    Ok(answer(request.run(action).await?))
 }
 
 /// Recalls a sent message (`out_…`); WeChat allows it for two minutes after the send.
@@ -578,14 +534,13 @@ pub(super) async fn update_contact(
     responses((status = 200, description = "Done or failed", body = Operation), (status = 202, description = "Queued", body = Operation))
 )]
 pub(super) async fn recall(
-    State(app): State<AppState>,
-    Acct(account): Acct,
+    mut request: Request,
     credential: Credential,
-    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    let send = app
+    let account = &request.account;
+    let send = request
+        .app
         .store
         .get_send(&id)
         .await?
@@ -608,14 +563,13 @@ pub(super) async fn recall(
             return Err(conflict("the message was never sent (it failed)"));
         }
     };
-    let mut request = Request::new(&app, account, None, &headers, query.wait)?;
     // Recalling twice is the same operation: DELETE is idempotent.
     request.key.get_or_insert_with(|| format!("recall:{id}"));
     let action = Action::Recall {
         send_id: id,
         message_id,
     };
-    Ok(answer(request.run(&app, action).await?))
+    Ok(answer(request.run(action).await?))
 }
 
 fn conflict(message: &str) -> ApiError {
