@@ -372,11 +372,7 @@ async fn a_v01_database_and_config_start_and_keep_their_history() {
 async fn one_accounts_dead_gateway_never_holds_up_another() {
     let fixture = PuppetFixture::start(TOKEN).await;
     let receiver = TestReceiver::start().await;
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = common::free_port();
     let live = fixture
         .puppet_config(TOKEN)
         .replace(

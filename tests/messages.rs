@@ -284,11 +284,7 @@ async fn sends_into_one_chat_are_paced_not_dropped() {
 /// The Flask bot in `examples/` verifies waas's signature and answers in the response.
 #[tokio::test]
 async fn the_flask_example_bot_answers_through_its_response() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     struct Bot(std::process::Child);
     impl Drop for Bot {
         fn drop(&mut self) {

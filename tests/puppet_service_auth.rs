@@ -72,11 +72,7 @@ async fn a_wrong_token_is_a_clear_error_retried_slowly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puppet_errors_are_the_reason_readiness_gives() {
     // Nothing listens on this port: never reached.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let app = spawn_app_unready(&format!(
         "[puppet]\nkind = \"service\"\n[puppet.service]\nendpoint = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\nreconnect = {{ initial = \"100ms\", max = \"1s\" }}\n"
     ))

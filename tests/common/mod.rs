@@ -17,13 +17,25 @@ use waas::harness::Embedded;
 
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
-/// A free loopback port (bound, then released).
+/// A free loopback port for a server that a test starts later (a child process, a
+/// receiver it restarts). Drawn from 20000–31999, below the kernel's ephemeral range
+/// (32768 and up): a port taken from that range with a `:0` bind and released can be
+/// handed to any outgoing connection before the server binds it (CI once failed on
+/// exactly that, EADDRINUSE). The counter keeps this process's tests apart; the
+/// bind check skips ports other programs hold.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let offset = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = (FIRST + (offset + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Headers for `body` signed with [`SECRET`] by the official Python `standardwebhooks`
