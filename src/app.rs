@@ -52,6 +52,8 @@ pub struct App {
     pub links: Arc<crate::media::MediaLinks>,
     /// Downloaded media on disk.
     pub media_cache: Arc<crate::media::MediaCache>,
+    /// What OneBot bodies are made with: the id map and the message format.
+    pub onebot: crate::onebot::Context,
 }
 
 /// A bearer token and the accounts it may act on (`None`: all).
@@ -203,6 +205,10 @@ impl Application {
             wakers.clone(),
             claimant,
         ));
+        let onebot = crate::onebot::Context {
+            ids: Arc::new(crate::onebot::Ids::new(store.clone())),
+            format: settings.onebot.message_format,
+        };
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             outbox.clone(),
@@ -210,6 +216,7 @@ impl Application {
             &stats,
             &lanes,
             settings.send.allow_private_urls,
+            onebot.clone(),
         ));
         let master = store
             .key(
@@ -254,6 +261,7 @@ impl Application {
                 link_key: rand::random(),
                 links,
                 media_cache,
+                onebot,
                 stopping: CancellationToken::new(),
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,
@@ -298,6 +306,21 @@ impl Application {
                 .clone()
                 .run(app.store.clone(), app.outbox.last_seq(), work.clone()),
         );
+        if !app.settings.onebot.reverse_ws.is_empty() {
+            let hub = crate::api::onebot::hub(&app);
+            for bot in &app.settings.onebot.reverse_ws {
+                let account = bot
+                    .account
+                    .clone()
+                    .or_else(|| app.accounts.unscoped().ok().map(|a| a.name.clone()))
+                    .unwrap_or_default();
+                tracker.spawn(crate::onebot::reverse::run(
+                    hub.clone(),
+                    account,
+                    bot.url.clone(),
+                ));
+            }
+        }
 
         let addr = self.listener.local_addr()?;
         announce(&app, addr);

@@ -34,6 +34,12 @@ impl WebhookRoute {
             events: match settings.format {
                 crate::config::WebhookFormat::Slack => [EventType::Message].into(),
                 crate::config::WebhookFormat::Standard => settings.events.iter().copied().collect(),
+                // A OneBot bot is told about what OneBot has a shape for (of those
+                // listed, when `events` is given).
+                crate::config::WebhookFormat::Onebot => crate::onebot::EVENT_TYPES
+                    .into_iter()
+                    .filter(|t| settings.events.is_empty() || settings.events.contains(t))
+                    .collect(),
             },
             rooms: settings.rooms.clone(),
             contacts: settings.contacts.clone(),

@@ -41,6 +41,7 @@ pub mod harness;
 pub mod ingest;
 pub mod media;
 pub mod metrics;
+pub mod onebot;
 pub mod outbox;
 pub mod puppet;
 pub mod relay;

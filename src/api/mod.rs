@@ -10,6 +10,7 @@ mod legacy;
 mod media;
 mod messages;
 mod mock;
+pub mod onebot;
 pub mod openapi;
 pub(crate) mod operations;
 mod session;
@@ -77,6 +78,7 @@ pub fn router(app: AppState) -> Router {
         .merge(home::router())
         .merge(legacy::router())
         .merge(slack::router())
+        .merge(onebot::router())
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

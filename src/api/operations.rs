@@ -127,39 +127,50 @@ impl FromRequestParts<AppState> for Request {
 impl Request {
     /// Checks, queues and waits for `action`.
     async fn run(self, action: Action) -> Result<Operation, ApiError> {
-        let (app, account) = (&self.app, &self.account);
-        let capabilities = account.puppet.capabilities();
-        if let Some(op) = action
-            .operations()
-            .into_iter()
-            .find(|op| capabilities.get(op) == Some(&false))
-        {
-            return Err(not_supported(account, op));
-        }
-        match account.puppet.check(&action).await {
-            Ok(()) => {}
-            Err(e @ (PuppetError::NotFound(_) | PuppetError::NotSupported(_))) => {
-                return Err(puppet_error(e));
-            }
-            // It cannot tell now (offline): queued all the same, done after the login.
-            Err(e @ (PuppetError::Offline | PuppetError::Failed(_))) => {
-                tracing::debug!(error = %e, "an operation is queued unchecked");
-            }
-        }
-        let queued = app
-            .outbox
-            .queue_send(new_operation(&account.name, action, self.key, now_millis()))
-            .await?
-            .send;
-        let view = if queued.status == SendStatus::Queued {
-            wait_for_outcome(app, &queued.id, self.wait)
-                .await?
-                .unwrap_or(queued)
-        } else {
-            queued
-        };
-        Ok(view.into())
+        run(&self.app, &self.account, action, self.key, self.wait).await
     }
+}
+
+/// Checks `action` against what the account's puppet can do, queues it durably and
+/// waits up to `wait` for its outcome.
+pub(super) async fn run(
+    app: &AppState,
+    account: &Account,
+    action: Action,
+    key: Option<String>,
+    wait: Duration,
+) -> Result<Operation, ApiError> {
+    let capabilities = account.puppet.capabilities();
+    if let Some(op) = action
+        .operations()
+        .into_iter()
+        .find(|op| capabilities.get(op) == Some(&false))
+    {
+        return Err(not_supported(account, op));
+    }
+    match account.puppet.check(&action).await {
+        Ok(()) => {}
+        Err(e @ (PuppetError::NotFound(_) | PuppetError::NotSupported(_))) => {
+            return Err(puppet_error(e));
+        }
+        // It cannot tell now (offline): queued all the same, done after the login.
+        Err(e @ (PuppetError::Offline | PuppetError::Failed(_))) => {
+            tracing::debug!(error = %e, "an operation is queued unchecked");
+        }
+    }
+    let queued = app
+        .outbox
+        .queue_send(new_operation(&account.name, action, key, now_millis()))
+        .await?
+        .send;
+    let view = if queued.status == SendStatus::Queued {
+        wait_for_outcome(app, &queued.id, wait)
+            .await?
+            .unwrap_or(queued)
+    } else {
+        queued
+    };
+    Ok(view.into())
 }
 
 fn not_supported(account: &Account, op: &str) -> ApiError {

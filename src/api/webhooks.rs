@@ -107,6 +107,11 @@ pub(super) async fn test(
     ApiPath(name): ApiPath<String>,
 ) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
     let target = known(&app, &credential, &name)?;
+    if target.settings.format == crate::config::WebhookFormat::Onebot {
+        return Err(ApiError::invalid(
+            "a onebot webhook carries OneBot events only, and OneBot has no test event: send the bot a message (POST /v1/mock/messages with the mock puppet)",
+        ));
+    }
     if target.settings.format == crate::config::WebhookFormat::Slack {
         return Err(ApiError::invalid(
             "a slack webhook carries WeChat messages only: send the bot a message (POST /v1/mock/messages with the mock puppet); its url_verification handshake goes out at every start and reload, and the log says how the app answered",

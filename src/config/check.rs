@@ -229,6 +229,7 @@ impl Settings {
                 );
             }
             let slack = hook.format == WebhookFormat::Slack;
+            let onebot = hook.format == WebhookFormat::Onebot;
             let mut secrets = hook.secret.as_slice().to_vec();
             for (j, secret) in secrets.iter_mut().enumerate() {
                 let key = format!("webhooks[{i}].secret[{j}]");
@@ -236,6 +237,15 @@ impl Settings {
                     Err(r) => problem(&key, r),
                     // A Slack app's signing secret is any string (Slack's are 32 hex
                     // characters).
+                    // A OneBot secret is the bot's ONEBOT_SECRET, any string.
+                    Ok(()) if onebot => {
+                        if secret.expose().len() < 16 {
+                            problem(
+                                &key,
+                                "a OneBot secret must be at least 16 characters (the bot's ONEBOT_SECRET; `waas secret` makes a good one)".into(),
+                            );
+                        }
+                    }
                     Ok(()) if slack => {
                         if secret.expose().len() < 16 {
                             problem(
@@ -380,6 +390,73 @@ impl Settings {
                         .into(),
                 ),
                 _ => {}
+            }
+        }
+        self.check_onebot(&account_names, has_default, &mut problem);
+    }
+
+    fn check_onebot(
+        &mut self,
+        account_names: &[String],
+        has_default: bool,
+        problem: &mut impl FnMut(&str, String),
+    ) {
+        let onebot = &mut self.onebot;
+        if let Some(token) = &mut onebot.access_token {
+            match token.resolve() {
+                Err(r) => problem("onebot.access_token", r),
+                Ok(()) if token.expose().len() < 16 => problem(
+                    "onebot.access_token",
+                    "must be at least 16 characters (the bot's ONEBOT_ACCESS_TOKEN; `waas secret` makes a good one)".into(),
+                ),
+                Ok(()) => {}
+            }
+        }
+        if onebot.heartbeat > MAX_DURATION {
+            problem(
+                "onebot.heartbeat",
+                "must be at most 30 days (like \"15s\"; \"0s\" sends none)".into(),
+            );
+        }
+        if onebot.reconnect.initial.is_zero() || onebot.reconnect.initial > onebot.reconnect.max {
+            problem(
+                "onebot.reconnect",
+                "`initial` must be above 0 and at most `max` (like { initial = \"1s\", max = \"30s\" })".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, bot) in onebot.reverse_ws.iter().enumerate() {
+            let at = |field: &str| format!("onebot.reverse_ws[{i}].{field}");
+            match url::Url::parse(&bot.url) {
+                Ok(u) if matches!(u.scheme(), "ws" | "wss") && u.has_host() => {}
+                Ok(_) => problem(
+                    &at("url"),
+                    "must be a ws:// or wss:// URL (like \"ws://127.0.0.1:8080/onebot/v11/ws\")"
+                        .into(),
+                ),
+                Err(e) => problem(&at("url"), format!("not a URL: {e}")),
+            }
+            match &bot.account {
+                Some(a) if !account_names.contains(a) => problem(
+                    &at("account"),
+                    format!(
+                        "`{a}` is not an account (there are: {})",
+                        account_names.join(", ")
+                    ),
+                ),
+                None if account_names.len() > 1 && !has_default => problem(
+                    &at("account"),
+                    "there are several accounts and none is `default`: name the one this bot drives"
+                        .into(),
+                ),
+                _ => {}
+            }
+            let account = bot.account.clone().unwrap_or_default();
+            if !seen.insert((account, bot.url.clone())) {
+                problem(
+                    &at("url"),
+                    "this bot is listed twice for the same account".into(),
+                );
             }
         }
     }

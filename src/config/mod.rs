@@ -46,6 +46,8 @@ pub struct Settings {
     /// Slack-style incoming webhooks: tools that post to Slack post into WeChat.
     #[serde(default)]
     pub incoming: Vec<IncomingSettings>,
+    /// OneBot v11: the HTTP API, the WebSockets and the bots waas connects to.
+    pub onebot: OneBotSettings,
     /// `[[accounts]]` as written (each read over the `[puppet]` defaults into
     /// [`Settings::accounts`]).
     #[serde(default, rename = "accounts", skip_serializing)]
@@ -372,6 +374,45 @@ impl WebhookSettings {
     }
 }
 
+/// OneBot v11 mode: NoneBot2 and Koishi bots drive WeChat.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneBotSettings {
+    /// The Bearer token of the HTTP API and both WebSockets (and sent to reverse
+    /// WebSocket bots). Without one, they answer only on a loopback listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<SecretValue>,
+    /// How events carry `message`: segment `array`s or CQ-code `string`s.
+    pub message_format: MessageFormat,
+    /// How often a WebSocket bot gets a heartbeat meta event; `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Backoff between attempts to reach a reverse WebSocket bot.
+    pub reconnect: ReconnectSettings,
+    /// Bots waas connects to (the bot is the WebSocket server), reconnecting forever.
+    #[serde(default)]
+    pub reverse_ws: Vec<ReverseWsSettings>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageFormat {
+    #[default]
+    Array,
+    String,
+}
+
+/// A bot that waas connects to over a WebSocket (OneBot's "reverse WebSocket").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseWsSettings {
+    /// The account this bot drives (may be left out when there is one, or a `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `ws://` or `wss://`, for NoneBot2 `ws://host:port/onebot/v11/ws`.
+    pub url: String,
+}
+
 /// A Slack-style incoming webhook: `POST /slack/hooks/{token}` posts into one chat.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -413,6 +454,18 @@ pub enum WebhookFormat {
     #[default]
     Standard,
     Slack,
+    /// OneBot v11 HTTP POST reporting (`X-Self-ID`, `X-Signature`, quick operations).
+    Onebot,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Standard => "standard",
+            WebhookFormat::Slack => "slack",
+            WebhookFormat::Onebot => "onebot",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

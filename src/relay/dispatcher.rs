@@ -102,6 +102,8 @@ pub struct Dispatcher {
     outbox: Arc<Outbox>,
     /// `send.allow_private_urls`, for the URLs in replies.
     allow_private_urls: bool,
+    /// What `format = "onebot"` bodies are made with.
+    onebot: crate::onebot::Context,
 }
 
 /// One info line per webhook per [`SUMMARY_EVERY`] with how many deliveries succeeded,
@@ -182,14 +184,16 @@ impl Dispatcher {
         stats: &HashMap<String, WebhookStats>,
         lanes: &Lanes,
         allow_private_urls: bool,
+        onebot: crate::onebot::Context,
     ) -> Dispatcher {
         Dispatcher {
             store,
             client: http_client(),
-            targets: RwLock::new(build_targets(webhooks, stats, lanes)),
+            targets: RwLock::new(build_targets(webhooks, stats, lanes, &onebot)),
             running: Mutex::new(None),
             outbox,
             allow_private_urls,
+            onebot,
         }
     }
 
@@ -214,7 +218,7 @@ impl Dispatcher {
         stats: &HashMap<String, WebhookStats>,
         lanes: &Lanes,
     ) {
-        let new = build_targets(webhooks, stats, lanes);
+        let new = build_targets(webhooks, stats, lanes, &self.onebot);
         let old = std::mem::replace(
             &mut *self.targets.write().unwrap_or_else(|e| e.into_inner()),
             new.clone(),
@@ -418,13 +422,59 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) {
         let hook = &target.settings;
-        let rendered = target.format.render(&Attempt {
-            event: &delivery.event,
-            now: time::OffsetDateTime::now_utc().unix_timestamp(),
-            previous: delivery.attempts,
-        });
+        let rendered = target
+            .format
+            .render(&Attempt {
+                event: &delivery.event,
+                now: time::OffsetDateTime::now_utc().unix_timestamp(),
+                previous: delivery.attempts,
+            })
+            .await;
         let at = now_millis();
         let started = Instant::now();
+        let rendered = match rendered {
+            Ok(Some(rendered)) => rendered,
+            Ok(None) => {
+                drop(permit);
+                target.lane.notify.notify_one();
+                let attempt = AttemptRecord {
+                    at,
+                    status_code: None,
+                    error: Some(format!(
+                        "nothing to send: the {} format has no shape for this event",
+                        hook.format.as_str()
+                    )),
+                    duration_ms: 0,
+                    response: None,
+                };
+                return self
+                    .record(
+                        &target,
+                        delivery,
+                        attempt,
+                        Outcome::Delivered,
+                        Vec::new(),
+                        &shutdown,
+                    )
+                    .await;
+            }
+            Err(why) => {
+                drop(permit);
+                target.lane.notify.notify_one();
+                let failures = delivery.attempts + 1;
+                let attempt = AttemptRecord {
+                    at,
+                    status_code: None,
+                    error: Some(why),
+                    duration_ms: 0,
+                    response: None,
+                };
+                let outcome = self.schedule(hook, failures, None);
+                return self
+                    .record(&target, delivery, attempt, outcome, Vec::new(), &shutdown)
+                    .await;
+            }
+        };
         let mut request = self.client.post(target.url.clone());
         for (name, value) in rendered.headers {
             request = request.header(name, value);
@@ -470,17 +520,15 @@ impl Dispatcher {
                 let prefix = &bytes[..bytes.len().min(RESPONSE_PREFIX)];
                 attempt.response = Some(String::from_utf8_lossy(prefix).into_owned());
                 if status.is_success() {
-                    match target
-                        .format
-                        .replies(&delivery.event, &bytes)
-                        .and_then(|contents| {
-                            crate::send::reply_sends(
-                                &delivery.event,
-                                &delivery.webhook,
-                                contents,
-                                self.allow_private_urls,
-                            )
-                        }) {
+                    let contents = target.format.replies(&delivery.event, &bytes).await;
+                    match contents.and_then(|contents| {
+                        crate::send::reply_sends(
+                            &delivery.event,
+                            &delivery.webhook,
+                            contents,
+                            self.allow_private_urls,
+                        )
+                    }) {
                         Ok(sends) => replies = sends,
                         Err(why) => {
                             tracing::warn!(webhook = %hook.name, event_id = %delivery.event.id, reason = %why, "ignoring the reply in the webhook response");
@@ -513,16 +561,32 @@ impl Dispatcher {
                 self.schedule(hook, failures, None)
             }
         };
+        self.record(&target, delivery, attempt, outcome, replies, &shutdown)
+            .await;
+    }
+
+    /// Logs, counts and records one attempt's outcome, and wakes whoever it concerns.
+    async fn record(
+        &self,
+        target: &Arc<Target>,
+        delivery: DueDelivery,
+        attempt: AttemptRecord,
+        outcome: Outcome,
+        replies: Vec<crate::store::NewSend>,
+        shutdown: &CancellationToken,
+    ) {
+        let hook = &target.settings;
+        let failures = delivery.attempts + 1;
         self.log_outcome(hook, &delivery, &attempt, outcome, failures);
         if outcome == Outcome::Delivered {
             target.summary.delivered(&hook.name);
         }
-        target.meters.record(outcome, duration_ms);
+        target.meters.record(outcome, attempt.duration_ms);
         if let Outcome::Disabled { .. } = outcome {
             target.lane.direct.store(false, AtomicOrdering::Relaxed);
             target.disabled.store(true, AtomicOrdering::Relaxed);
         }
-        self.track_failure(&target, outcome).await;
+        self.track_failure(target, outcome).await;
         let queued_replies = !replies.is_empty();
         let account = delivery.event.account.clone();
         let finished = FinishedAttempt {
@@ -538,7 +602,7 @@ impl Dispatcher {
         if let Some(Err(e)) = crate::store::until_stored(
             "an attempt at a delivery",
             &finished.delivery_id,
-            &shutdown,
+            shutdown,
             || self.store.finish_attempt(&finished),
         )
         .await
@@ -660,6 +724,7 @@ fn build_targets(
     webhooks: &[WebhookSettings],
     stats: &HashMap<String, WebhookStats>,
     lanes: &Lanes,
+    onebot: &crate::onebot::Context,
 ) -> Vec<Arc<Target>> {
     webhooks
         .iter()
@@ -676,7 +741,7 @@ fn build_targets(
             let disabled = state.disabled_reason.is_some();
             Some(Arc::new(Target {
                 url,
-                format: super::format::for_webhook(w),
+                format: super::format::for_webhook(w, onebot),
                 summary: DeliverySummary::default(),
                 meters: Meters::new(&w.name),
                 failing_since: Mutex::new(state.failing_since),

@@ -327,6 +327,11 @@ pub struct SendView {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// The request as queued (JSON) and when, where the store read them
+    /// ([`SendQueue::get_send`]); not part of the answer.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub request: Option<(String, Millis)>,
 }
 
 /// The result of [`SendQueue::enqueue_send`].
@@ -593,6 +598,17 @@ pub trait IdMap: Send + Sync {
     async fn key(&self, name: &str, fresh: Vec<u8>, now: Millis) -> Result<Vec<u8>>;
 }
 
+/// How far long-lived consumers of the event log have got (a OneBot WebSocket bot that
+/// resumes where it left off), kept across restarts.
+#[async_trait]
+pub trait Cursors: Send + Sync {
+    /// The `seq` a consumer last confirmed (`None`: never seen).
+    async fn cursor(&self, name: &str) -> Result<Option<i64>>;
+
+    /// Moves a consumer's cursor to `seq` (never back: a lower `seq` changes nothing).
+    async fn set_cursor(&self, name: &str, seq: i64, now: Millis) -> Result<()>;
+}
+
 /// Signed requests seen, with their answers, so a replayed `webhook-id` acts once.
 #[async_trait]
 pub trait SignedRequests: Send + Sync {
@@ -608,7 +624,7 @@ pub trait SignedRequests: Send + Sync {
 /// the one it uses), one backend implementing them all.
 #[async_trait]
 pub trait Store:
-    EventLog + DeliveryQueue + WebhookState + SendQueue + SignedRequests + IdMap + 'static
+    EventLog + DeliveryQueue + WebhookState + SendQueue + SignedRequests + IdMap + Cursors + 'static
 {
     /// Deletes delivered events, their attempts, finished sends and id aliases older
     /// than `before`.

@@ -555,7 +555,7 @@ impl SendQueue for SqliteStore {
 
     async fn get_send(&self, id: &str) -> Result<Option<SendView>> {
         let row =
-            sqlx::query("SELECT id, status, error, message_id, account FROM sends WHERE id = ?")
+            sqlx::query("SELECT id, status, error, message_id, account, request, created_at FROM sends WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -566,6 +566,7 @@ impl SendQueue for SqliteStore {
                 status: writer::send_status(row.try_get(1)?),
                 error: row.try_get(2)?,
                 message_id: row.try_get(3)?,
+                request: Some((row.try_get(5)?, row.try_get(6)?)),
             })
         })
         .transpose()
@@ -630,6 +631,21 @@ impl IdMap for SqliteStore {
             .fetch_optional(&self.pool)
             .await?,
         )
+    }
+}
+
+#[async_trait]
+impl Cursors for SqliteStore {
+    async fn cursor(&self, name: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT seq FROM cursors WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_cursor(&self, name: &str, seq: i64, now: Millis) -> Result<()> {
+        let name = name.to_string();
+        self.write(|r| Write::Cursor(name, seq, now, r)).await
     }
 }
 

@@ -1,12 +1,14 @@
 //! Formats: how a stored event becomes an HTTP request to a webhook, and how a webhook's
 //! response becomes replies. Each `format` of the configuration is one implementation of
-//! [`Format`] in a file of its own (`standard` today; `slack` and `onebot` next). The
+//! [`Format`] in a file of its own (`standard`, `slack`, `onebot`). The
 //! store keeps the event, never a body rendered in one format's shape, so a retry
 //! renders again — to the same bytes — and a format never sees another's internals.
 
+pub mod onebot;
 pub mod slack;
 pub mod standard;
 
+use async_trait::async_trait;
 use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::config::{WebhookFormat, WebhookSettings};
@@ -29,13 +31,16 @@ pub struct Attempt<'a> {
     pub previous: u32,
 }
 
+#[async_trait]
 pub trait Format: Send + Sync {
-    /// The request for one attempt at delivering an event.
-    fn render(&self, attempt: &Attempt<'_>) -> Rendered;
+    /// The request for one attempt at delivering an event; `Ok(None)` when the format
+    /// has nothing to say about this event (it counts as delivered, with no request);
+    /// `Err` when it cannot be rendered now (the attempt fails and is retried).
+    async fn render(&self, attempt: &Attempt<'_>) -> Result<Option<Rendered>, String>;
 
     /// The replies a successful response asks to send into the event's conversation
     /// (none for most responses), or why the response's reply is refused.
-    fn replies(&self, event: &StoredEvent, response: &[u8]) -> Result<Vec<Content>, String>;
+    async fn replies(&self, event: &StoredEvent, response: &[u8]) -> Result<Vec<Content>, String>;
 
     /// Whether a response that is not a 2xx still means the event arrived and retrying
     /// would change nothing (Bolt's 404 for an event it has no listener for).
@@ -56,8 +61,9 @@ pub trait Format: Send + Sync {
     }
 }
 
-/// The implementation for a configured webhook, with its secrets.
-pub fn for_webhook(webhook: &WebhookSettings) -> Box<dyn Format> {
+/// The implementation for a configured webhook, with its secrets; `onebot` is what
+/// OneBot bodies are made with (the id map, the message format).
+pub fn for_webhook(webhook: &WebhookSettings, onebot: &crate::onebot::Context) -> Box<dyn Format> {
     let secrets = webhook.secret.as_slice();
     match webhook.format {
         WebhookFormat::Standard => Box::new(standard::Standard::new(
@@ -72,6 +78,13 @@ pub fn for_webhook(webhook: &WebhookSettings) -> Box<dyn Format> {
                 .iter()
                 .map(|s| s.expose().as_bytes().to_vec())
                 .collect(),
+        )),
+        WebhookFormat::Onebot => Box::new(onebot::OneBot::new(
+            onebot.clone(),
+            secrets
+                .first()
+                .map(|s| s.expose().as_bytes().to_vec())
+                .unwrap_or_default(),
         )),
     }
 }

@@ -170,8 +170,9 @@ pub fn envelope(event: &StoredEvent, app_id: &str, bot_id: &str) -> Option<Strin
     )
 }
 
+#[async_trait::async_trait]
 impl Format for Slack {
-    fn render(&self, attempt: &Attempt<'_>) -> Rendered {
+    async fn render(&self, attempt: &Attempt<'_>) -> Result<Option<Rendered>, String> {
         let body =
             envelope(attempt.event, &self.app_id, &self.bot_id).unwrap_or_else(|| "{}".into());
         let mut extra = Vec::new();
@@ -179,10 +180,14 @@ impl Format for Slack {
             extra.push((SLACK_RETRY_NUM, HeaderValue::from(attempt.previous)));
             extra.push((SLACK_RETRY_REASON, HeaderValue::from_static("http_error")));
         }
-        self.signed(body, attempt.now, extra)
+        Ok(Some(self.signed(body, attempt.now, extra)))
     }
 
-    fn replies(&self, _event: &StoredEvent, _response: &[u8]) -> Result<Vec<Content>, String> {
+    async fn replies(
+        &self,
+        _event: &StoredEvent,
+        _response: &[u8],
+    ) -> Result<Vec<Content>, String> {
         Ok(Vec::new())
     }
 

@@ -38,8 +38,9 @@ pub fn body(event: &StoredEvent) -> String {
     )
 }
 
+#[async_trait::async_trait]
 impl Format for Standard {
-    fn render(&self, attempt: &Attempt<'_>) -> Rendered {
+    async fn render(&self, attempt: &Attempt<'_>) -> Result<Option<Rendered>, String> {
         let event = attempt.event;
         let body = body(event);
         let signature = signature_header(&self.keys, &event.id, attempt.now, body.as_bytes());
@@ -53,10 +54,10 @@ impl Format for Standard {
                 headers.push((name, value));
             }
         }
-        Rendered { body, headers }
+        Ok(Some(Rendered { body, headers }))
     }
 
-    fn replies(&self, event: &StoredEvent, response: &[u8]) -> Result<Vec<Content>, String> {
+    async fn replies(&self, event: &StoredEvent, response: &[u8]) -> Result<Vec<Content>, String> {
         let contents = parse_replies(response).map_err(|e| e.to_string())?;
         if !contents.is_empty() && event.event_type != "message" {
             return Err(format!(

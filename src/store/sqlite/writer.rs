@@ -64,6 +64,7 @@ pub(super) enum Write {
     Alias(String, String, String, Millis, Reply<bool>),
     Key(String, Vec<u8>, Millis, Reply<Vec<u8>>),
     Number(String, String, Millis, Reply<i64>),
+    Cursor(String, i64, Millis, Reply<()>),
     ReleaseSend(String, Reply<()>),
     Finish(Box<FinishedAttempt>, Reply<()>),
     Enqueue(NewSend, Reply<Enqueued>),
@@ -462,6 +463,11 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Op
                 reply,
                 step(conn, |c| number(c, &kind, &target, now)),
             ),
+            Write::Cursor(name, seq, now, reply) => answer(
+                &mut resource_failure,
+                reply,
+                step(conn, |c| cursor(c, &name, seq, now)),
+            ),
             Write::Key(name, fresh, now, reply) => answer(
                 &mut resource_failure,
                 reply,
@@ -649,6 +655,7 @@ fn fail(op: Write, msg: &str) {
         Write::Alias(.., r) => r.send(err(msg)).is_ok(),
         Write::Key(.., r) => r.send(err(msg)).is_ok(),
         Write::Number(.., r) => r.send(err(msg)).is_ok(),
+        Write::Cursor(.., r) => r.send(err(msg)).is_ok(),
         Write::Claim(_, r) => r.send(err(msg)).is_ok(),
         Write::Release(_, r) => r.send(err(msg)).is_ok(),
         Write::Finish(_, r) => r.send(err(msg)).is_ok(),
@@ -960,6 +967,7 @@ fn enqueue(conn: &Connection, s: &NewSend) -> Result<Enqueued> {
             status: SendStatus::Queued,
             error: None,
             message_id: None,
+            request: None,
         },
         replayed: false,
     })
@@ -973,6 +981,7 @@ fn send_view(row: &Row) -> rusqlite::Result<SendView> {
         status: send_status(&row.get::<_, String>(1)?),
         error: row.get(2)?,
         message_id: row.get(3)?,
+        request: None,
     })
 }
 
@@ -1049,6 +1058,18 @@ fn number(conn: &Connection, kind: &str, target: &str, now: Millis) -> Result<i6
     Ok(conn
         .prepare_cached("SELECT number FROM id_numbers WHERE kind = ?1 AND target = ?2")?
         .query_row([kind, target], |r| r.get(0))?)
+}
+
+/// Moves a cursor forward (a lower `seq` leaves it).
+fn cursor(conn: &Connection, name: &str, seq: i64, now: Millis) -> Result<()> {
+    exec(
+        conn,
+        "INSERT INTO cursors (name, seq, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at
+         WHERE excluded.seq > cursors.seq",
+        params![name, seq, now],
+    )?;
+    Ok(())
 }
 
 /// The kept key, or `fresh` stored as it.
