@@ -327,7 +327,9 @@ async fn a_bot_killed_mid_burst_loses_nothing() {
     let expected: Vec<String> = (0..N).map(|i| format!("burst {i}")).collect();
     assert_eq!(first_seen, expected);
     let again = bot.journal().len() - N;
-    println!("killed after {before} of {N}; {again} delivered twice (sent, not yet confirmed)");
+    println!(
+        "killed after {before} of {N}; {again} delivered again (the bot got them in its last seconds, so they were not confirmed yet)"
+    );
     app.stop().await;
 }
 

@@ -48,22 +48,57 @@ pub struct BenchArgs {
     /// puppet, ingest and sender.
     #[arg(long, default_value_t = 1)]
     pub accounts: usize,
+    /// Measure events to a OneBot bot over a reverse WebSocket instead, against a
+    /// standard webhook measured the same way in the same run.
+    #[arg(long)]
+    pub onebot: bool,
 }
 
 /// Counts receipts and records when each numbered event arrived.
-struct Receiver {
-    count: AtomicUsize,
-    arrived: std::sync::Mutex<Vec<Option<Instant>>>,
-    notify: Notify,
+pub(super) struct Receiver {
+    pub(super) count: AtomicUsize,
+    pub(super) arrived: std::sync::Mutex<Vec<Option<Instant>>>,
+    pub(super) notify: Notify,
 }
 
 impl Receiver {
-    fn reset(&self, slots: usize) {
+    pub(super) fn new() -> Arc<Receiver> {
+        Arc::new(Receiver {
+            count: AtomicUsize::new(0),
+            arrived: std::sync::Mutex::new(Vec::new()),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Notes that event `n` arrived. With slots (a measured run), only the first
+    /// arrival of an event that has one counts; without (the raw baseline), every
+    /// bench event does.
+    pub(super) fn arrived(&self, n: Option<usize>) {
+        let counts = n.is_some_and(|n| {
+            let mut arrived = self.arrived.lock().unwrap_or_else(|e| e.into_inner());
+            if arrived.is_empty() {
+                return true;
+            }
+            match arrived.get_mut(n) {
+                Some(slot @ None) => {
+                    *slot = Some(Instant::now());
+                    true
+                }
+                _ => false,
+            }
+        });
+        if counts {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+        self.notify.notify_one();
+    }
+
+    pub(super) fn reset(&self, slots: usize) {
         self.count.store(0, Ordering::SeqCst);
         *self.arrived.lock().unwrap_or_else(|e| e.into_inner()) = vec![None; slots];
     }
 
-    async fn wait_for(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
+    pub(super) async fn wait_for(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         while self.count.load(Ordering::SeqCst) < n {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -92,21 +127,12 @@ fn bench_number(body: &[u8]) -> Option<usize> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-async fn receive(State(r): State<Arc<Receiver>>, body: Bytes) -> &'static str {
-    if let Some(n) = bench_number(&body) {
-        let mut arrived = r.arrived.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = arrived.get_mut(n)
-            && slot.is_none()
-        {
-            *slot = Some(Instant::now());
-        }
-    }
-    r.count.fetch_add(1, Ordering::SeqCst);
-    r.notify.notify_one();
+pub(super) async fn receive(State(r): State<Arc<Receiver>>, body: Bytes) -> &'static str {
+    r.arrived(bench_number(&body));
     "ok"
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -114,7 +140,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn peak_rss_mib() -> f64 {
+pub(super) fn peak_rss_mib() -> f64 {
     waas::metrics::proc_status_kib("VmHWM").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
@@ -125,11 +151,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "warning: this is a debug build; run `cargo run --release -- bench` for real figures"
         );
     }
-    let receiver = Arc::new(Receiver {
-        count: AtomicUsize::new(0),
-        arrived: std::sync::Mutex::new(Vec::new()),
-        notify: Notify::new(),
-    });
+    if args.onebot {
+        return super::bench_onebot::run(args).await;
+    }
+    let receiver = Receiver::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook_url = format!("http://{}/hook", listener.local_addr()?);
     let router = axum::Router::new()
@@ -278,7 +303,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn injection(i: usize) -> Injection {
+pub(super) fn injection(i: usize) -> Injection {
     Injection {
         from: "alice".into(),
         room: i.is_multiple_of(2).then(|| "room1@chatroom".to_string()),

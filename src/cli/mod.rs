@@ -3,6 +3,7 @@
 //! beside it, not in the library's public surface.
 
 mod bench;
+mod bench_onebot;
 mod soak;
 mod tail;
 

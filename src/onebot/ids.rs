@@ -7,8 +7,10 @@
 //!   if the account logs in as another WeChat user.
 //! - groups (`group_id`): a room id; a room invitation, whose room is not known yet,
 //!   is `invitation:ID`.
-//! - messages (`message_id`, `reply.id`): `seq:N` for a received message (the stored
-//!   event), `send:out_…` for one waas sent.
+//! - messages (`message_id`, `reply.id`): a received message is its stored event's
+//!   `seq` times two (even, computed: nothing to write per message, and as stable as
+//!   the event log); one waas sent is twice its number in the map (`send:out_…`) plus
+//!   one (odd).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -128,21 +130,22 @@ impl Ids {
     }
 
     pub async fn message(&self, message: &MessageRef) -> Result<i64> {
-        let target = match message {
-            MessageRef::Event(seq) => format!("seq:{seq}"),
-            MessageRef::Send(id) => format!("send:{id}"),
-        };
-        self.number(MESSAGE, &target).await
+        match message {
+            MessageRef::Event(seq) => Ok(seq.saturating_mul(2)),
+            MessageRef::Send(id) => Ok(self.number(MESSAGE, &format!("send:{id}")).await? * 2 + 1),
+        }
     }
 
     pub async fn message_ref(&self, number: i64) -> Result<Option<MessageRef>> {
-        Ok(self.target(MESSAGE, number).await?.and_then(|t| {
-            if let Some(seq) = t.strip_prefix("seq:") {
-                seq.parse().ok().map(MessageRef::Event)
-            } else {
-                t.strip_prefix("send:")
-                    .map(|id| MessageRef::Send(id.into()))
-            }
+        if number <= 0 {
+            return Ok(None);
+        }
+        if number % 2 == 0 {
+            return Ok(Some(MessageRef::Event(number / 2)));
+        }
+        Ok(self.target(MESSAGE, number / 2).await?.and_then(|t| {
+            t.strip_prefix("send:")
+                .map(|id| MessageRef::Send(id.into()))
         }))
     }
 }

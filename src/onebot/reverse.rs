@@ -86,7 +86,8 @@ pub async fn run(hub: Arc<Hub>, account: String, url: String) {
             }
         };
         let attempt = tokio::select! {
-            a = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(request)) => a,
+            // Nagle off: an event frame and the ping after it must not wait for an ACK.
+            a = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async_with_config(request, None, true)) => a,
             _ = hub.stopping.cancelled() => return,
         };
         match attempt {

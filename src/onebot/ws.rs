@@ -3,13 +3,17 @@
 //!
 //! Events come from the store, never from memory only: the connection reads the event
 //! log from its cursor on, in `seq` order, and sends each event of its account that
-//! OneBot has a shape for. After each batch it sends a WebSocket ping carrying the last
-//! `seq`; the bot's pong confirms that everything before it arrived, and only then is
-//! the cursor moved in the store. A bot that was away (stopped, redeployed, its network
-//! down) gets, when it is back, everything after the last confirmed event, in order —
-//! at least once: what was sent but not confirmed comes again. A bot whose WebSocket
-//! library never answers pings has its cursor moved as frames are written instead
-//! (said once in the log).
+//! OneBot has a shape for. After each batch, and twice a second while anything is
+//! unconfirmed, it sends a WebSocket ping carrying the last `seq` sent. A pong says the
+//! bot's WebSocket library has everything before it — not that the bot handled it: a
+//! library queues frames (Python's `websockets` holds 16) and a bot killed then loses
+//! them. So an event is confirmed, and the cursor moved in the store, only once the bot
+//! has answered a ping [`CONFIRM_AFTER`] later than the pong that covered it: alive that
+//! long after receiving it, it has drained its queue. A bot that was away (stopped,
+//! redeployed, its network down) gets, when it is back, everything after the last
+//! confirmed event, in order — at least once: what it got in its last moments comes
+//! again. A bot whose WebSocket library never answers pings has its cursor moved as
+//! frames are written instead (said once in the log).
 //!
 //! API calls (`{"action", "params", "echo"}`) are answered on the same socket with
 //! `echo` returned verbatim, several at once; a frame that is not a call is answered
@@ -45,6 +49,42 @@ const BATCH: u32 = 200;
 const CONCURRENT_CALLS: usize = 32;
 /// Pings unanswered this long, with no pong ever seen, mean a client that never pongs.
 const NO_PONGS: Duration = Duration::from_secs(10);
+/// How long a bot must stay alive after its pong covered an event for the event to be
+/// confirmed (see the module's documentation).
+pub const CONFIRM_AFTER: Duration = Duration::from_secs(2);
+/// How often an unconfirmed connection is pinged.
+const PING_EVERY: Duration = Duration::from_millis(500);
+
+/// Pongs seen, and what they confirm.
+struct Confirmations {
+    /// The highest `seq` confirmed (and written to the store).
+    confirmed: i64,
+    /// Whether any pong was ever seen.
+    answered: bool,
+    /// Pongs not old enough yet to confirm their `seq`: (seq, when).
+    recent: std::collections::VecDeque<(i64, Instant)>,
+}
+
+impl Confirmations {
+    /// A pong for `seq` came now: what it newly confirms, if anything.
+    fn pong(&mut self, seq: i64, now: Instant) -> Option<i64> {
+        self.answered = true;
+        if self.recent.back().is_none_or(|&(s, _)| seq > s) {
+            self.recent.push_back((seq, now));
+        }
+        let mut newest = None;
+        while let Some(&(s, at)) = self.recent.front() {
+            if now.duration_since(at) < CONFIRM_AFTER {
+                break;
+            }
+            newest = Some(s);
+            self.recent.pop_front();
+        }
+        let seq = newest.filter(|&s| s > self.confirmed)?;
+        self.confirmed = seq;
+        Some(seq)
+    }
+}
 
 /// What every OneBot WebSocket needs.
 pub struct Hub {
@@ -176,8 +216,11 @@ where
         })
     };
 
-    // Pongs confirm what was sent: (highest confirmed seq, a pong ever seen).
-    let confirmed = Arc::new(std::sync::Mutex::new((sent, false)));
+    let confirmed = Arc::new(std::sync::Mutex::new(Confirmations {
+        confirmed: sent,
+        answered: false,
+        recent: Default::default(),
+    }));
     let reader = {
         let (hub, peer, tx, closed, confirmed) = (
             hub.clone(),
@@ -220,14 +263,10 @@ where
                         else {
                             continue;
                         };
-                        let newer = {
-                            let mut c = confirmed.lock().unwrap_or_else(|e| e.into_inner());
-                            c.1 = true;
-                            (seq > c.0).then(|| {
-                                c.0 = seq;
-                                seq
-                            })
-                        };
+                        let newer = confirmed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pong(seq, Instant::now());
                         if let Some(seq) = newer
                             && let Err(e) =
                                 hub.store.set_cursor(&peer.cursor, seq, now_millis()).await
@@ -265,6 +304,8 @@ where
         heartbeat
     });
     beat.reset();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let format = hub.settings.message_format;
     let mut first_unanswered: Option<Instant> = None;
     let mut without_pongs = false;
@@ -312,7 +353,7 @@ where
                     tracing::warn!(bot = %peer.label, error = %e, "cannot move a OneBot cursor");
                 }
             } else {
-                let answered = confirmed.lock().unwrap_or_else(|e| e.into_inner()).1;
+                let answered = confirmed.lock().unwrap_or_else(|e| e.into_inner()).answered;
                 if !answered {
                     let since = *first_unanswered.get_or_insert_with(Instant::now);
                     if since.elapsed() > NO_PONGS {
@@ -347,6 +388,15 @@ where
                     break None;
                 }
             }
+            _ = ping.tick(), if !without_pongs => {
+                let unconfirmed =
+                    confirmed.lock().unwrap_or_else(|e| e.into_inner()).confirmed < sent;
+                if unconfirmed
+                    && tx.send(Frame::Ping(sent.to_string().into_bytes())).await.is_err()
+                {
+                    break None;
+                }
+            }
             _ = closed.cancelled() => break None,
             _ = hub.stopping.cancelled() => break Some(Ended::Stopping),
         }
@@ -367,9 +417,35 @@ where
     drop(tx);
     let wrote = tokio::time::timeout(Duration::from_secs(2), writer).await;
     if let Ended::Closed(why) = &ended {
-        tracing::info!(bot = %peer.label, reason = %why, confirmed_seq = confirmed.lock().unwrap_or_else(|e| e.into_inner()).0, "OneBot bot disconnected; what it missed waits in the store");
+        tracing::info!(bot = %peer.label, reason = %why, confirmed_seq = confirmed.lock().unwrap_or_else(|e| e.into_inner()).confirmed, "OneBot bot disconnected; what it missed waits in the store");
     } else if wrote.is_err() {
         tracing::debug!(bot = %peer.label, "the close frame could not be written in time");
     }
     ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pong_confirms_only_what_an_older_pong_covered() {
+        let mut c = Confirmations {
+            confirmed: 0,
+            answered: false,
+            recent: Default::default(),
+        };
+        let t0 = Instant::now();
+        assert_eq!(
+            c.pong(10, t0),
+            None,
+            "alive now, but not for long enough yet"
+        );
+        assert_eq!(c.pong(20, t0 + Duration::from_millis(500)), None);
+        assert_eq!(c.pong(20, t0 + CONFIRM_AFTER), Some(10));
+        assert_eq!(c.pong(30, t0 + CONFIRM_AFTER * 2), Some(20));
+        assert_eq!(c.pong(30, t0 + CONFIRM_AFTER * 3), Some(30));
+        assert_eq!(c.pong(30, t0 + CONFIRM_AFTER * 4), None, "nothing new");
+        assert!(c.answered);
+    }
 }
