@@ -865,3 +865,65 @@ async fn notices_and_requests_over_a_websocket() {
     );
     app.stop().await;
 }
+
+/// An image a contact sends is an `image` segment whose `url` fetches the bytes with
+/// no other credential; an image segment a bot sends is a WeChat image.
+#[tokio::test]
+async fn images_both_ways() {
+    use base64::Engine;
+    let app = spawn_app(&format!(
+        "[onebot]\naccess_token = \"{TOKEN}\"\nheartbeat = \"0s\"\n"
+    ))
+    .await;
+    let mut socket = connect(&app, "", Some(TOKEN)).await.unwrap();
+    next_text(&mut socket, |v| v["sub_type"] == "connect").await;
+    let png: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let (status, body) = app
+        .post(
+            "/v1/mock/messages",
+            json!({"from": "alice", "text": "", "media": {"kind": "image", "name": "cat.png", "base64": b64}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let event = next_text(&mut socket, |v| v["post_type"] == "message").await;
+    let segment = &event["message"][0];
+    assert_eq!(segment["type"], "image", "{event}");
+    assert_eq!(segment["data"]["file"], "cat.png");
+    // The link is on server.public_url (the default's port, not this test app's).
+    let url = segment["data"]["url"].as_str().unwrap();
+    let path = &url[url.find("/v1/media/").expect("a media link")..];
+    let fetched = reqwest::get(app.url(path)).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().await.unwrap().to_vec(), png);
+
+    // The bot answers with an image (base64://) and text: two messages, in order.
+    socket
+        .send(
+            json!({"action": "send_private_msg", "echo": 1, "params": {"user_id": event["user_id"], "message": [
+                {"type": "image", "data": {"file": format!("base64://{b64}")}},
+                {"type": "text", "data": {"text": "nice cat"}},
+            ]}})
+            .to_string(),
+        )
+        .await;
+    let answer = next_text(&mut socket, answer_to(json!(1))).await;
+    assert_eq!(answer["retcode"], 0, "{answer}");
+    let image = sent(&app, "the image", |m| m.get("image").is_some()).await;
+    assert_eq!(image["to"], json!({"contact": "alice"}));
+    sent(&app, "the text after it", text_is("nice cat")).await;
+    // A local file is refused, saying why.
+    socket
+        .send(
+            json!({"action": "send_private_msg", "echo": 2, "params": {"user_id": event["user_id"], "message": "[CQ:image,file=file:///etc/passwd]"}})
+                .to_string(),
+        )
+        .await;
+    let refused = next_text(&mut socket, answer_to(json!(2))).await;
+    assert_eq!(refused["retcode"], 1400);
+    assert!(
+        refused["msg"].as_str().unwrap().contains("local files"),
+        "{refused}"
+    );
+    app.stop().await;
+}

@@ -151,9 +151,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "warning: this is a debug build; run `cargo run --release -- bench` for real figures"
         );
     }
-    if args.onebot {
-        return super::bench_onebot::run(args).await;
-    }
+
     let receiver = Receiver::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook_url = format!("http://{}/hook", listener.local_addr()?);

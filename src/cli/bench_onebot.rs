@@ -169,6 +169,12 @@ async fn measure(
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    waas::install_crypto_provider();
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; run `cargo run --release -- bench --onebot` for real figures"
+        );
+    }
     println!(
         "waas bench --onebot: {} events, {} injectors, then {}/s for {} s; storage.synchronous = {}",
         args.events, args.injectors, args.rate, args.seconds, args.synchronous

@@ -134,7 +134,11 @@ pub fn main() -> ExitCode {
                 format: waas::config::LogFormat::Pretty,
                 level: "warn".into(),
             });
-            runtime(|| bench::run(args))
+            if args.onebot {
+                runtime(|| bench_onebot::run(args))
+            } else {
+                runtime(|| bench::run(args))
+            }
         }
     }
 }

@@ -974,6 +974,39 @@ mod tests {
     }
 
     #[test]
+    fn onebot_settings_are_checked() {
+        let ok = Settings::from_toml(
+            "[onebot]\naccess_token = \"0123456789abcdef\"\nmessage_format = \"string\"\n\
+             [[onebot.reverse_ws]]\nurl = \"ws://127.0.0.1:8080/onebot/v11/ws\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.onebot.message_format, MessageFormat::String);
+        assert_eq!(
+            ok.onebot.access_token.as_ref().map(|t| t.expose()),
+            Some("0123456789abcdef")
+        );
+        let err = |toml: &str| Settings::from_toml(toml).unwrap_err().to_string();
+        let e = err("[onebot]\naccess_token = \"short\"\n");
+        assert!(e.contains("onebot.access_token") && e.contains("16"), "{e}");
+        let e = err("[[onebot.reverse_ws]]\nurl = \"http://127.0.0.1:8080/\"\n");
+        assert!(
+            e.contains("onebot.reverse_ws[0].url") && e.contains("ws://"),
+            "{e}"
+        );
+        let e = err("[[onebot.reverse_ws]]\nurl = \"ws://127.0.0.1:8080/\"\naccount = \"nope\"\n");
+        assert!(e.contains("onebot.reverse_ws[0].account"), "{e}");
+        let e = err("[onebot]\nmessage_format = \"xml\"\n");
+        assert!(e.contains("message_format"), "{e}");
+        let e = err(
+            "[[webhooks]]\nname = \"nb\"\nurl = \"http://127.0.0.1:8080/onebot/v11/\"\nformat = \"onebot\"\nsecret = \"short\"\n",
+        );
+        assert!(
+            e.contains("webhooks[0].secret[0]") && e.contains("OneBot"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = Settings::from_toml(
             "[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
