@@ -500,6 +500,16 @@ impl Call<'_> {
         }
     }
 
+    /// The send message number `n` stands for, when it is this account's.
+    async fn own_send(&self, n: i64, id: &str) -> Result<crate::store::SendView, ActionError> {
+        self.app
+            .store
+            .get_send(id)
+            .await?
+            .filter(|s| s.account == self.account.name)
+            .ok_or_else(|| ActionError::bad(format!("no message {n}")))
+    }
+
     async fn delete_msg(&self) -> Result<Value, ActionError> {
         let n = int(&self.params, "message_id")?;
         let id = match self.ids().message_ref(n).await? {
@@ -511,13 +521,7 @@ impl Call<'_> {
             }
             None => return Err(ActionError::bad(format!("no message {n}"))),
         };
-        let send = self
-            .app
-            .store
-            .get_send(&id)
-            .await?
-            .filter(|s| s.account == self.account.name)
-            .ok_or_else(|| ActionError::bad(format!("no message {n}")))?;
+        let send = self.own_send(n, &id).await?;
         let message_id = match (send.status, send.message_id) {
             (SendStatus::Sent, Some(m)) if !m.is_empty() => m,
             (SendStatus::Queued, _) => {
@@ -577,13 +581,7 @@ impl Call<'_> {
                 Ok(v)
             }
             Some(MessageRef::Send(id)) => {
-                let send = self
-                    .app
-                    .store
-                    .get_send(&id)
-                    .await?
-                    .filter(|s| s.account == self.account.name)
-                    .ok_or_else(|| ActionError::bad(format!("no message {n}")))?;
+                let send = self.own_send(n, &id).await?;
                 let (request, at) = send.request.unwrap_or_default();
                 let (to, segments) = match serde_json::from_str::<Queued>(&request) {
                     Ok(Queued::Message(SendRequest { to, content })) => {

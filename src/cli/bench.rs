@@ -250,16 +250,49 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 3. Latency at a steady rate, on the same relay (offset ids to stay apart).
     let total = (args.rate * args.seconds) as usize;
-    let offset = args.events;
+    let (achieved, latencies) = steady(&receiver, args.rate, total, args.events, |i| {
+        mocks[i % mocks.len()].clone()
+    })
+    .await?;
+    let lost_steady = total - latencies.len();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "latency @ {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} events, lost {lost_steady})",
+        achieved,
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        total
+    );
+    println!(
+        "peak RSS          {:>10.1} MiB (whole process: relay + receiver + load)",
+        peak_rss_mib()
+    );
+
+    embedded.stop().await?;
+    anyhow::ensure!(lost == 0 && lost_steady == 0, "events were lost");
+    Ok(())
+}
+
+/// Injects `total` events at `rate` per second (numbered from `offset`, each through
+/// the mock `mock(i)` gives) and waits for all of them at the receiver. Answers the rate
+/// achieved and each event's latency, injection call to receipt, sorted.
+pub(super) async fn steady(
+    receiver: &Receiver,
+    rate: u64,
+    total: usize,
+    offset: usize,
+    mock: impl Fn(usize) -> Arc<waas::puppet::mock::MockPuppet>,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
     receiver.reset(offset + total);
     let mut sent_at = vec![None; total];
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let begin = tokio::time::Instant::now();
     let mut pending = tokio::task::JoinSet::new();
     for (i, slot) in sent_at.iter_mut().enumerate() {
         tokio::time::sleep_until(begin + interval * i as u32).await;
         *slot = Some(Instant::now());
-        let mock = mocks[i % mocks.len()].clone();
+        let mock = mock(i);
         pending.spawn(async move { mock.inject(injection(offset + i)).await.map(|_| ()) });
         while let Some(done) = pending.try_join_next() {
             done??;
@@ -281,24 +314,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter_map(|(i, s)| Some(arrived[offset + i]?.duration_since((*s)?)))
         .collect();
     latencies.sort();
-    let lost_steady = total - latencies.len();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "latency @ {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} events, lost {lost_steady})",
-        achieved,
-        ms(percentile(&latencies, 0.50)),
-        ms(percentile(&latencies, 0.99)),
-        ms(latencies.last().copied().unwrap_or_default()),
-        total
-    );
-    println!(
-        "peak RSS          {:>10.1} MiB (whole process: relay + receiver + load)",
-        peak_rss_mib()
-    );
-
-    embedded.stop().await?;
-    anyhow::ensure!(lost == 0 && lost_steady == 0, "events were lost");
-    Ok(())
+    Ok((achieved, latencies))
 }
 
 pub(super) fn injection(i: usize) -> Injection {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::StreamExt;
 
-use super::bench::{BenchArgs, Receiver, injection, peak_rss_mib, percentile};
+use super::bench::{BenchArgs, Receiver, injection, peak_rss_mib, percentile, steady};
 use waas::harness::Embedded;
 
 /// One path's figures.
@@ -125,37 +125,8 @@ async fn measure(
         .count();
 
     let total = (args.rate * args.seconds) as usize;
-    let offset = args.events;
-    receiver.reset(offset + total);
-    let mut sent_at = vec![None; total];
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let begin = tokio::time::Instant::now();
-    let mut pending = tokio::task::JoinSet::new();
-    for (i, slot) in sent_at.iter_mut().enumerate() {
-        tokio::time::sleep_until(begin + interval * i as u32).await;
-        *slot = Some(Instant::now());
-        let mock = mock.clone();
-        pending.spawn(async move { mock.inject(injection(offset + i)).await.map(|_| ()) });
-        while let Some(done) = pending.try_join_next() {
-            done??;
-        }
-    }
-    while let Some(done) = pending.join_next().await {
-        done??;
-    }
-    let achieved = total as f64 / begin.elapsed().as_secs_f64();
-    receiver.wait_for(total, Duration::from_secs(60)).await?;
-    let arrived = receiver
-        .arrived
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let mut latencies: Vec<Duration> = sent_at
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| Some(arrived[offset + i]?.duration_since((*s)?)))
-        .collect();
-    latencies.sort();
+    let (achieved, latencies) =
+        steady(receiver, args.rate, total, args.events, |_| mock.clone()).await?;
     lost += total - latencies.len();
     embedded.stop().await?;
     Ok(Figures {

@@ -376,20 +376,13 @@ impl Settings {
                     }
                 }
             }
-            match &hook.account {
-                Some(a) if !account_names.contains(a) => problem(
-                    &at("account"),
-                    format!(
-                        "`{a}` is not an account (there are: {})",
-                        account_names.join(", ")
-                    ),
-                ),
-                None if account_names.len() > 1 && !has_default => problem(
-                    &at("account"),
-                    "there are several accounts and none is `default`: name the one that posts"
-                        .into(),
-                ),
-                _ => {}
+            if let Some(why) = account_problem(
+                hook.account.as_deref(),
+                &account_names,
+                has_default,
+                "posts",
+            ) {
+                problem(&at("account"), why);
             }
         }
         self.check_onebot(&account_names, has_default, &mut problem);
@@ -436,20 +429,13 @@ impl Settings {
                 ),
                 Err(e) => problem(&at("url"), format!("not a URL: {e}")),
             }
-            match &bot.account {
-                Some(a) if !account_names.contains(a) => problem(
-                    &at("account"),
-                    format!(
-                        "`{a}` is not an account (there are: {})",
-                        account_names.join(", ")
-                    ),
-                ),
-                None if account_names.len() > 1 && !has_default => problem(
-                    &at("account"),
-                    "there are several accounts and none is `default`: name the one this bot drives"
-                        .into(),
-                ),
-                _ => {}
+            if let Some(why) = account_problem(
+                bot.account.as_deref(),
+                account_names,
+                has_default,
+                "this bot drives",
+            ) {
+                problem(&at("account"), why);
             }
             let account = bot.account.clone().unwrap_or_default();
             if !seen.insert((account, bot.url.clone())) {
@@ -459,6 +445,27 @@ impl Settings {
                 );
             }
         }
+    }
+}
+
+/// What is wrong with the `account` a hook or a bot names (`None` left out): not an
+/// account, or left out where there are several and none is `default`. `role` says what
+/// the account does for it ("posts").
+fn account_problem(
+    account: Option<&str>,
+    names: &[String],
+    has_default: bool,
+    role: &str,
+) -> Option<String> {
+    match account {
+        Some(a) if !names.iter().any(|n| n == a) => Some(format!(
+            "`{a}` is not an account (there are: {})",
+            names.join(", ")
+        )),
+        None if names.len() > 1 && !has_default => Some(format!(
+            "there are several accounts and none is `default`: name the one that {role}"
+        )),
+        _ => None,
     }
 }
 
