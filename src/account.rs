@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::Notify;
@@ -31,6 +32,10 @@ pub struct Account {
     pub mock: Option<Arc<MockPuppet>>,
     pub ingest: Arc<Ingest>,
     pub sender: Arc<Sender>,
+    /// Which instance runs the puppet (this one's name while it holds the lease).
+    holder: std::sync::Mutex<Option<String>>,
+    /// Where the account's lease is kept.
+    store: Arc<dyn Store>,
 }
 
 /// What an account is built from, shared by all of them.
@@ -89,17 +94,120 @@ impl Account {
             mock,
             ingest,
             sender,
+            holder: Default::default(),
+            store: shared.store.clone(),
         })
     }
 
-    /// Starts the account's puppet and sender on `tracker`.
-    pub fn spawn(&self, tracker: &TaskTracker, shutdown: &CancellationToken) {
-        tracker.spawn(
-            self.puppet
-                .clone()
-                .run(self.ingest.clone(), shutdown.clone()),
-        );
-        tracker.spawn(self.sender.clone().run(tracker.clone(), shutdown.clone()));
+    /// Starts the account's puppet and sender on `tracker` while this instance holds
+    /// the account's lease (a store one process owns grants it at once): the lease is
+    /// renewed at a third of `lease`; when it is lost (another instance took it, or it
+    /// could not be renewed before running out) the puppet and sender stop at once, and
+    /// the lease is asked for again every second. At shutdown the lease is given back.
+    pub fn spawn(
+        self: &Arc<Self>,
+        cluster: &crate::config::ClusterSettings,
+        instance: Arc<str>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        tracker.spawn(self.clone().hold(
+            instance,
+            cluster.lease,
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    async fn hold(
+        self: Arc<Self>,
+        instance: Arc<str>,
+        lease: Duration,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let store = self.store.clone();
+        let renew = lease / 3;
+        // The puppet and sender while they run, and until when the lease surely holds.
+        let mut running: Option<CancellationToken> = None;
+        let mut holds_until = Instant::now();
+        loop {
+            let asked = Instant::now();
+            match store.acquire_lease(&self.name, &instance, lease).await {
+                Ok(Some(epoch)) => {
+                    holds_until = asked + lease;
+                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(instance.to_string());
+                    if running.is_some() && self.ingest.epoch() != Some(epoch) {
+                        // Lost and taken back between two renewals: start afresh.
+                        self.stop(&mut running, "the lease changed hands meanwhile");
+                    }
+                    if running.is_none() {
+                        self.ingest.set_epoch(epoch);
+                        tracing::info!(account = %self.name, epoch, "this instance holds the account; starting its puppet and sender");
+                        let token = shutdown.child_token();
+                        tracker.spawn(self.puppet.clone().run(self.ingest.clone(), token.clone()));
+                        tracker.spawn(self.sender.clone().run(tracker.clone(), token.clone()));
+                        running = Some(token);
+                    }
+                }
+                Ok(None) => {
+                    self.stop(&mut running, "another instance holds the account now");
+                    let holder = store.leases().await.ok().and_then(|all| {
+                        all.into_iter()
+                            .find(|l| l.name == self.name)
+                            .and_then(|l| l.holder)
+                    });
+                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = holder;
+                }
+                Err(e) => {
+                    tracing::warn!(account = %self.name, error = %e, "cannot renew the account's lease");
+                    if running.is_some() && Instant::now() + renew / 2 >= holds_until {
+                        self.stop(&mut running, "its lease could not be renewed in time");
+                        *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
+                }
+            }
+            // The holder renews at a third of the lease; the others ask every second
+            // (a dead holder's lease is taken over soon after it runs out).
+            let wait = if running.is_some() {
+                renew.min(holds_until.saturating_duration_since(Instant::now()) / 2)
+            } else {
+                renew.min(Duration::from_secs(1))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        if running.is_some()
+            && let Err(e) = store.release_lease(&self.name, &instance).await
+        {
+            tracing::warn!(account = %self.name, error = %e, "cannot give the account's lease back; another instance takes it when it runs out");
+        }
+    }
+
+    /// Stops the puppet and sender, if they run here.
+    fn stop(&self, running: &mut Option<CancellationToken>, why: &str) {
+        if let Some(token) = running.take() {
+            token.cancel();
+            tracing::warn!(account = %self.name, reason = why, "stopped the account's puppet and sender here");
+            self.session.set(
+                crate::puppet::SessionState::Disconnected,
+                None,
+                None,
+                Some(format!("this instance no longer runs the account: {why}")),
+            );
+        }
+    }
+
+    /// The instance running this account's puppet, as last seen (`None`: nobody, or
+    /// not known yet).
+    pub fn holder(&self) -> Option<String> {
+        self.holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -19,8 +19,7 @@ use crate::outbox::Outbox;
 use crate::relay::dispatcher::Dispatcher;
 use crate::relay::lanes::Lanes;
 use crate::relay::signing::SigningKey;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Claimant, Store};
+use crate::store::{Claimant, Notice, Store};
 
 /// Everything a request handler may need.
 pub struct App {
@@ -54,6 +53,10 @@ pub struct App {
     pub media_cache: Arc<crate::media::MediaCache>,
     /// What OneBot bodies are made with: the id map and the message format.
     pub onebot: crate::onebot::Context,
+    /// This instance's name among those sharing the store (`cluster.instance`).
+    pub instance: Arc<str>,
+    /// When this instance started.
+    pub started_at: crate::event::Millis,
 }
 
 /// A bearer token and the accounts it may act on (`None`: all).
@@ -186,11 +189,15 @@ impl Application {
         }
         crate::metrics::install();
         crate::server::raise_fd_limit();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&settings.storage.url, settings.storage.synchronous)
+        let store: Arc<dyn Store> =
+            crate::store::open(&settings.storage)
                 .await
-                .with_context(|| format!("cannot open the store at {}", settings.storage.url))?,
-        );
+                .with_context(|| {
+                    format!(
+                        "cannot open the store at {}",
+                        crate::store::postgres::redact_any(&settings.storage.url)
+                    )
+                })?;
         let lanes = Arc::new(Lanes::default());
         let stats = store.webhook_stats().await?;
         let wakers: HashMap<String, Arc<Notify>> = settings
@@ -198,7 +205,13 @@ impl Application {
             .iter()
             .map(|a| (a.name.clone(), Arc::new(Notify::new())))
             .collect();
-        let claimant = Claimant::new(instance_name(), crate::outbox::CLAIM_LEASE);
+        let instance: Arc<str> = settings
+            .cluster
+            .instance
+            .clone()
+            .unwrap_or_else(instance_name)
+            .into();
+        let claimant = Claimant::new(instance.clone(), crate::outbox::CLAIM_LEASE);
         let outbox = Arc::new(Outbox::new(
             store.clone(),
             lanes.clone(),
@@ -262,6 +275,8 @@ impl Application {
                 links,
                 media_cache,
                 onebot,
+                instance,
+                started_at: now_millis(),
                 stopping: CancellationToken::new(),
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,
@@ -295,8 +310,16 @@ impl Application {
         let tracker = TaskTracker::new();
         let work = shutdown.child_token();
 
+        // Alive first, so that nobody frees this instance's claims as a dead one's.
+        if let Err(e) = app.store.heartbeat(&app.instance, app.started_at).await {
+            tracing::warn!(error = %e, "cannot record this instance in the store");
+        }
+        tracker.spawn(heartbeat_loop(app.clone(), work.clone()));
+        if let Some(notices) = app.store.notices() {
+            tracker.spawn(follow_notices(app.clone(), notices, work.clone()));
+        }
         for account in app.accounts.iter() {
-            account.spawn(&tracker, &work);
+            account.spawn(&app.settings.cluster, app.instance.clone(), &tracker, &work);
         }
         app.dispatcher.spawn(&tracker, work.clone());
         tracker.spawn(prune_loop(app.clone(), work.clone()));
@@ -373,7 +396,9 @@ pub fn instance_name() -> String {
 /// The start-up banner: what runs, where, and what a newcomer should know first.
 fn announce(app: &App, addr: SocketAddr) {
     let settings = &app.settings;
-    let store = crate::store::sqlite_path(&settings.storage.url).unwrap_or(&settings.storage.url);
+    let store = crate::store::sqlite_path(&settings.storage.url)
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::store::postgres::redact_any(&settings.storage.url));
     let auth = app.auth();
     let access = if auth.is_configured() {
         format!(
@@ -386,7 +411,8 @@ fn announce(app: &App, addr: SocketAddr) {
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        store,
+        store = %store,
+        instance = %app.instance,
         puppet = settings.puppet.kind.as_str(),
         accounts = app.accounts.len(),
         webhooks = settings.webhooks.len(),
@@ -401,7 +427,6 @@ fn announce(app: &App, addr: SocketAddr) {
     }
 }
 
-/// Deletes what retention allows, at start and then hourly.
 /// Removes uploads cut off before they were stored whole (`.part` files an hour old):
 /// none was acknowledged, so none is waited for. Stored uploads are removed by their
 /// send once it is over.
@@ -429,6 +454,7 @@ fn sweep_partial_uploads(dir: &std::path::Path) {
     }
 }
 
+/// Deletes what retention allows, at start and then hourly.
 async fn prune_loop(app: Arc<App>, shutdown: CancellationToken) {
     let retention = app.settings.storage.retention;
     loop {
@@ -443,6 +469,69 @@ async fn prune_loop(app: Arc<App>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             _ = shutdown.cancelled() => break,
         }
+    }
+}
+
+/// Tells the other instances this one is alive, at a third of `cluster.lease`, and frees
+/// the work of those that stopped doing so for a whole lease.
+async fn heartbeat_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let lease = app.settings.cluster.lease;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = app.store.heartbeat(&app.instance, app.started_at).await {
+            tracing::warn!(error = %e, "cannot record this instance as alive");
+            continue;
+        }
+        match app.store.reap(lease).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(claims = n, "took over the work of an instance that stopped");
+                wake_everyone(&app);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for stopped instances"),
+        }
+    }
+}
+
+/// Acts on what other instances sharing the store did: new events wake streams and
+/// long polls, queued sends wake the account's sender, freed work wakes every worker.
+async fn follow_notices(
+    app: Arc<App>,
+    mut notices: tokio::sync::broadcast::Receiver<Notice>,
+    shutdown: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let notice = tokio::select! {
+            n = notices.recv() => n,
+            _ = shutdown.cancelled() => return,
+        };
+        match notice {
+            Ok(Notice::Event(seq)) => app.outbox.stored(seq),
+            Ok(Notice::Send(account)) => {
+                if let Some(account) = app.accounts.get(&account) {
+                    account.sender.wake();
+                }
+            }
+            Ok(Notice::Work) | Err(RecvError::Lagged(_)) => {
+                wake_everyone(&app);
+                if let Ok(seq) = app.store.last_seq().await {
+                    app.outbox.stored(seq);
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Every webhook's loop and every account's sender looks at the store again.
+fn wake_everyone(app: &App) {
+    app.lanes.wake_all();
+    for account in app.accounts.iter() {
+        account.sender.wake();
     }
 }
 

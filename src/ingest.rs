@@ -106,6 +106,10 @@ pub struct Ingest {
     skip_older_than: Duration,
     /// Signs the links of media messages.
     links: Arc<MediaLinks>,
+    /// The lease epoch the account's puppet runs under here (0: never held). Events the
+    /// puppet hands over carry it, so once another instance holds the account they are
+    /// refused; it is kept when the lease is lost for exactly that.
+    epoch: std::sync::atomic::AtomicI64,
 }
 
 impl Ingest {
@@ -127,7 +131,19 @@ impl Ingest {
             skip_self: puppet.skip_self,
             skip_older_than: puppet.skip_older_than,
             links,
+            epoch: Default::default(),
         }
+    }
+
+    /// The lease epoch of the account's puppet here, once it was held.
+    pub fn epoch(&self) -> Option<i64> {
+        Some(self.epoch.load(std::sync::atomic::Ordering::Acquire)).filter(|e| *e > 0)
+    }
+
+    /// The puppet runs under this lease epoch from now on.
+    pub fn set_epoch(&self, epoch: i64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
     }
 
     /// The account this ingest stores events for.
@@ -177,7 +193,8 @@ impl Ingest {
                 return Ok(Recorded::Skipped("older than puppet.skip_older_than"));
             }
         }
-        let (event, destinations) = self.prepare(&data);
+        let (mut event, destinations) = self.prepare(&data);
+        event.epoch = self.epoch();
         self.outbox
             .record_event(event, destinations)
             .await
@@ -235,6 +252,7 @@ impl Ingest {
             account: self.account.clone(),
             bot_json,
             data_json: serde_json::to_string(data).unwrap_or_else(|_| "{}".into()),
+            epoch: None,
         }
     }
 }

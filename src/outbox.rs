@@ -138,8 +138,9 @@ impl Outbox {
         Ok(appended)
     }
 
-    /// Tells the feed and long polls that events up to `seq` are stored.
-    fn stored(&self, seq: i64) {
+    /// Tells the feed and long polls that events up to `seq` are stored (also by
+    /// another instance sharing the store).
+    pub fn stored(&self, seq: i64) {
         self.last_seq.send_if_modified(|s| {
             let newer = seq > *s;
             if newer {

@@ -99,6 +99,14 @@ pub(super) async fn readyz(
         if session.state == SessionState::LoggedIn {
             continue;
         }
+        // Another instance sharing the store runs this account: this one serves its API
+        // (sends are queued for the holder), so it is ready for it.
+        if account
+            .holder()
+            .is_some_and(|holder| *holder != *app.instance)
+        {
+            continue;
+        }
         let reason = session
             .reason
             .unwrap_or_else(|| "the puppet is not logged in".into());

@@ -53,6 +53,7 @@ pub struct ErrorDetail {
         session::session,
         session::qr,
         session::accounts,
+        session::cluster,
         messages::send,
         messages::status,
         events::pull,

@@ -62,13 +62,48 @@ impl Settings {
                 problem(key, "must be between 1 and 1000000".into());
             }
         }
-        if crate::store::sqlite_path(&self.storage.url).is_none() {
+        let postgres = crate::store::postgres::is_postgres_url(&self.storage.url);
+        if crate::store::sqlite_path(&self.storage.url).is_none() && !postgres {
             problem(
                 "storage.url",
                 format!(
-                    "`{}` is not supported: use sqlite://PATH (like \"sqlite://data/waas.db\")",
-                    self.storage.url
+                    "`{}` is not supported: use sqlite://PATH (like \"sqlite://data/waas.db\") \
+                     or postgres://USER@HOST/DATABASE",
+                    crate::store::postgres::redact_any(&self.storage.url)
                 ),
+            );
+        }
+        if postgres && url::Url::parse(&self.storage.url).is_err() {
+            problem(
+                "storage.url",
+                "is not a valid postgres:// URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
+                    .into(),
+            );
+        }
+        if !(1..=1000).contains(&self.storage.max_connections) {
+            problem(
+                "storage.max_connections",
+                "must be between 1 and 1000".into(),
+            );
+        }
+        if self.storage.statement_timeout < std::time::Duration::from_millis(100) {
+            problem("storage.statement_timeout", "must be at least 100ms".into());
+        }
+        if self.cluster.lease < std::time::Duration::from_secs(1)
+            || self.cluster.lease > std::time::Duration::from_secs(600)
+        {
+            problem("cluster.lease", "must be between 1s and 10m".into());
+        }
+        if let Some(name) = &self.cluster.instance
+            && (name.is_empty()
+                || name.len() > 200
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        {
+            problem(
+                "cluster.instance",
+                "must be 1 to 200 letters, digits, `-`, `_`, `.` or `:`".into(),
             );
         }
         if let Err(why) = check_log_level(&self.log.level) {

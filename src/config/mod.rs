@@ -30,6 +30,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// The durable store.
     pub storage: StorageSettings,
+    /// Several instances on one Postgres database.
+    pub cluster: ClusterSettings,
     /// Who may call `/v1`.
     pub auth: AuthSettings,
     /// Log output.
@@ -112,6 +114,25 @@ pub struct StorageSettings {
     /// SQLite `synchronous`: `full` (survives power loss) or `normal` (survives a crash
     /// of the process, not of the machine).
     pub synchronous: Synchronous,
+    /// Postgres: connections in this instance's pool.
+    pub max_connections: u32,
+    /// Postgres: the longest one statement may run before the database cancels it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+/// Several instances sharing one Postgres database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This instance's name in `GET /v1/cluster` and on what it claims; unique among
+    /// the instances. Default: the host's name and the process id.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// How long an account's lease (and an instance's heartbeat) lasts without renewal;
+    /// renewed at a third of it. A holder that dies is replaced after at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -294,8 +315,11 @@ impl Settings {
         self.data_dir().join("uploads")
     }
 
-    /// The folder of the SQLite database.
+    /// The folder of the SQLite database (`data` with Postgres).
     fn data_dir(&self) -> std::path::PathBuf {
+        if crate::store::postgres::is_postgres_url(&self.storage.url) {
+            return std::path::PathBuf::from("data");
+        }
         let path = self
             .storage
             .url

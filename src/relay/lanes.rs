@@ -54,6 +54,14 @@ impl Lanes {
         }
     }
 
+    /// Wakes every webhook's loop (work was freed in the store).
+    pub fn wake_all(&self) {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        for lane in map.values() {
+            lane.notify.notify_one();
+        }
+    }
+
     /// Whether a new delivery to `webhook` can be handed over in memory now.
     pub fn can_hand_off(&self, webhook: &str) -> bool {
         let map = self.0.read().unwrap_or_else(|e| e.into_inner());

@@ -141,7 +141,12 @@ impl Sender {
                 let now = now_millis();
                 match self
                     .store
-                    .claim_sends(&self.claimant, &self.account, free, now)
+                    .claim_sends(
+                        &self.claimant.with_epoch(self.ingest.epoch()),
+                        &self.account,
+                        free,
+                        now,
+                    )
                     .await
                 {
                     Ok(claim) => {

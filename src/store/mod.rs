@@ -8,7 +8,10 @@
 //! ([`Claimant`]), so a backend shared by several instances (Postgres, claims with
 //! `FOR UPDATE SKIP LOCKED`) fits without new callers.
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 
@@ -35,6 +38,10 @@ pub enum StoreError {
     Closed,
     #[error("the same idempotency key was used with a different request")]
     IdempotencyConflict,
+    /// A write made for an account's puppet under a lease epoch that is no longer the
+    /// account's: another instance holds the account now.
+    #[error("account `{0}` is held by another instance now (stale lease epoch)")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -96,6 +103,19 @@ where
     }
 }
 
+/// Opens the store `storage.url` names: `sqlite://PATH` or `postgres://…`.
+pub async fn open(settings: &crate::config::StorageSettings) -> Result<std::sync::Arc<dyn Store>> {
+    if postgres::is_postgres_url(&settings.url) {
+        Ok(std::sync::Arc::new(
+            postgres::PgStore::open(settings).await?,
+        ))
+    } else {
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::open(&settings.url, settings.synchronous).await?,
+        ))
+    }
+}
+
 /// The path of a `sqlite://PATH` URL.
 pub fn sqlite_path(url: &str) -> Option<&str> {
     url.strip_prefix("sqlite://")
@@ -116,6 +136,10 @@ pub struct NewEvent {
     pub account: String,
     pub bot_json: String,
     pub data_json: String,
+    /// The lease epoch the account's puppet runs under, for events the puppet handed
+    /// over: refused ([`StoreError::Fenced`]) once another instance holds the account.
+    /// `None` for events not made by the puppet.
+    pub epoch: Option<i64>,
 }
 
 /// A delivery to create with an event.
@@ -432,6 +456,9 @@ pub enum SignedBegin {
 pub struct Claimant {
     pub owner: std::sync::Arc<str>,
     pub lease: std::time::Duration,
+    /// The account lease epoch a sender claims under: a stale one takes nothing
+    /// ([`StoreError::Fenced`]). `None` for work that is not an account's puppet's.
+    pub epoch: Option<i64>,
 }
 
 impl Claimant {
@@ -439,6 +466,15 @@ impl Claimant {
         Claimant {
             owner: owner.into(),
             lease,
+            epoch: None,
+        }
+    }
+
+    /// The same claimant, claiming under an account lease's epoch.
+    pub fn with_epoch(&self, epoch: Option<i64>) -> Claimant {
+        Claimant {
+            epoch,
+            ..self.clone()
         }
     }
 
@@ -620,11 +656,94 @@ pub trait SignedRequests: Send + Sync {
     async fn finish_signed(&self, webhook_id: &str, answer: Option<RecordedAnswer>) -> Result<()>;
 }
 
+/// An instance sharing the store, as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InstanceView {
+    pub id: String,
+    #[serde(serialize_with = "ser_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: Millis,
+    #[serde(serialize_with = "ser_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_seen: Millis,
+}
+
+/// Who holds an account's lease, as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LeaseView {
+    pub name: String,
+    /// The instance that runs the account's puppet, or null while nobody holds it.
+    pub holder: Option<String>,
+    pub epoch: i64,
+    #[serde(serialize_with = "ser_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: Millis,
+    /// When the lease runs out unless renewed (not part of the answer).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub expires_at: Millis,
+}
+
+/// A change made by another instance sharing the store, for this one to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// An event was stored, up to this `seq` (streams and long polls wake).
+    Event(i64),
+    /// A send of this account was queued (its holder's sender wakes).
+    Send(String),
+    /// Claimed work was freed (a dead instance's), or notices may have been missed:
+    /// every worker looks at the store again.
+    Work,
+}
+
+/// The instances sharing a store, and which one runs each account's puppet. A store
+/// that one process owns (SQLite) grants every lease to that process.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// Records that `instance` (started at `started_at`) is alive now.
+    async fn heartbeat(&self, instance: &str, started_at: Millis) -> Result<()>;
+
+    /// Takes or renews the lease of `account` for `instance`, for `lease` from now.
+    /// Answers the epoch while `instance` holds it; `None` while another instance holds
+    /// a lease that has not run out. Taking it over from another holder (or after
+    /// nobody held it) makes a new, larger epoch; a renewal keeps the epoch. Lease times
+    /// are the store's clock (the database's), so instances' clocks need not agree.
+    async fn acquire_lease(
+        &self,
+        account: &str,
+        instance: &str,
+        lease: std::time::Duration,
+    ) -> Result<Option<i64>>;
+
+    /// Gives up a lease `instance` holds (at shutdown), so another instance need not wait
+    /// for it to run out.
+    async fn release_lease(&self, account: &str, instance: &str) -> Result<()>;
+
+    /// Forgets the instances not seen for `silence` and frees the deliveries and sends
+    /// claimed by instances that are not alive. Answers how many claims were freed.
+    async fn reap(&self, silence: std::time::Duration) -> Result<u64>;
+
+    async fn instances(&self) -> Result<Vec<InstanceView>>;
+
+    async fn leases(&self) -> Result<Vec<LeaseView>>;
+
+    /// Changes made by other instances (`None`: no other instance can share this store).
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>>;
+}
+
 /// Everything waas keeps durably: each concern a trait of its own (a worker holds only
 /// the one it uses), one backend implementing them all.
 #[async_trait]
 pub trait Store:
-    EventLog + DeliveryQueue + WebhookState + SendQueue + SignedRequests + IdMap + Cursors + 'static
+    EventLog
+    + DeliveryQueue
+    + WebhookState
+    + SendQueue
+    + SignedRequests
+    + IdMap
+    + Cursors
+    + Cluster
+    + 'static
 {
     /// Deletes delivered events, their attempts, finished sends and id aliases older
     /// than `before`.

@@ -43,6 +43,15 @@ pub struct SqliteStore {
     /// Held for the store's lifetime: one waas process per database file.
     _lock: std::fs::File,
     pool: SqlitePool,
+    /// The one process using this file, and the leases it holds (all of them).
+    local: std::sync::Mutex<Local>,
+}
+
+/// What [`Cluster`] keeps for a store one process owns: nothing needs to outlive it.
+#[derive(Default)]
+struct Local {
+    instance: Option<InstanceView>,
+    leases: HashMap<String, LeaseView>,
 }
 
 impl SqliteStore {
@@ -119,6 +128,7 @@ impl SqliteStore {
             backlog,
             _lock: lock,
             pool,
+            local: Default::default(),
         })
     }
 
@@ -147,11 +157,33 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
         // Reads fail for reasons of the database's (a locked or missing file, a full
         // pool) far more often than for the query's; treated as passing.
+        // A database's own error is the query's fault when it names a constraint, bad
+        // data or a bad statement (SQLSTATE classes 22, 23 and 42 in Postgres); a lost
+        // connection, a timeout, a deadlock or a full disk may pass.
         match &e {
             sqlx::Error::ColumnDecode { .. }
             | sqlx::Error::ColumnNotFound(_)
             | sqlx::Error::TypeNotFound { .. }
             | sqlx::Error::Decode(_) => StoreError::Rejected(e.to_string()),
+            sqlx::Error::Database(db) => {
+                use sqlx::error::ErrorKind;
+                let code = db.code().unwrap_or_default();
+                let sqlstate_says_query = code.len() == 5
+                    && (code.starts_with("22") || code.starts_with("23") || code.starts_with("42"));
+                if sqlstate_says_query
+                    || matches!(
+                        db.kind(),
+                        ErrorKind::UniqueViolation
+                            | ErrorKind::ForeignKeyViolation
+                            | ErrorKind::NotNullViolation
+                            | ErrorKind::CheckViolation
+                    )
+                {
+                    StoreError::Rejected(e.to_string())
+                } else {
+                    StoreError::Unavailable(e.to_string())
+                }
+            }
             _ => StoreError::Unavailable(e.to_string()),
         }
     }
@@ -685,132 +717,105 @@ impl Store for SqliteStore {
     }
 }
 
+/// One process owns the file (it holds `.lock`), so it is the whole cluster: every
+/// lease is its own, at epoch 1, and no other instance sends notices.
+#[async_trait]
+impl Cluster for SqliteStore {
+    async fn heartbeat(&self, instance: &str, started_at: Millis) -> Result<()> {
+        let now = now_millis();
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .instance = Some(InstanceView {
+            id: instance.to_string(),
+            started_at,
+            last_seen: now,
+        });
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        account: &str,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<Option<i64>> {
+        let now = now_millis();
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let view = local
+            .leases
+            .entry(account.to_string())
+            .or_insert_with(|| LeaseView {
+                name: account.to_string(),
+                holder: None,
+                epoch: 0,
+                since: now,
+                expires_at: 0,
+            });
+        if view.holder.as_deref() != Some(instance) {
+            view.holder = Some(instance.to_string());
+            view.epoch += 1;
+            view.since = now;
+        }
+        view.expires_at = now.saturating_add(lease.as_millis() as i64);
+        Ok(Some(view.epoch))
+    }
+
+    async fn release_lease(&self, account: &str, instance: &str) -> Result<()> {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(view) = local.leases.get_mut(account)
+            && view.holder.as_deref() == Some(instance)
+        {
+            view.holder = None;
+            view.expires_at = 0;
+        }
+        Ok(())
+    }
+
+    async fn reap(&self, _silence: Duration) -> Result<u64> {
+        Ok(0)
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceView>> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(local.instance.iter().cloned().collect())
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseView>> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<LeaseView> = local.leases.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(id: &str, created_at: Millis, dedup: Option<&str>) -> NewEvent {
-        NewEvent {
-            id: id.into(),
-            event_type: "message",
-            dedup_key: dedup.map(str::to_string),
-            conversation: Some("contact:alice".into()),
-            created_at,
-            account: "default".into(),
-            bot_json: "{}".into(),
-            data_json: "{}".into(),
-        }
-    }
-
-    fn attempt(at: Millis) -> AttemptRecord {
-        AttemptRecord {
-            at,
-            status_code: Some(200),
-            error: None,
-            duration_ms: 1,
-            response: None,
-        }
-    }
-
-    /// This process, as the owner of its claims.
-    fn me() -> Claimant {
-        Claimant::new("test", Duration::from_secs(60))
-    }
-
-    /// One unclaimed delivery to webhook `a`.
-    fn hooks() -> Vec<NewDelivery> {
-        vec![NewDelivery {
-            id: format!("dlv_{}", ulid::Ulid::new()),
-            webhook: "a".into(),
-            claimed: false,
-            conversation: None,
-        }]
-    }
-
     #[tokio::test]
-    async fn numbers_are_stable_distinct_and_survive_a_reopen() {
-        let (dir, store) = open().await;
-        let alice = store.number("contact", "alice", 1).await.unwrap();
-        let bob = store.number("contact", "bob", 1).await.unwrap();
-        let room = store.number("room", "alice", 1).await.unwrap();
-        assert_ne!(alice, bob);
-        assert_ne!(alice, room, "kinds are apart");
-        assert_eq!(store.number("contact", "alice", 2).await.unwrap(), alice);
-        assert_eq!(
-            store
-                .number_target("contact", bob)
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("bob")
-        );
-        assert_eq!(store.number_target("room", bob).await.unwrap(), None);
-        assert!(alice > 0 && bob < (1 << 53));
-        drop(store);
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let again = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
-        assert_eq!(again.number("contact", "alice", 3).await.unwrap(), alice);
-        let carol = again.number("contact", "carol", 3).await.unwrap();
-        assert!(carol > room, "numbers are never reused");
-    }
-
-    async fn open() -> (tempfile::TempDir, SqliteStore) {
+    async fn pruning_truncates_the_write_ahead_log() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn duplicates_are_stored_once_and_claims_are_exclusive() {
-        let (_dir, store) = open().await;
-        let first = store
-            .append_event(event("evt_1", 1, Some("m1")), hooks(), &me())
-            .await
-            .unwrap();
-        let again = store
-            .append_event(event("evt_2", 2, Some("m1")), hooks(), &me())
-            .await
-            .unwrap();
-        assert!(!first.duplicate && again.duplicate);
-        assert_eq!(again.id, "evt_1");
-
-        let claim = store
-            .claim_due(&me(), "a", Ordering::None, 10, 100)
-            .await
-            .unwrap();
-        assert_eq!(claim.items.len(), 1);
-        assert_eq!(claim.items[0].event.id, "evt_1");
-        let second = store
-            .claim_due(&me(), "a", Ordering::None, 10, 100)
-            .await
-            .unwrap();
-        assert!(
-            second.items.is_empty(),
-            "a claimed delivery is not handed out twice"
-        );
-        assert_eq!(second.next_due, None);
-
-        store.release_delivery(&claim.items[0].id).await.unwrap();
-        let third = store
-            .claim_due(&me(), "a", Ordering::None, 10, 100)
-            .await
-            .unwrap();
-        assert_eq!(
-            third.items.len(),
-            1,
-            "a released delivery can be claimed again"
-        );
-    }
-
-    #[tokio::test]
-    async fn pruning_truncates_the_write_ahead_log() {
-        let (dir, store) = open().await;
+        let me = Claimant::new("test", Duration::from_secs(60));
         for i in 0..2_000 {
-            store
-                .append_event(event(&format!("evt_{i}"), 10, None), vec![], &me())
-                .await
-                .unwrap();
+            let event = NewEvent {
+                id: format!("evt_{i}"),
+                event_type: "message",
+                dedup_key: None,
+                conversation: None,
+                created_at: 10,
+                account: "default".into(),
+                bot_json: "{}".into(),
+                data_json: "{}".into(),
+                epoch: None,
+            };
+            store.append_event(event, vec![], &me).await.unwrap();
         }
         let wal = dir.path().join("t.db-wal");
         assert!(std::fs::metadata(&wal).unwrap().len() > 0);
@@ -820,140 +825,5 @@ mod tests {
             0,
             "checkpointed and truncated"
         );
-    }
-
-    #[tokio::test]
-    async fn retention_prunes_delivered_events_and_keeps_dead_ones() {
-        let (_dir, store) = open().await;
-        store
-            .append_event(event("evt_old_ok", 10, None), hooks(), &me())
-            .await
-            .unwrap();
-        store
-            .append_event(event("evt_old_dead", 11, None), hooks(), &me())
-            .await
-            .unwrap();
-        store
-            .append_event(event("evt_new_ok", 5_000, None), hooks(), &me())
-            .await
-            .unwrap();
-        let claim = store
-            .claim_due(&me(), "a", Ordering::None, 10, 10_000)
-            .await
-            .unwrap();
-        for d in claim.items {
-            let outcome = if d.event.id == "evt_old_dead" {
-                Outcome::Dead
-            } else {
-                Outcome::Delivered
-            };
-            store
-                .finish_attempt(&FinishedAttempt {
-                    delivery_id: d.id,
-                    webhook: d.webhook,
-                    attempt: attempt(6_000),
-                    outcome,
-                    replies: vec![],
-                })
-                .await
-                .unwrap();
-        }
-        assert_eq!(store.prune(1_000).await.unwrap(), 1);
-        let left: Vec<String> = store
-            .events_after(0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(left, ["evt_old_dead", "evt_new_ok"]);
-        let dead = store
-            .list_deliveries(DeliveryFilter {
-                status: Some(DeliveryStatus::Dead),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].attempts.len(), 1);
-    }
-
-    fn send(id: &str, conversation: &str) -> NewSend {
-        NewSend {
-            id: id.into(),
-            account: "default".into(),
-            idempotency_key: None,
-            request_hash: String::new(),
-            request_json: "{}".into(),
-            conversation: conversation.into(),
-            created_at: 1,
-        }
-    }
-
-    fn ids(claim: &Claim<QueuedSend>) -> Vec<&str> {
-        claim.items.iter().map(|s| s.id.as_str()).collect()
-    }
-
-    #[tokio::test]
-    async fn send_claims_have_an_owner_and_an_expiry() {
-        let (dir, store) = open().await;
-        for (id, chat) in [("out_1", "a"), ("out_2", "a"), ("out_3", "b")] {
-            store.enqueue_send(send(id, chat)).await.unwrap();
-        }
-        let mine = me();
-        let other = Claimant::new("other", Duration::from_secs(1));
-        // The oldest send of each conversation; a claimed one still holds its followers.
-        let first = store.claim_sends(&mine, "default", 10, 100).await.unwrap();
-        assert_eq!(ids(&first), ["out_1", "out_3"]);
-        assert!(
-            store
-                .claim_sends(&mine, "default", 10, 100)
-                .await
-                .unwrap()
-                .items
-                .is_empty(),
-            "an owner never takes its own claims again"
-        );
-        assert!(
-            store
-                .claim_sends(&other, "default", 10, 100)
-                .await
-                .unwrap()
-                .items
-                .is_empty(),
-            "another owner waits for the claim to expire"
-        );
-        let taken = store
-            .claim_sends(&other, "default", 10, 100 + 60_001)
-            .await
-            .unwrap();
-        assert_eq!(
-            ids(&taken),
-            ["out_1", "out_3"],
-            "an expired claim is taken over"
-        );
-
-        // A finished send lets its conversation's next one go; a released one is free.
-        let sent = SendOutcome::Sent {
-            message_id: "m1".into(),
-        };
-        store
-            .finish_send(&taken.items[0], sent, 200, None)
-            .await
-            .unwrap();
-        store.release_send("out_3").await.unwrap();
-        let next = store.claim_sends(&mine, "default", 10, 300).await.unwrap();
-        assert_eq!(ids(&next), ["out_2", "out_3"]);
-
-        // The claims of a process that stopped are free when the file is opened again.
-        drop(store);
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let reopened = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
-        let after = reopened
-            .claim_sends(&mine, "default", 10, 300)
-            .await
-            .unwrap();
-        assert_eq!(ids(&after), ["out_2", "out_3"]);
     }
 }
