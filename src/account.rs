@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -104,16 +105,23 @@ impl Account {
     /// renewed at a third of `lease`; when it is lost (another instance took it, or it
     /// could not be renewed before running out) the puppet and sender stop at once, and
     /// the lease is asked for again every second. At shutdown the lease is given back.
+    ///
+    /// Accounts spread over the instances sharing the store ([`Share`]): an instance
+    /// holding its fair share asks for free leases only once per `lease` (those below
+    /// their share take them first), and one holding more gives one account back every
+    /// third of `lease` for another to take.
     pub fn spawn(
         self: &Arc<Self>,
         cluster: &crate::config::ClusterSettings,
         instance: Arc<str>,
+        share: Arc<Share>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
         tracker.spawn(self.clone().hold(
             instance,
             cluster.lease,
+            share,
             tracker.clone(),
             shutdown.clone(),
         ));
@@ -123,6 +131,7 @@ impl Account {
         self: Arc<Self>,
         instance: Arc<str>,
         lease: Duration,
+        share: Arc<Share>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) {
@@ -131,7 +140,21 @@ impl Account {
         // The puppet and sender while they run, and until when the lease surely holds.
         let mut running: Option<CancellationToken> = None;
         let mut holds_until = Instant::now();
+        // Not before then does this instance ask for the lease while it holds its share
+        // (or after it gave this account away).
+        let mut not_before = Instant::now();
         loop {
+            if running.is_none() && (share.full() || Instant::now() < not_before) {
+                if Instant::now() >= not_before {
+                    not_before = Instant::now() + lease;
+                } else {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1).min(not_before - Instant::now())) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
             let asked = Instant::now();
             match store.acquire_lease(&self.name, &instance, lease).await {
                 Ok(Some(epoch)) => {
@@ -140,9 +163,24 @@ impl Account {
                         Some(instance.to_string());
                     if running.is_some() && self.ingest.epoch() != Some(epoch) {
                         // Lost and taken back between two renewals: start afresh.
-                        self.stop(&mut running, "the lease changed hands meanwhile");
+                        self.stop(&mut running, &share, "the lease changed hands meanwhile");
                     }
-                    if running.is_none() {
+                    if running.is_some() && share.give_one_back(renew) {
+                        match store.release_lease(&self.name, &instance).await {
+                            Ok(()) => {
+                                self.stop(
+                                    &mut running,
+                                    &share,
+                                    "given back for another instance to hold (this one holds more than its share)",
+                                );
+                                not_before = Instant::now() + 2 * lease;
+                            }
+                            Err(e) => {
+                                tracing::warn!(account = %self.name, error = %e, "cannot give the account's lease back")
+                            }
+                        }
+                    } else if running.is_none() {
+                        share.held.fetch_add(1, AtomicOrdering::AcqRel);
                         self.ingest.set_epoch(epoch);
                         tracing::info!(account = %self.name, epoch, "this instance holds the account; starting its puppet and sender");
                         let token = shutdown.child_token();
@@ -152,7 +190,7 @@ impl Account {
                     }
                 }
                 Ok(None) => {
-                    self.stop(&mut running, "another instance holds the account now");
+                    self.stop(&mut running, &share, "another instance holds the account now");
                     let holder = store.leases().await.ok().and_then(|all| {
                         all.into_iter()
                             .find(|l| l.name == self.name)
@@ -163,7 +201,11 @@ impl Account {
                 Err(e) => {
                     tracing::warn!(account = %self.name, error = %e, "cannot renew the account's lease");
                     if running.is_some() && Instant::now() + renew / 2 >= holds_until {
-                        self.stop(&mut running, "its lease could not be renewed in time");
+                        self.stop(
+                            &mut running,
+                            &share,
+                            "its lease could not be renewed in time",
+                        );
                         *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     }
                 }
@@ -188,9 +230,10 @@ impl Account {
     }
 
     /// Stops the puppet and sender, if they run here.
-    fn stop(&self, running: &mut Option<CancellationToken>, why: &str) {
+    fn stop(&self, running: &mut Option<CancellationToken>, share: &Share, why: &str) {
         if let Some(token) = running.take() {
             token.cancel();
+            share.held.fetch_sub(1, AtomicOrdering::AcqRel);
             tracing::warn!(account = %self.name, reason = why, "stopped the account's puppet and sender here");
             self.session.set(
                 crate::puppet::SessionState::Disconnected,
@@ -208,6 +251,48 @@ impl Account {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// How many accounts this instance runs, and how many it should: its fair share of
+/// the accounts among the instances sharing the store (all of them while it is alone).
+#[derive(Default)]
+pub struct Share {
+    held: AtomicUsize,
+    /// 0 until known.
+    fair: AtomicUsize,
+    last_given_back: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Share {
+    /// `accounts` spread over `instances` live instances.
+    pub fn set_fair(&self, accounts: usize, instances: usize) {
+        self.fair
+            .store(accounts.div_ceil(instances.max(1)), AtomicOrdering::Release);
+    }
+
+    /// Holds its share (or more).
+    fn full(&self) -> bool {
+        let fair = self.fair.load(AtomicOrdering::Acquire);
+        fair > 0 && self.held.load(AtomicOrdering::Acquire) >= fair
+    }
+
+    /// Whether to give one account back now: more than the share is held, and none was
+    /// given back within the last `every`.
+    fn give_one_back(&self, every: Duration) -> bool {
+        let fair = self.fair.load(AtomicOrdering::Acquire);
+        if fair == 0 || self.held.load(AtomicOrdering::Acquire) <= fair {
+            return false;
+        }
+        let mut last = self
+            .last_given_back
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 }
 

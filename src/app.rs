@@ -57,6 +57,8 @@ pub struct App {
     pub instance: Arc<str>,
     /// When this instance started.
     pub started_at: crate::event::Millis,
+    /// How many accounts this instance runs, and should.
+    pub share: Arc<crate::account::Share>,
 }
 
 /// A bearer token and the accounts it may act on (`None`: all).
@@ -277,6 +279,7 @@ impl Application {
                 onebot,
                 instance,
                 started_at: now_millis(),
+                share: Default::default(),
                 stopping: CancellationToken::new(),
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),
                 settings,
@@ -314,12 +317,21 @@ impl Application {
         if let Err(e) = app.store.heartbeat(&app.instance, app.started_at).await {
             tracing::warn!(error = %e, "cannot record this instance in the store");
         }
+        if let Ok(instances) = app.store.instances().await {
+            app.share.set_fair(app.accounts.len(), instances.len());
+        }
         tracker.spawn(heartbeat_loop(app.clone(), work.clone()));
         if let Some(notices) = app.store.notices() {
             tracker.spawn(follow_notices(app.clone(), notices, work.clone()));
         }
         for account in app.accounts.iter() {
-            account.spawn(&app.settings.cluster, app.instance.clone(), &tracker, &work);
+            account.spawn(
+                &app.settings.cluster,
+                app.instance.clone(),
+                app.share.clone(),
+                &tracker,
+                &work,
+            );
         }
         app.dispatcher.spawn(&tracker, work.clone());
         tracker.spawn(prune_loop(app.clone(), work.clone()));
@@ -484,6 +496,9 @@ async fn heartbeat_loop(app: Arc<App>, shutdown: CancellationToken) {
         if let Err(e) = app.store.heartbeat(&app.instance, app.started_at).await {
             tracing::warn!(error = %e, "cannot record this instance as alive");
             continue;
+        }
+        if let Ok(instances) = app.store.instances().await {
+            app.share.set_fair(app.accounts.len(), instances.len());
         }
         match app.store.reap(lease).await {
             Ok(0) => {}

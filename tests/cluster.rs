@@ -645,3 +645,61 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     );
     assert!(acked.len() >= 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_spread_over_the_instances() {
+    waas::install_crypto_provider();
+    let db = Database::create().await;
+    let accounts: String = (1..=4)
+        .map(|i| format!("[[accounts]]\nname = \"acct{i}\"\n[accounts.puppet.mock]\nbot = {{ id = \"bot-user\", name = \"Bot{i}\" }}\n"))
+        .collect();
+    let a = Instance::start("a", &db, &accounts);
+    a.wait_ready().await;
+    let held_by = |cluster: &Value, who: &str| {
+        cluster["accounts"]
+            .as_array()
+            .map_or(0, |all| all.iter().filter(|acct| acct["holder"] == who).count())
+    };
+    eventually(10, "a alone holds all four", || async {
+        let (_, cluster) = a.get("/v1/cluster").await;
+        (held_by(&cluster, "a") == 4).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let b = Instance::start("b", &db, &accounts);
+    let cluster = eventually(30, "two accounts each", || async {
+        let (_, cluster) = b.get("/v1/cluster").await;
+        (held_by(&cluster, "a") == 2 && held_by(&cluster, "b") == 2).then_some(cluster)
+    })
+    .await;
+    eprintln!(
+        "accounts spread 2 + 2 {:.1} s after b started: {cluster}",
+        started.elapsed().as_secs_f64()
+    );
+    // Each account is logged in where it is held, and only there.
+    for i in 1..=4 {
+        let name = format!("acct{i}");
+        let holder = cluster["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|acct| acct["name"] == name.as_str())
+            .unwrap()["holder"]
+            .clone();
+        let (on, off) = if holder == "a" { (&a, &b) } else { (&b, &a) };
+        eventually(10, "logged in on its holder", || async {
+            let (_, s) = on.get(&format!("/v1/accounts/{name}/session")).await;
+            (s["state"] == "logged_in").then_some(())
+        })
+        .await;
+        let (_, s) = off.get(&format!("/v1/accounts/{name}/session")).await;
+        assert_ne!(s["state"], "logged_in", "{name} runs on its holder only");
+    }
+    drop(b);
+    // b is gone (kill -9): a takes its accounts back once their leases run out.
+    eventually(20, "a holds all four again", || async {
+        let (_, cluster) = a.get("/v1/cluster").await;
+        (held_by(&cluster, "a") == 4).then_some(())
+    })
+    .await;
+}
