@@ -52,6 +52,22 @@ pub struct BenchArgs {
     /// standard webhook measured the same way in the same run.
     #[arg(long)]
     pub onebot: bool,
+    /// Measure several waas processes on one PostgreSQL database instead (throughput
+    /// with each of `--instances`, then failover).
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: the server the bench makes its databases on (and drops them).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres: String,
+    /// With --cluster: the instance counts to measure, the first being the baseline.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub instances: Vec<usize>,
+    /// With --cluster: kills of the holder in the failover run (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub failovers: usize,
+    /// With --cluster: `cluster.lease` in the failover run.
+    #[arg(long, default_value = "10s")]
+    pub lease: String,
 }
 
 /// Counts receipts and records when each numbered event arrived.

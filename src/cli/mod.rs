@@ -3,6 +3,7 @@
 //! beside it, not in the library's public surface.
 
 mod bench;
+mod bench_cluster;
 mod bench_onebot;
 mod soak;
 mod tail;
@@ -134,7 +135,9 @@ pub fn main() -> ExitCode {
                 format: waas::config::LogFormat::Pretty,
                 level: "warn".into(),
             });
-            if args.onebot {
+            if args.cluster {
+                runtime(|| bench_cluster::run(args))
+            } else if args.onebot {
                 runtime(|| bench_onebot::run(args))
             } else {
                 runtime(|| bench::run(args))
