@@ -190,7 +190,11 @@ impl Account {
                     }
                 }
                 Ok(None) => {
-                    self.stop(&mut running, &share, "another instance holds the account now");
+                    self.stop(
+                        &mut running,
+                        &share,
+                        "another instance holds the account now",
+                    );
                     let holder = store.leases().await.ok().and_then(|all| {
                         all.into_iter()
                             .find(|l| l.name == self.name)

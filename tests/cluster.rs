@@ -656,9 +656,9 @@ async fn accounts_spread_over_the_instances() {
     let a = Instance::start("a", &db, &accounts);
     a.wait_ready().await;
     let held_by = |cluster: &Value, who: &str| {
-        cluster["accounts"]
-            .as_array()
-            .map_or(0, |all| all.iter().filter(|acct| acct["holder"] == who).count())
+        cluster["accounts"].as_array().map_or(0, |all| {
+            all.iter().filter(|acct| acct["holder"] == who).count()
+        })
     };
     eventually(10, "a alone holds all four", || async {
         let (_, cluster) = a.get("/v1/cluster").await;
@@ -702,4 +702,41 @@ async fn accounts_spread_over_the_instances() {
         (held_by(&cluster, "a") == 4).then_some(())
     })
     .await;
+}
+
+#[test]
+fn an_unreachable_database_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waas.toml");
+    // Nothing listens there; the password must not be printed.
+    let url = format!(
+        "postgres://waas:hunter2-secret@127.0.0.1:{}/waas",
+        free_port()
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[storage]\nurl = \"{url}\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_waas"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at postgres://waas:***@127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -40,7 +40,10 @@ struct Database {
 
 impl Database {
     async fn create(admin: &str) -> anyhow::Result<Database> {
-        let name = format!("waas_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let name = format!(
+            "waas_bench_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
         let mut conn = sqlx::PgConnection::connect(admin)
             .await
             .with_context(|| format!("cannot connect to {admin} (--postgres)"))?;
@@ -162,8 +165,7 @@ async fn settled(
             "the accounts did not settle over the instances"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Some(cluster) = get(client, &format!("{}/v1/cluster", children[0].base)).await
-        else {
+        let Some(cluster) = get(client, &format!("{}/v1/cluster", children[0].base)).await else {
             continue;
         };
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -316,7 +318,10 @@ async fn failovers(args: &BenchArgs, admin: &str, webhook: &str) -> anyhow::Resu
             );
             let held = get(&client, &format!("{survivor}/v1/cluster"))
                 .await
-                .is_some_and(|c| c["accounts"][0]["holder"].as_str() != Some(holder.as_str()) && !c["accounts"][0]["holder"].is_null());
+                .is_some_and(|c| {
+                    c["accounts"][0]["holder"].as_str() != Some(holder.as_str())
+                        && !c["accounts"][0]["holder"].is_null()
+                });
             let logged_in = held
                 && get(&client, &format!("{survivor}/v1/accounts/acct1/session"))
                     .await
@@ -339,7 +344,10 @@ async fn failovers(args: &BenchArgs, admin: &str, webhook: &str) -> anyhow::Resu
         let base = children[at].base.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         while get(&client, &format!("{base}/readyz")).await.is_none() {
-            anyhow::ensure!(Instant::now() < deadline, "the restarted instance never got ready");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the restarted instance never got ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -372,7 +380,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let mut rates = Vec::new();
     for n in &args.instances {
-        rates.push((*n, throughput(&args, &admin, *n, &receiver, &webhook).await?));
+        rates.push((
+            *n,
+            throughput(&args, &admin, *n, &receiver, &webhook).await?,
+        ));
     }
     let base = rates.first().map_or(1.0, |(_, r)| *r);
     println!("instances  events/s  vs {} instance(s)", rates[0].0);

@@ -62,14 +62,14 @@ impl Settings {
                 problem(key, "must be between 1 and 1000000".into());
             }
         }
-        let postgres = crate::store::postgres::is_postgres_url(&self.storage.url);
+        let postgres = super::is_postgres_url(&self.storage.url);
         if crate::store::sqlite_path(&self.storage.url).is_none() && !postgres {
             problem(
                 "storage.url",
                 format!(
                     "`{}` is not supported: use sqlite://PATH (like \"sqlite://data/waas.db\") \
                      or postgres://USER@HOST/DATABASE",
-                    crate::store::postgres::redact_any(&self.storage.url)
+                    super::redact_any(&self.storage.url)
                 ),
             );
         }

@@ -317,7 +317,7 @@ impl Settings {
 
     /// The folder of the SQLite database (`data` with Postgres).
     fn data_dir(&self) -> std::path::PathBuf {
-        if crate::store::postgres::is_postgres_url(&self.storage.url) {
+        if is_postgres_url(&self.storage.url) {
             return std::path::PathBuf::from("data");
         }
         let path = self
@@ -936,6 +936,32 @@ impl Settings {
     /// Whether the accounts are the implicit `default` of a file without `[[accounts]]`.
     pub fn has_implicit_account(&self) -> bool {
         self.implicit_account
+    }
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A `storage.url` fit to be shown: a postgres URL without its password.
+pub fn redact_any(url: &str) -> String {
+    if is_postgres_url(url) {
+        redact(url)
+    } else {
+        url.to_string()
+    }
+}
+
+/// `url` with its password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(an unparsable postgres URL)".to_string(),
     }
 }
 

@@ -42,34 +42,12 @@ const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// Events pruned per transaction.
 const PRUNE_CHUNK: i64 = 5_000;
 
-/// Whether `url` names a PostgreSQL database.
-pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
-/// A `storage.url` fit to be shown: a postgres URL without its password.
-pub fn redact_any(url: &str) -> String {
-    if is_postgres_url(url) {
-        redact(url)
-    } else {
-        url.to_string()
-    }
-}
-
-/// `url` with its password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(an unparsable postgres URL)".to_string(),
-    }
-}
+pub use crate::config::{is_postgres_url, redact, redact_any};
 
 pub struct PgStore {
     pool: PgPool,
+    /// Appends, committed in groups by [`append_batches`].
+    appends: tokio::sync::mpsc::Sender<AppendJob>,
     /// Why writes are failing now, if they are.
     failure: Arc<Mutex<Option<String>>>,
     notices: broadcast::Sender<Notice>,
@@ -112,7 +90,10 @@ impl PgStore {
             })?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let (notices, _) = broadcast::channel(4096);
+        let (appends, queued) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(append_batches(pool.clone(), queued));
         let store = PgStore {
+            appends,
             pool,
             failure: Default::default(),
             notices,
@@ -381,6 +362,247 @@ async fn append(
     })
 }
 
+/// An append waiting for its group commit.
+struct AppendJob {
+    event: NewEvent,
+    deliveries: Vec<NewDelivery>,
+    /// Who the deliveries created claimed belong to, and until when.
+    owner: Arc<str>,
+    until: Millis,
+    reply: tokio::sync::oneshot::Sender<Result<Appended>>,
+}
+
+/// Most appends committed in one transaction.
+const APPEND_BATCH: usize = 256;
+
+/// Commits appends in groups: whatever queued up while the last group committed goes in
+/// one transaction (one advisory lock, one fsync, a handful of statements), so under
+/// load the cost per event falls and with nothing queued an append commits alone at
+/// once. Callers are answered after the commit. If a group fails for a reason that is
+/// not the database's (one bad row), each append of it is retried alone.
+async fn append_batches(pool: PgPool, mut queued: tokio::sync::mpsc::Receiver<AppendJob>) {
+    while let Some(first) = queued.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < APPEND_BATCH {
+            match queued.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // A caller that stopped waiting no longer wants the event stored unseen.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        match append_group(&pool, &jobs).await {
+            Ok(results) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) if e.is_transient() => {
+                let msg = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(msg.clone())));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, appends = jobs.len(), "a group of appends failed; storing each alone");
+                for job in jobs {
+                    let result = async {
+                        let mut tx = pool.begin().await?;
+                        let appended = append(
+                            &mut tx,
+                            &job.event,
+                            &job.deliveries,
+                            Some((&*job.owner, job.until)),
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        Ok(appended)
+                    }
+                    .await;
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// One group of appends in one transaction; each job's own answer (a stale lease
+/// epoch refuses that job only).
+async fn append_group(pool: &PgPool, jobs: &[AppendJob]) -> Result<Vec<Result<Appended>>> {
+    let mut tx = pool.begin().await?;
+    let mut results: Vec<Option<Result<Appended>>> = jobs.iter().map(|_| None).collect();
+    // Fencing: the current epoch of every account a job carries one for, share-locked
+    // until the commit (a takeover waits for it).
+    let fenced: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.event.epoch.is_some())
+        .map(|j| j.event.account.as_str())
+        .collect();
+    if !fenced.is_empty() {
+        let current: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT account, epoch FROM leases WHERE account = ANY($1) FOR SHARE",
+        )
+        .bind(&fenced)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        for (job, result) in jobs.iter().zip(results.iter_mut()) {
+            if let Some(epoch) = job.event.epoch
+                && current.get(&job.event.account) != Some(&epoch)
+            {
+                *result = Some(Err(StoreError::Fenced(job.event.account.clone())));
+            }
+        }
+    }
+    let todo: Vec<usize> = (0..jobs.len()).filter(|i| results[*i].is_none()).collect();
+    if !todo.is_empty() {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let events: Vec<&NewEvent> = todo.iter().map(|i| &jobs[*i].event).collect();
+        let inserted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data, account)
+             SELECT id, type, dedup_key, conversation, created_at, bot, data, account
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                         $6::text[], $7::text[], $8::text[])
+                  WITH ORDINALITY AS e(id, type, dedup_key, conversation, created_at, bot, data,
+                                       account, ord)
+             ORDER BY ord
+             ON CONFLICT (dedup_key) DO NOTHING
+             RETURNING id, seq",
+        )
+        .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.dedup_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.conversation.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.created_at).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.bot_json.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.data_json.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.account.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        // The others had their dedup key stored already (before, or earlier in this
+        // group): answered with the stored event.
+        let keys: Vec<&str> = events
+            .iter()
+            .filter(|e| !inserted.contains_key(&e.id))
+            .filter_map(|e| e.dedup_key.as_deref())
+            .collect();
+        let stored: HashMap<String, (String, i64)> = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (String, String, i64)>(
+                "SELECT dedup_key, id, seq FROM events WHERE dedup_key = ANY($1)",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(key, id, seq)| (key, (id, seq)))
+            .collect()
+        };
+        let (mut d_ids, mut d_seqs, mut d_hooks, mut d_convs, mut d_owners, mut d_untils, mut d_at) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut newest = 0;
+        for i in &todo {
+            let job = &jobs[*i];
+            let e = &job.event;
+            results[*i] = Some(match inserted.get(&e.id) {
+                Some(seq) => {
+                    newest = newest.max(*seq);
+                    for d in &job.deliveries {
+                        d_ids.push(d.id.as_str());
+                        d_seqs.push(*seq);
+                        d_hooks.push(d.webhook.as_str());
+                        d_convs.push(d.conversation.as_deref());
+                        d_owners.push(d.claimed.then_some(&*job.owner));
+                        d_untils.push(if d.claimed { job.until } else { 0 });
+                        d_at.push(e.created_at);
+                    }
+                    Ok(Appended {
+                        id: e.id.clone(),
+                        seq: *seq,
+                        duplicate: false,
+                    })
+                }
+                None => match e.dedup_key.as_ref().and_then(|k| stored.get(k)) {
+                    Some((id, seq)) => Ok(Appended {
+                        id: id.clone(),
+                        seq: *seq,
+                        duplicate: true,
+                    }),
+                    None => Err(StoreError::Rejected(format!(
+                        "event {} was not stored (its id is taken)",
+                        e.id
+                    ))),
+                },
+            });
+        }
+        if !d_ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at,
+                                         conversation, claimed_by, claimed_until, updated_at)
+                 SELECT id, seq, webhook, 'pending', 0, at, conversation, owner, until, at
+                 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                             $6::bigint[], $7::bigint[])
+                      AS d(id, seq, webhook, conversation, owner, until, at)",
+            )
+            .bind(d_ids)
+            .bind(d_seqs)
+            .bind(d_hooks)
+            .bind(d_convs)
+            .bind(d_owners)
+            .bind(d_untils)
+            .bind(d_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if newest > 0 {
+            sqlx::query("SELECT pg_notify('waas', 'e:' || $1::bigint)")
+                .bind(newest)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Rejected("not appended".into()))))
+        .collect())
+}
+
 /// Queues a send in the caller's transaction (or answers the one queued before under
 /// the same idempotency key) and tells the account's holder.
 async fn enqueue(conn: &mut PgConnection, s: &NewSend) -> Result<Enqueued> {
@@ -463,14 +685,19 @@ impl EventLog for PgStore {
         deliveries: Vec<NewDelivery>,
         by: &Claimant,
     ) -> Result<Appended> {
-        let until = by.until(event.created_at);
-        let result = async {
-            let mut tx = self.tx().await?;
-            let appended = append(&mut tx, &event, &deliveries, Some((&*by.owner, until))).await?;
-            tx.commit().await?;
-            Ok(appended)
-        }
-        .await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = AppendJob {
+            until: by.until(event.created_at),
+            owner: by.owner.clone(),
+            event,
+            deliveries,
+            reply,
+        };
+        self.appends
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let result = answer.await.map_err(|_| StoreError::Closed)?;
         self.track(result)
     }
 
@@ -619,6 +846,12 @@ impl DeliveryQueue for PgStore {
                 Outcome::Disabled { .. } => ("pending", Some(now)),
             };
             let mut tx = self.tx().await?;
+            // Not waited for on disk: if the database itself crashes before writing this
+            // out, the delivery is pending again and goes out once more under the same
+            // webhook-id (receivers deduplicate); nothing acknowledged rides on it.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "WITH a AS (
                      INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response)
