@@ -143,6 +143,8 @@ impl Account {
         // Not before then does this instance ask for the lease while it holds its share
         // (or after it gave this account away).
         let mut not_before = Instant::now();
+        // When the other holder's lease runs out (the store's clock), if known.
+        let mut expires_at: Option<crate::event::Millis> = None;
         loop {
             if running.is_none() && (share.full() || Instant::now() < not_before) {
                 if Instant::now() >= not_before {
@@ -195,12 +197,14 @@ impl Account {
                         &share,
                         "another instance holds the account now",
                     );
-                    let holder = store.leases().await.ok().and_then(|all| {
-                        all.into_iter()
-                            .find(|l| l.name == self.name)
-                            .and_then(|l| l.holder)
-                    });
-                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = holder;
+                    let lease = store
+                        .leases()
+                        .await
+                        .ok()
+                        .and_then(|all| all.into_iter().find(|l| l.name == self.name));
+                    expires_at = lease.as_ref().map(|l| l.expires_at);
+                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) =
+                        lease.and_then(|l| l.holder);
                 }
                 Err(e) => {
                     tracing::warn!(account = %self.name, error = %e, "cannot renew the account's lease");
@@ -214,12 +218,18 @@ impl Account {
                     }
                 }
             }
-            // The holder renews at a third of the lease; the others ask every second
-            // (a dead holder's lease is taken over soon after it runs out).
+            // The holder renews at a third of the lease; the others ask again when the
+            // holder's lease runs out, at least every second (the store's clock may
+            // differ from this one's), so a dead holder is replaced right after.
             let wait = if running.is_some() {
                 renew.min(holds_until.saturating_duration_since(Instant::now()) / 2)
             } else {
-                renew.min(Duration::from_secs(1))
+                let until_expiry = expires_at.map_or(Duration::from_secs(1), |at| {
+                    Duration::from_millis(
+                        (at - crate::event::now_millis() + 20).clamp(0, 1000) as u64
+                    )
+                });
+                renew.min(Duration::from_secs(1)).min(until_expiry)
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}

@@ -294,7 +294,12 @@ async fn failovers(args: &BenchArgs, admin: &str, webhook: &str) -> anyhow::Resu
     ];
     settled(&client, &children, 1, Duration::from_secs(60)).await?;
     let mut times = Vec::new();
+    let lease_ms = humantime::parse_duration(lease)
+        .context("--lease is a duration like 10s")?
+        .as_millis() as u64;
     for round in 0..args.failovers {
+        // Killed anywhere in the holder's renewal cycle.
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..lease_ms))).await;
         let cluster = get(&client, &format!("{}/v1/cluster", children[0].base))
             .await
             .context("no /v1/cluster")?;
