@@ -133,3 +133,70 @@ impl Embedded {
         ended
     }
 }
+
+/// The PostgreSQL server tests and the cluster bench make their databases on:
+/// `WAAS_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/postgres`.
+pub fn test_postgres() -> String {
+    std::env::var("WAAS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database made on a PostgreSQL server for one test or bench run, dropped (with
+/// `FORCE`) when this is dropped.
+pub struct ScratchDatabase {
+    /// The new database's URL.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `PREFIX_<ulid>` on the server `admin` names.
+    pub async fn create(admin: &str, prefix: &str) -> anyhow::Result<ScratchDatabase> {
+        use sqlx::Connection;
+        let name = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut conn = sqlx::PgConnection::connect(admin).await.with_context(|| {
+            format!(
+                "cannot reach PostgreSQL at {}: start it (`.ci/run` does), or point \
+                 WAAS_TEST_POSTGRES at one",
+                crate::config::redact(admin)
+            )
+        })?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let mut url = url::Url::parse(admin)?;
+        url.set_path(&name);
+        Ok(ScratchDatabase {
+            url: url.to_string(),
+            admin: admin.to_string(),
+            name,
+        })
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // On a runtime of its own: the caller's may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}

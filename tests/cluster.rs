@@ -14,59 +14,24 @@ use std::time::{Duration, Instant};
 
 use common::{SECRET, TestReceiver, free_port};
 use serde_json::{Value, json};
-use sqlx::Connection;
+use waas::harness::{ScratchDatabase, test_postgres};
 
-/// A database made for one test, dropped at its end.
+/// A database made for one test, dropped at its end; or (`url` only) one this test
+/// does not own.
 struct Database {
     url: String,
-    admin: String,
-    name: String,
+    _scratch: Option<ScratchDatabase>,
 }
 
 impl Database {
     async fn create() -> Database {
-        let admin = std::env::var("WAAS_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-        let name = format!(
-            "waas_cluster_{}",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin}: {e}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
+        let scratch = ScratchDatabase::create(&test_postgres(), "waas_cluster")
             .await
             .unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
         Database {
-            url: url.to_string(),
-            admin,
-            name,
+            url: scratch.url.clone(),
+            _scratch: Some(scratch),
         }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut conn)
-                        .await;
-                    }
-                })
-        })
-        .join();
     }
 }
 
@@ -552,12 +517,10 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let server = OwnServer::start();
     let db = Database {
         url: server.url(),
-        admin: String::new(),
-        name: String::new(),
+        _scratch: None,
     };
     let receiver = TestReceiver::start().await;
     let waas = Instance::start("solo", &db, &webhook(&receiver));
-    std::mem::forget(db); // the server and its data go with the test's folder
     waas.wait_ready().await;
 
     // 16 clients inject 800 messages; refusals while the database is down are not

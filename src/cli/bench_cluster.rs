@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use sqlx::Connection;
+use waas::harness::ScratchDatabase;
 
 use super::bench::{BenchArgs, Receiver, receive};
 
@@ -29,45 +29,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct Database {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create(admin: &str) -> anyhow::Result<Database> {
-        let name = format!(
-            "waas_bench_{}",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
-        let mut conn = sqlx::PgConnection::connect(admin)
-            .await
-            .with_context(|| format!("cannot connect to {admin} (--postgres)"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await?;
-        let mut url = url::Url::parse(admin)?;
-        url.set_path(&name);
-        Ok(Database {
-            admin: admin.to_string(),
-            name,
-            url: url.to_string(),
-        })
-    }
-
-    async fn drop_it(self) {
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await;
-        }
     }
 }
 
@@ -102,7 +63,7 @@ fn port() -> anyhow::Result<u16> {
 fn spawn(
     dir: &std::path::Path,
     name: &str,
-    db: &Database,
+    db: &ScratchDatabase,
     accounts: usize,
     lease: &str,
     webhook: &str,
@@ -216,7 +177,7 @@ async fn throughput(
     receiver: &Arc<Receiver>,
     webhook: &str,
 ) -> anyhow::Result<f64> {
-    let db = Database::create(admin).await?;
+    let db = ScratchDatabase::create(admin, "waas_bench").await?;
     let dir = Scratch::new()?;
     let client = reqwest::Client::new();
     let mut children = Vec::new();
@@ -271,7 +232,7 @@ async fn throughput(
         .await?;
     let elapsed = started.elapsed();
     drop(children);
-    db.drop_it().await;
+    drop(db);
     let rate = args.events as f64 / elapsed.as_secs_f64();
     println!(
         "  {instances} instance(s), {} accounts: {} events injected in {:.2} s, all delivered in {:.2} s: {rate:.0} events/s",
@@ -284,7 +245,7 @@ async fn throughput(
 }
 
 async fn failovers(args: &BenchArgs, admin: &str, webhook: &str) -> anyhow::Result<Vec<Duration>> {
-    let db = Database::create(admin).await?;
+    let db = ScratchDatabase::create(admin, "waas_bench").await?;
     let dir = Scratch::new()?;
     let client = reqwest::Client::new();
     let lease = args.lease.as_str();
@@ -357,7 +318,7 @@ async fn failovers(args: &BenchArgs, admin: &str, webhook: &str) -> anyhow::Resu
         }
     }
     drop(children);
-    db.drop_it().await;
+    drop(db);
     Ok(times)
 }
 

@@ -358,6 +358,74 @@ pub struct SendView {
     pub request: Option<(String, Millis)>,
 }
 
+impl SendStatus {
+    /// A send's `status` column (`queued` for anything unknown).
+    pub fn parse(status: &str) -> SendStatus {
+        match status {
+            "sent" => SendStatus::Sent,
+            "failed" => SendStatus::Failed,
+            _ => SendStatus::Queued,
+        }
+    }
+}
+
+impl AttemptRecord {
+    /// What a webhook's `last_error` says about this failed attempt.
+    pub fn error_text(&self) -> String {
+        self.error
+            .clone()
+            .or_else(|| self.status_code.map(|c| format!("HTTP {c}")))
+            .unwrap_or_default()
+    }
+}
+
+/// One row of the delivery listing both backends run: the delivery (id, webhook, event
+/// id, event type, status, next attempt) and one of its attempts (at, status code,
+/// error, duration), if any; rows of one delivery together, attempts in order.
+pub(crate) type DeliveryRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
+
+/// Folds listing rows into deliveries with their attempts.
+pub(crate) fn fold_deliveries(rows: Vec<DeliveryRow>) -> Vec<DeliveryView> {
+    let mut out: Vec<DeliveryView> = Vec::new();
+    for (id, webhook, event_id, event_type, status, next, at, code, error, duration) in rows {
+        if out.last().is_none_or(|d| d.id != id) {
+            let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+            out.push(DeliveryView {
+                id,
+                webhook,
+                event_id,
+                event_type,
+                status,
+                attempts: Vec::new(),
+                next_attempt_at: next.filter(|_| status == DeliveryStatus::Pending),
+            });
+        }
+        if let Some(at) = at
+            && let Some(view) = out.last_mut()
+        {
+            view.attempts.push(AttemptRecord {
+                at,
+                status_code: code.map(|c| c as u16),
+                error,
+                duration_ms: duration.unwrap_or_default(),
+                response: None,
+            });
+        }
+    }
+    out
+}
+
 /// The result of [`SendQueue::enqueue_send`].
 #[derive(Debug, Clone)]
 pub struct Enqueued {

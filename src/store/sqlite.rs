@@ -435,7 +435,7 @@ impl DeliveryQueue for SqliteStore {
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>> {
-        let rows = sqlx::query(
+        let rows: Vec<DeliveryRow> = sqlx::query_as(
             "SELECT d.id, d.webhook, e.id, e.type, d.status, d.next_attempt_at,
                     a.at, a.status_code, a.error, a.duration_ms
              FROM (SELECT * FROM deliveries
@@ -458,39 +458,7 @@ impl DeliveryQueue for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<DeliveryView> = Vec::new();
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if out.last().is_none_or(|d| d.id != id) {
-                let status: String = row.try_get(4)?;
-                let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
-                out.push(DeliveryView {
-                    id,
-                    webhook: row.try_get(1)?,
-                    event_id: row.try_get(2)?,
-                    event_type: row.try_get(3)?,
-                    status,
-                    attempts: Vec::new(),
-                    next_attempt_at: if status == DeliveryStatus::Pending {
-                        row.try_get(5)?
-                    } else {
-                        None
-                    },
-                });
-            }
-            if let Some(at) = row.try_get::<Option<i64>, _>(6)?
-                && let Some(view) = out.last_mut()
-            {
-                view.attempts.push(AttemptRecord {
-                    at,
-                    status_code: row.try_get::<Option<i64>, _>(7)?.map(|c| c as u16),
-                    error: row.try_get(8)?,
-                    duration_ms: row.try_get(9)?,
-                    response: None,
-                });
-            }
-        }
-        Ok(out)
+        Ok(fold_deliveries(rows))
     }
 }
 
@@ -595,7 +563,7 @@ impl SendQueue for SqliteStore {
             Ok(SendView {
                 id: row.try_get(0)?,
                 account: row.try_get(4)?,
-                status: writer::send_status(row.try_get(1)?),
+                status: SendStatus::parse(row.try_get(1)?),
                 error: row.try_get(2)?,
                 message_id: row.try_get(3)?,
                 request: Some((row.try_get(5)?, row.try_get(6)?)),

@@ -14,7 +14,7 @@ use crate::config::{StorageSettings, Synchronous};
 /// instance (Postgres).
 pub(crate) enum Backend {
     Sqlite(tempfile::TempDir),
-    Postgres(TestDatabase),
+    Postgres(crate::harness::ScratchDatabase),
 }
 
 impl Backend {
@@ -23,7 +23,11 @@ impl Backend {
     }
 
     pub(crate) async fn postgres() -> Backend {
-        Backend::Postgres(TestDatabase::create().await)
+        Backend::Postgres(
+            crate::harness::ScratchDatabase::create(&crate::harness::test_postgres(), "waas_test")
+                .await
+                .unwrap(),
+        )
     }
 
     pub(crate) fn settings(&self) -> StorageSettings {
@@ -45,70 +49,6 @@ impl Backend {
 
     fn is_postgres(&self) -> bool {
         matches!(self, Backend::Postgres(_))
-    }
-}
-
-/// A database made for one test on the test server, dropped when the test ends.
-pub(crate) struct TestDatabase {
-    pub(crate) url: String,
-    admin: String,
-    name: String,
-}
-
-/// The server tests make their databases on.
-pub(crate) fn test_server() -> String {
-    std::env::var("WAAS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-impl TestDatabase {
-    pub(crate) async fn create() -> TestDatabase {
-        use sqlx::Connection;
-        let admin = test_server();
-        let name = format!("waas_test_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot reach the test PostgreSQL at {admin} ({e}): start it (`.ci/run` does), \
-                 or point WAAS_TEST_POSTGRES at one"
-                )
-            });
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        TestDatabase {
-            url: url.to_string(),
-            admin,
-            name,
-        }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // On a runtime of its own: the test's is shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
     }
 }
 

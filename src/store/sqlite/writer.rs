@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Synchronous;
 use crate::store::{
-    Appended, AttemptRecord, Claim, Enqueued, FinishedAttempt, Millis, NewDelivery, NewEvent,
-    NewSend, Ordering, Outcome, QueuedSend, Receipt, RecordedAnswer, RequeueChunk, Requeued,
-    Result, SendOutcome, SendStatus, SendView, SignedBegin, SignedRequest, StoreError,
+    Appended, Claim, Enqueued, FinishedAttempt, Millis, NewDelivery, NewEvent, NewSend, Ordering,
+    Outcome, QueuedSend, Receipt, RecordedAnswer, RequeueChunk, Requeued, Result, SendOutcome,
+    SendStatus, SendView, SignedBegin, SignedRequest, StoreError,
 };
 
 /// What the WAL is truncated to after a checkpoint (bytes).
@@ -790,7 +790,7 @@ impl Health {
         if f.outcome == Outcome::Delivered {
             health.success = health.success.max(Some(at));
         } else if health.error.as_ref().is_none_or(|(t, _)| *t <= at) {
-            health.error = Some((at, attempt_error(a)));
+            health.error = Some((at, a.error_text()));
         }
     }
 
@@ -817,14 +817,6 @@ impl Health {
         }
         Ok(())
     }
-}
-
-/// What `last_error` says about a failed attempt.
-fn attempt_error(a: &AttemptRecord) -> String {
-    a.error
-        .clone()
-        .or_else(|| a.status_code.map(|c| format!("HTTP {c}")))
-        .unwrap_or_default()
 }
 
 /// An attempt with everything that follows from it: health, disabling the webhook,
@@ -978,20 +970,11 @@ fn send_view(row: &Row) -> rusqlite::Result<SendView> {
     Ok(SendView {
         id: row.get(0)?,
         account: String::new(),
-        status: send_status(&row.get::<_, String>(1)?),
+        status: SendStatus::parse(&row.get::<_, String>(1)?),
         error: row.get(2)?,
         message_id: row.get(3)?,
         request: None,
     })
-}
-
-/// A send's `status` column.
-pub(super) fn send_status(status: &str) -> SendStatus {
-    match status {
-        "sent" => SendStatus::Sent,
-        "failed" => SendStatus::Failed,
-        _ => SendStatus::Queued,
-    }
 }
 
 fn finish_send(conn: &Connection, id: &str, outcome: &SendOutcome, now: Millis) -> Result<()> {
