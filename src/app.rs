@@ -57,6 +57,9 @@ pub struct App {
     pub instance: Arc<str>,
     /// When this instance started.
     pub started_at: crate::event::Millis,
+    /// `server.public_url`'s host, lowercase (parsed once: open mode checks it on
+    /// every request).
+    pub public_host: Option<String>,
     /// How many accounts this instance runs, and should.
     pub share: Arc<crate::account::Share>,
 }
@@ -279,6 +282,9 @@ impl Application {
                 onebot,
                 instance,
                 started_at: now_millis(),
+                public_host: reqwest::Url::parse(&settings.server.public_url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_ascii_lowercase)),
                 share: Default::default(),
                 stopping: CancellationToken::new(),
                 auth: RwLock::new(Arc::new(Auth::new(&settings.auth))),

@@ -174,7 +174,50 @@ impl Ingest {
 
     /// Stores one event and its deliveries. Returns once committed.
     pub async fn record(&self, mut data: EventData) -> Result<Recorded, StoreError> {
-        if let EventData::Message(m) = &mut data {
+        if let Some(skipped) = self.screen(&mut data) {
+            return Ok(skipped);
+        }
+        let (mut event, destinations) = self.prepare(&data);
+        event.epoch = self.epoch();
+        self.outbox
+            .record_event(event, destinations)
+            .await
+            .map(Recorded::Stored)
+    }
+
+    /// Several events, in this order, as [`Ingest::record`] records each, committed
+    /// together when the store can (a burst from the puppet's stream).
+    pub async fn record_all(&self, events: Vec<EventData>) -> Vec<Result<Recorded, StoreError>> {
+        let mut results: Vec<Option<Result<Recorded, StoreError>>> =
+            Vec::with_capacity(events.len());
+        let mut batch = Vec::with_capacity(events.len());
+        for mut data in events {
+            match self.screen(&mut data) {
+                Some(skipped) => results.push(Some(Ok(skipped))),
+                None => {
+                    let (mut event, destinations) = self.prepare(&data);
+                    event.epoch = self.epoch();
+                    batch.push((event, destinations));
+                    results.push(None);
+                }
+            }
+        }
+        let mut stored = self.outbox.record_events(batch).await.into_iter();
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(skipped) => skipped,
+                None => stored
+                    .next()
+                    .unwrap_or(Err(StoreError::Closed))
+                    .map(Recorded::Stored),
+            })
+            .collect()
+    }
+
+    /// Signs a media message's link; `Some` when the event is not to be relayed.
+    fn screen(&self, data: &mut EventData) -> Option<Recorded> {
+        if let EventData::Message(m) = data {
             // A media message's link, signed as it is stored.
             if let Some(media) = m.media.as_mut().filter(|media| media.url.is_empty()) {
                 media.url = self.links.url(
@@ -185,20 +228,15 @@ impl Ingest {
                 );
             }
             if self.skip_self && m.from.is_self {
-                return Ok(Recorded::Skipped("the bot's own message"));
+                return Some(Recorded::Skipped("the bot's own message"));
             }
             let age = OffsetDateTime::now_utc() - m.sent_at;
             if age > self.skip_older_than {
                 tracing::debug!(message_id = %m.id, age = %age, "dropping a stale message");
-                return Ok(Recorded::Skipped("older than puppet.skip_older_than"));
+                return Some(Recorded::Skipped("older than puppet.skip_older_than"));
             }
         }
-        let (mut event, destinations) = self.prepare(&data);
-        event.epoch = self.epoch();
-        self.outbox
-            .record_event(event, destinations)
-            .await
-            .map(Recorded::Stored)
+        None
     }
 
     /// Stores an event for exactly these webhooks, bypassing filters (`webhook.test`).

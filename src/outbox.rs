@@ -32,6 +32,12 @@ pub struct Destination {
     pub ordered: bool,
 }
 
+/// An event on its way into the store, with its deliveries.
+struct Recording {
+    event: NewEvent,
+    deliveries: Vec<NewDelivery>,
+}
+
 pub struct Outbox {
     store: Arc<dyn Store>,
     /// Every webhook's dispatcher loop.
@@ -84,6 +90,48 @@ impl Outbox {
         event: NewEvent,
         recipients: Vec<Destination>,
     ) -> Result<Appended> {
+        let recorded = self.to_record(event, recipients);
+        let appended = self
+            .store
+            .append_event(
+                recorded.event.clone(),
+                recorded.deliveries.clone(),
+                &self.claimant,
+            )
+            .await?;
+        self.recorded(&appended, recorded);
+        Ok(appended)
+    }
+
+    /// Several events, in this order, as [`Outbox::record_event`] records each: the
+    /// store commits them together when it can (a burst from the puppet's stream).
+    pub async fn record_events(
+        &self,
+        events: Vec<(NewEvent, Vec<Destination>)>,
+    ) -> Vec<Result<Appended>> {
+        let recorded: Vec<Recording> = events
+            .into_iter()
+            .map(|(event, recipients)| self.to_record(event, recipients))
+            .collect();
+        let batch = recorded
+            .iter()
+            .map(|r| (r.event.clone(), r.deliveries.clone()))
+            .collect();
+        let results = self.store.append_events(batch, &self.claimant).await;
+        results
+            .into_iter()
+            .zip(recorded)
+            .map(|(result, recorded)| {
+                let appended = result?;
+                self.recorded(&appended, recorded);
+                Ok(appended)
+            })
+            .collect()
+    }
+
+    /// An event's deliveries, each handed over in memory if its webhook's loop can
+    /// take it.
+    fn to_record(&self, event: NewEvent, recipients: Vec<Destination>) -> Recording {
         let deliveries: Vec<NewDelivery> = recipients
             .into_iter()
             .map(|r| NewDelivery {
@@ -97,45 +145,44 @@ impl Outbox {
                 webhook: r.webhook,
             })
             .collect();
+        Recording { event, deliveries }
+    }
+
+    /// After the commit: hands the claimed deliveries over, wakes the other webhooks
+    /// and the feed. A duplicate wakes nothing.
+    fn recorded(&self, appended: &Appended, recorded: Recording) {
+        if appended.duplicate {
+            return;
+        }
+        let Recording { event, deliveries } = recorded;
+        tracing::debug!(event_id = %appended.id, seq = appended.seq, r#type = event.event_type, webhooks = deliveries.len(), "event stored");
+        let mut to_wake = Vec::new();
         // What the dispatcher needs to send the deliveries handed over in memory.
-        let handed = deliveries.iter().any(|d| d.claimed).then(|| StoredEvent {
-            id: event.id.clone(),
+        let stored = StoredEvent {
+            id: event.id,
             event_type: event.event_type.to_string(),
-            seq: 0,
+            seq: appended.seq,
             created_at: event.created_at,
             account: event.account.clone(),
-            bot_json: event.bot_json.clone(),
-            data_json: event.data_json.clone(),
-        });
-        let (event_type, account) = (event.event_type, event.account.clone());
-        let appended = self
-            .store
-            .append_event(event, deliveries.clone(), &self.claimant)
-            .await?;
-        if appended.duplicate {
-            return Ok(appended);
-        }
-        metrics::counter!("waas_events_stored_total", "account" => account, "type" => event_type)
-            .increment(1);
-        tracing::debug!(event_id = %appended.id, seq = appended.seq, r#type = event_type, webhooks = deliveries.len(), "event stored");
-        let mut to_wake = Vec::new();
+            bot_json: event.bot_json,
+            data_json: event.data_json,
+        };
         for d in deliveries {
-            match &handed {
-                Some(stored) if d.claimed => self.lanes.hand_off(DueDelivery {
+            if d.claimed {
+                self.lanes.hand_off(DueDelivery {
                     id: d.id,
                     webhook: d.webhook,
                     attempts: 0,
-                    event: StoredEvent {
-                        seq: appended.seq,
-                        ..stored.clone()
-                    },
-                }),
-                _ => to_wake.push(d.webhook),
+                    event: stored.clone(),
+                });
+            } else {
+                to_wake.push(d.webhook);
             }
         }
         self.lanes.wake(&to_wake);
+        metrics::counter!("waas_events_stored_total", "account" => event.account, "type" => event.event_type)
+            .increment(1);
         self.stored(appended.seq);
-        Ok(appended)
     }
 
     /// Tells the feed and long polls that events up to `seq` are stored (also by

@@ -267,6 +267,81 @@ async fn room_events_replays_and_stale_messages() {
     app.stop().await;
 }
 
+/// A burst from 16 concurrent senders: every message is relayed once, and stored in
+/// the order the stream brought them (the fixture numbers its message ids as it emits
+/// them), although the events are stored in group commits of several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_stored_in_stream_order() {
+    const SENDERS: usize = 16;
+    const EACH: usize = 150;
+    let fixture = std::sync::Arc::new(PuppetFixture::start(TOKEN).await);
+    let receiver = TestReceiver::start().await;
+    let app = relay(&fixture, &receiver).await;
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|t| {
+            let fixture = fixture.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    fixture
+                        .say(json!({"from": "alice", "text": format!("burst {t}-{i}")}))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total = SENDERS * EACH;
+    receiver
+        .wait_for(120, "every message of the burst", |r| {
+            r.iter()
+                .filter(|x| {
+                    x.json()["data"]["text"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("burst "))
+                })
+                .count()
+                >= total
+        })
+        .await;
+    let relayed: HashSet<String> = receiver
+        .received()
+        .iter()
+        .filter_map(|x| x.json()["data"]["text"].as_str().map(str::to_string))
+        .filter(|t| t.starts_with("burst "))
+        .collect();
+    assert_eq!(relayed.len(), total, "each message once");
+
+    // Stored in emission order: the fixture's counter in the message id grows with seq.
+    let mut numbers = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = app
+            .get(&format!(
+                "/v1/events?types=message&limit=1000&after={after}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap();
+        for e in events {
+            let id = e["data"]["id"].as_str().unwrap();
+            numbers.push(id.rsplit('-').next().unwrap().parse::<u64>().unwrap());
+        }
+        let next = page["next_after"].as_i64().unwrap();
+        if next == after {
+            break;
+        }
+        after = next;
+    }
+    assert_eq!(numbers.len(), total);
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "stored in the order the stream brought them"
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_server_dies_and_sends_what_was_queued() {
     let mut fixture = PuppetFixture::start(TOKEN).await;

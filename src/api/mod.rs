@@ -152,12 +152,10 @@ async fn guard_open_mode(State(app): State<AppState>, request: Request, next: Ne
     if app.auth().is_configured() || path == "/healthz" || path == "/readyz" {
         return next.run(request).await;
     }
-    let public_host = reqwest::Url::parse(&app.settings.server.public_url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let public_host = app.public_host.as_deref();
     let allowed = |host: &str| {
         let host = host.to_ascii_lowercase();
-        is_loopback_host(&host) || public_host.as_deref() == Some(host.as_str())
+        is_loopback_host(&host) || public_host == Some(host.as_str())
     };
     let headers = request.headers();
     if let Some(host) = headers.get(header::HOST) {

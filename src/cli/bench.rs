@@ -52,6 +52,22 @@ pub struct BenchArgs {
     /// standard webhook measured the same way in the same run.
     #[arg(long)]
     pub onebot: bool,
+    /// Measure waas from outside instead: a `waas serve` process fed over HTTP
+    /// (`POST /v1/mock/messages`) by `--clients` concurrent clients, against a null
+    /// relay (same routes and webhook, nothing stored) measured in the same run.
+    #[arg(long, conflicts_with_all = ["onebot", "cluster"])]
+    pub http: bool,
+    /// Like --http, with the events coming from the real puppet-service fixture over
+    /// gRPC (`node tests/fixtures/puppet-service/server.mjs`, installed with npm).
+    #[arg(long, conflicts_with_all = ["onebot", "cluster", "http"])]
+    pub grpc: bool,
+    /// With --http or --grpc: concurrent injecting clients, each waiting for its answer.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// With --http or --grpc: also measure another waas binary (an earlier build, say)
+    /// the same way in the same run, and compare waas with it.
+    #[arg(long, value_name = "WAAS_BINARY")]
+    pub against: Option<std::path::PathBuf>,
     /// Measure several waas processes on one PostgreSQL database instead (throughput
     /// with each of `--instances`, then failover).
     #[arg(long)]

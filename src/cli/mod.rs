@@ -4,7 +4,10 @@
 
 mod bench;
 mod bench_cluster;
+mod bench_http;
 mod bench_onebot;
+mod child;
+mod null_relay;
 mod soak;
 mod tail;
 
@@ -62,6 +65,10 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Measure the relay against a raw HTTP baseline (run with --release).
     Bench(bench::BenchArgs),
+    /// The relay that stores nothing, which `waas bench --http` and `--grpc` measure
+    /// waas against (started by the bench).
+    #[command(hide = true)]
+    NullRelay(null_relay::NullRelayArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -123,6 +130,7 @@ pub fn main() -> ExitCode {
             runtime(|| serve(settings, cli.config))
         }
         Command::Tail(args) => runtime(|| tail::run(args)),
+        Command::NullRelay(args) => runtime(|| null_relay::run(args)),
         Command::Soak(args) => {
             waas::telemetry::init(&waas::config::LogSettings {
                 format: waas::config::LogFormat::Pretty,
@@ -135,7 +143,9 @@ pub fn main() -> ExitCode {
                 format: waas::config::LogFormat::Pretty,
                 level: "warn".into(),
             });
-            if args.cluster {
+            if args.http || args.grpc {
+                runtime(|| bench_http::run(args))
+            } else if args.cluster {
                 runtime(|| bench_cluster::run(args))
             } else if args.onebot {
                 runtime(|| bench_onebot::run(args))

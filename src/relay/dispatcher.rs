@@ -255,7 +255,7 @@ impl Dispatcher {
             target.settings.ordering == Ordering::None,
             AtomicOrdering::Relaxed,
         );
-        target.lane.notify.notify_one();
+        target.lane.wake_stored();
         true
     }
 
@@ -367,7 +367,7 @@ impl Dispatcher {
                         }
                     }
                 }
-                _ = target.lane.notify.notified() => dirty = true,
+                _ = target.lane.notify.notified() => dirty |= target.lane.take_stored(),
                 _ = sleep => dirty = true,
                 _ = shutdown.cancelled() => break,
                 _ = target.stop.cancelled() => break,
@@ -595,6 +595,7 @@ impl Dispatcher {
             attempt,
             outcome,
             replies,
+            prompt: hook.ordering == Ordering::Conversation,
         };
         // Until it is recorded the delivery stays claimed; once the store recovers the
         // record goes in, without a restart. Stopped first, it stays claimed in the
@@ -615,7 +616,7 @@ impl Dispatcher {
         // A recorded attempt changes what is due only when it scheduled a retry, or when
         // it lets the next delivery of the same conversation go.
         if outcome != Outcome::Delivered || hook.ordering == Ordering::Conversation {
-            target.lane.notify.notify_one();
+            target.lane.wake_stored();
         }
     }
 
@@ -693,11 +694,13 @@ impl Dispatcher {
         outcome: Outcome,
         failures: u32,
     ) {
-        let reason = attempt
-            .error
-            .clone()
-            .or_else(|| attempt.status_code.map(|c| format!("HTTP {c}")))
-            .unwrap_or_default();
+        let reason = || {
+            attempt
+                .error
+                .clone()
+                .or_else(|| attempt.status_code.map(|c| format!("HTTP {c}")))
+                .unwrap_or_default()
+        };
         match outcome {
             Outcome::Delivered => {
                 tracing::debug!(
@@ -707,11 +710,11 @@ impl Dispatcher {
             }
             Outcome::Retry { at } => tracing::warn!(
                 webhook = %hook.name, delivery_id = %d.id, event_id = %d.event.id, attempt = failures,
-                reason = %reason, retry_in_ms = at - now_millis(), "delivery failed; retry scheduled"
+                reason = %reason(), retry_in_ms = at - now_millis(), "delivery failed; retry scheduled"
             ),
             Outcome::Dead => tracing::error!(
                 webhook = %hook.name, delivery_id = %d.id, event_id = %d.event.id, attempts = failures,
-                reason = %reason, "delivery is dead: retries exhausted (retry it with POST /v1/deliveries/{}/retry)", d.id
+                reason = %reason(), "delivery is dead: retries exhausted (retry it with POST /v1/deliveries/{}/retry)", d.id
             ),
             Outcome::Disabled { reason } => tracing::error!(
                 webhook = %hook.name, delivery_id = %d.id, reason, "webhook disabled; its deliveries wait"
@@ -830,5 +833,27 @@ mod tests {
         assert_eq!(rest[0].id, format!("dlv_{prefetch}"));
         assert!(lanes.can_hand_off("hook"));
         assert!(!lanes.can_hand_off("other"), "unknown webhooks get nothing");
+    }
+
+    /// Only a wake-up that says the store may hold due work makes the loop claim: a
+    /// hand-off or a freed slot wakes it too, and costs no write.
+    #[tokio::test]
+    async fn only_stored_work_makes_the_loop_claim() {
+        let lanes = Lanes::default();
+        let lane = lanes.register("hook", true);
+        lanes.hand_off(delivery(1));
+        lane.notify.notified().await;
+        assert!(!lane.take_stored(), "a hand-off is taken from memory");
+        lanes.wake(&["hook".to_string()]);
+        lane.notify.notified().await;
+        assert!(lane.take_stored(), "stored work is claimed");
+        assert!(!lane.take_stored(), "once");
+        lanes.wake_all();
+        lane.notify.notify_one();
+        lane.notify.notified().await;
+        assert!(
+            lane.take_stored(),
+            "a freed slot after a wake-up keeps the claim due"
+        );
     }
 }

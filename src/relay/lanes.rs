@@ -22,9 +22,24 @@ pub struct Lane {
     /// Whether new deliveries may be handed over in memory (not for conversation
     /// ordering, which needs the store's view of each chat, nor while disabled).
     pub(crate) direct: AtomicBool,
+    /// Set when the store may hold due work for this webhook (deliveries stored
+    /// unclaimed, or rescheduled): the next wake-up claims. A wake-up without it (a
+    /// hand-off, a freed slot) only hands out what the loop holds, and costs no write.
+    pub(crate) stored: AtomicBool,
 }
 
 impl Lane {
+    /// Wakes the loop to claim from the store.
+    pub(crate) fn wake_stored(&self) {
+        self.stored.store(true, AtomicOrdering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether the store may hold due work since the last call.
+    pub(crate) fn take_stored(&self) -> bool {
+        self.stored.swap(false, AtomicOrdering::AcqRel)
+    }
+
     /// Takes up to `n` deliveries, oldest first. What is left stays here and counts
     /// against [`HANDOFF_CAP`], so a webhook slower than ingest makes new deliveries go
     /// through the store instead of piling up in memory.
@@ -49,7 +64,7 @@ impl Lanes {
         let map = self.0.read().unwrap_or_else(|e| e.into_inner());
         for name in webhooks {
             if let Some(lane) = map.get(name) {
-                lane.notify.notify_one();
+                lane.wake_stored();
             }
         }
     }
@@ -58,7 +73,7 @@ impl Lanes {
     pub fn wake_all(&self) {
         let map = self.0.read().unwrap_or_else(|e| e.into_inner());
         for lane in map.values() {
-            lane.notify.notify_one();
+            lane.wake_stored();
         }
     }
 
@@ -92,6 +107,7 @@ impl Lanes {
                     notify: Notify::new(),
                     queue: Mutex::new(VecDeque::new()),
                     direct: AtomicBool::new(direct),
+                    stored: AtomicBool::new(false),
                 })
             })
             .clone();

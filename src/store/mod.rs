@@ -196,6 +196,9 @@ pub struct FinishedAttempt {
     pub outcome: Outcome,
     /// Sends the response's reply asked for, queued in the same transaction.
     pub replies: Vec<NewSend>,
+    /// Another delivery waits for this record (the next of its conversation, on an
+    /// ordered webhook): the store commits it at once rather than with later work.
+    pub prompt: bool,
 }
 
 /// Claimed work, and when the next not-yet-due item becomes due.
@@ -564,6 +567,21 @@ pub trait EventLog: Send + Sync {
         deliveries: Vec<NewDelivery>,
         by: &Claimant,
     ) -> Result<Appended>;
+
+    /// Commits several events in this order, each as [`EventLog::append_event`] does,
+    /// with a result for each. A store with one writer commits them together (one group
+    /// commit for a burst from the puppet); this default appends them one by one.
+    async fn append_events(
+        &self,
+        events: Vec<(NewEvent, Vec<NewDelivery>)>,
+        by: &Claimant,
+    ) -> Vec<Result<Appended>> {
+        let mut appended = Vec::with_capacity(events.len());
+        for (event, deliveries) in events {
+            appended.push(self.append_event(event, deliveries, by).await);
+        }
+        appended
+    }
 
     /// Events with `seq > after`, oldest first.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>>;

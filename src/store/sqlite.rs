@@ -317,6 +317,38 @@ impl EventLog for SqliteStore {
             .await
     }
 
+    /// Queued for the writer one after the other before any answer is awaited: they
+    /// reach it in this order and normally commit in one transaction.
+    async fn append_events(
+        &self,
+        events: Vec<(NewEvent, Vec<NewDelivery>)>,
+        by: &Claimant,
+    ) -> Vec<Result<Appended>> {
+        let mut answers = Vec::with_capacity(events.len());
+        for (event, deliveries) in events {
+            let until = by.until(event.created_at);
+            let (tx, rx) = oneshot::channel();
+            answers.push(
+                match self
+                    .writer
+                    .send(Write::Append(event, deliveries, until, tx))
+                    .await
+                {
+                    Ok(()) => Some(rx),
+                    Err(_) => None,
+                },
+            );
+        }
+        let mut appended = Vec::with_capacity(answers.len());
+        for answer in answers {
+            appended.push(match answer {
+                Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+                None => Err(StoreError::Closed),
+            });
+        }
+        appended
+    }
+
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT id, type, seq, created_at, bot, data, account FROM events WHERE seq > ? ORDER BY seq LIMIT ?",

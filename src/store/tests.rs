@@ -81,6 +81,7 @@ store_tests!(
     replays_and_retries_requeue_finished_deliveries,
     cursors_aliases_and_keys_are_kept,
     events_come_back_in_seq_order,
+    a_run_of_events_is_stored_in_its_order,
     webhook_state_is_counted_and_kept,
     leases_have_one_holder_and_a_growing_epoch,
 );
@@ -131,6 +132,7 @@ fn finished(d: &DueDelivery, outcome: Outcome, at: Millis) -> FinishedAttempt {
         attempt: attempt(at),
         outcome,
         replies: vec![],
+        prompt: false,
     }
 }
 
@@ -591,6 +593,41 @@ async fn events_come_back_in_seq_order(b: Backend) {
     let logins = store.recent_events("login", 110, 100).await.unwrap();
     assert_eq!(logins.len(), 5);
     assert!(logins.iter().all(|e| e.event_type == "login"));
+}
+
+/// A burst from the puppet's stream, appended as one run: stored in its order, a
+/// result for each, a duplicate within the run stored once.
+async fn a_run_of_events_is_stored_in_its_order(b: Backend) {
+    let store = b.open().await;
+    let run: Vec<(NewEvent, Vec<NewDelivery>)> = (0..50)
+        .map(|i| {
+            let dedup = format!("m{}", if i == 30 { 10 } else { i });
+            (event(&format!("evt_{i}"), 100 + i, Some(&dedup)), hooks())
+        })
+        .collect();
+    let results = store.append_events(run, &me()).await;
+    assert_eq!(results.len(), 50);
+    let appended: Vec<Appended> = results.into_iter().map(Result::unwrap).collect();
+    assert!(appended[30].duplicate, "m10 again");
+    assert_eq!(appended[30].id, "evt_10");
+    let fresh: Vec<&Appended> = appended.iter().filter(|a| !a.duplicate).collect();
+    assert_eq!(fresh.len(), 49);
+    assert!(
+        fresh.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seq in run order"
+    );
+    let stored = store.events_after(0, 100).await.unwrap();
+    let ids: Vec<&str> = stored.iter().map(|e| e.id.as_str()).collect();
+    let expected: Vec<String> = (0..50)
+        .filter(|i| *i != 30)
+        .map(|i| format!("evt_{i}"))
+        .collect();
+    assert_eq!(ids, expected);
+    let claim = store
+        .claim_due(&me(), "a", Ordering::None, 100, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(claim.items.len(), 49, "one delivery per stored event");
 }
 
 async fn webhook_state_is_counted_and_kept(b: Backend) {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -58,6 +58,15 @@ const DING_EVERY: Duration = Duration::from_secs(15);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 /// Events whose payloads are fetched at once; results are stored in stream order.
 const PIPELINE: usize = 16;
+/// Stream events read but not yet stored. The stream is read as it comes, whatever
+/// the store's pace: left unread, a burst of small messages exhausts h2's budget for
+/// buffered DATA frames, the connection is closed (ENHANCE_YOUR_CALM,
+/// `too_many_data_frames`), and what the puppet emits until the reconnect is gone.
+/// Measured: a 20,000-message burst from the fixture broke the stream with a buffer of
+/// 1,024; a step is about a hundred bytes.
+const STREAM_BUFFER: usize = 65_536;
+/// Most stream events stored in one group commit.
+const RECORD_RUN: usize = 64;
 /// Pauses between attempts to fetch a payload while the server is unreachable.
 const FETCH_RETRIES: [Duration; 5] = [
     Duration::from_millis(200),
@@ -537,6 +546,9 @@ impl ServicePuppet {
                             tracing::debug!(kind, "ignoring a puppet event type waas does not relay");
                         }
                         Ok(event) => {
+                            if steps.capacity() == 0 {
+                                tracing::warn!(buffered = STREAM_BUFFER, "the store is behind the puppet's event stream; reading it pauses until events are stored");
+                            }
                             if steps.send(Step::Event(event)).await.is_err() {
                                 return Ended::Shutdown;
                             }
@@ -794,7 +806,23 @@ impl ServicePuppet {
             .buffered(PIPELINE);
         let mut announced = Announced::default();
         while let Some(step) = resolved.next().await {
-            self.apply(step, &ingest, &mut announced).await;
+            // The events already fetched behind this one go in the same group commit,
+            // in stream order: a burst is stored at the store's pace, not at one
+            // commit per event.
+            let mut other = None;
+            if let Some(first) = plain_record(step, &mut other) {
+                let mut run = vec![first];
+                while run.len() < RECORD_RUN && other.is_none() {
+                    match resolved.next().now_or_never() {
+                        Some(Some(step)) => run.extend(plain_record(step, &mut other)),
+                        Some(None) | None => break,
+                    }
+                }
+                record_run(&ingest, run).await;
+            }
+            if let Some(step) = other {
+                self.apply(step, &ingest, &mut announced).await;
+            }
         }
     }
 
@@ -1128,6 +1156,39 @@ impl ServicePuppet {
 /// Stores what the puppet reported. The stream has no acknowledgement to withhold, so
 /// an event the store refuses (a full disk) is held here and written again until the
 /// store takes it; the stream waits meanwhile, in order, rather than lose it.
+/// A step that is a plain event to record (not a puppet error, which is folded first);
+/// any other step is left in `other`.
+fn plain_record(step: Resolved, other: &mut Option<Resolved>) -> Option<EventData> {
+    match step {
+        Resolved::Record(data) if !matches!(*data, EventData::Error { .. }) => Some(*data),
+        step => {
+            *other = Some(step);
+            None
+        }
+    }
+}
+
+/// Stores a run of events in stream order, together. Should the store refuse one for
+/// now, it and the ones after it that were refused go again one by one, in order.
+async fn record_run(ingest: &Ingest, run: Vec<EventData>) {
+    if run.len() == 1 {
+        for data in run {
+            record(ingest, data).await;
+        }
+        return;
+    }
+    let results = ingest.record_all(run.clone()).await;
+    for (data, result) in run.into_iter().zip(results) {
+        match result {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => record(ingest, data).await,
+            Err(e) => {
+                tracing::error!(event_type = %data.event_type(), error = %e, "could not store a puppet event")
+            }
+        }
+    }
+}
+
 async fn record(ingest: &Ingest, data: EventData) {
     let kind = data.event_type();
     let never = CancellationToken::new();
@@ -1217,7 +1278,7 @@ impl Puppet for ServicePuppet {
     }
 
     async fn run(self: Arc<Self>, ingest: Arc<Ingest>, shutdown: CancellationToken) {
-        let (steps, incoming) = mpsc::channel(1024);
+        let (steps, incoming) = mpsc::channel(STREAM_BUFFER);
         let processor = tokio::spawn(self.clone().process(incoming, ingest));
         self.connect_loop(&steps, &shutdown).await;
         drop(steps);

@@ -227,9 +227,23 @@ pub(super) fn spawn(
     // would wait behind HTTP work between its statements.
     std::thread::Builder::new()
         .name("waas-store-writer".into())
-        .spawn(move || run(conn, rx, health, backlog))
+        .spawn(move || run(conn, rx, health, backlog, synchronous))
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Ok(tx)
+}
+
+/// How long a plain attempt record may wait for company (an append or any other write
+/// to commit with) before it commits alone. Nobody waits on it but its dispatcher task
+/// (the webhook's slot is already free), so holding it costs no latency, and under load
+/// it rides along in the next append's transaction instead of costing a commit of its
+/// own.
+const ATTEMPT_HOLD: Duration = Duration::from_millis(5);
+
+/// A plain attempt result that may wait: delivered, no replies to queue, and no other
+/// delivery of its conversation waiting for it.
+fn can_wait(op: &Write) -> bool {
+    matches!(op, Write::Finish(f, _)
+        if f.outcome == Outcome::Delivered && f.replies.is_empty() && !f.prompt)
 }
 
 fn run(
@@ -237,15 +251,77 @@ fn run(
     mut rx: mpsc::Receiver<Write>,
     health: Arc<WriteHealth>,
     backlog: Arc<Backlog>,
+    synchronous: Synchronous,
 ) {
+    // Only to wait for the channel with a deadline; nothing else runs on it.
+    let waiter = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the writer's timer; attempt records commit at once");
+            None
+        }
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(op) = rx.blocking_recv() {
-        batch.push(op);
+    // Attempt records waiting for company, and since when.
+    let mut held: Vec<Write> = Vec::new();
+    let mut held_since = Instant::now();
+    let mut open = true;
+    while open || !held.is_empty() {
+        let next = match (&waiter, held.is_empty()) {
+            (Some(rt), false) => {
+                let left = (held_since + ATTEMPT_HOLD).saturating_duration_since(Instant::now());
+                match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(Some(op)) => Some(op),
+                    Ok(None) => {
+                        open = false;
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            _ => match rx.blocking_recv() {
+                Some(op) => Some(op),
+                None => {
+                    open = false;
+                    None
+                }
+            },
+        };
+        batch.extend(next);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
+        }
+        if open
+            && waiter.is_some()
+            && !batch.is_empty()
+            && batch.iter().all(can_wait)
+            && held.len() + batch.len() < MAX_BATCH
+        {
+            if held.is_empty() {
+                held_since = Instant::now();
+            }
+            if held_since.elapsed() < ATTEMPT_HOLD {
+                held.append(&mut batch);
+                continue;
+            }
+        }
+        // Alone (nothing else came within the hold): committed without waiting for
+        // the disk. A crash may lose them, and the deliveries then go out again under
+        // the same webhook-id; anything committed after them with an fsync (every
+        // append) makes them durable too, since the WAL is written in order.
+        let relaxed = !held.is_empty()
+            && batch.is_empty()
+            && synchronous == Synchronous::Full
+            && exec(&conn, "PRAGMA synchronous = NORMAL", []).is_ok();
+        if !held.is_empty() {
+            held.append(&mut batch);
+            batch = std::mem::take(&mut held);
         }
         // A caller that stopped waiting (its request timed out and was answered so)
         // no longer wants the work done: drop it rather than commit it unseen.
@@ -265,27 +341,30 @@ fn run(
             }
             batch = rest;
         }
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+            let (size, started) = (ops.len(), Instant::now());
+            let careful = match fast_batch(&mut conn, ops, &backlog) {
+                Some(ops) => {
+                    health.set(slow_batch(&mut conn, ops, &backlog));
+                    true
+                }
+                None => {
+                    health.set(None);
+                    false
+                }
+            };
+            tracing::trace!(
+                ops = size,
+                careful,
+                relaxed,
+                us = started.elapsed().as_micros() as u64,
+                "write batch committed"
+            );
         }
-        let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let (size, started) = (ops.len(), Instant::now());
-        let careful = match fast_batch(&mut conn, ops, &backlog) {
-            Some(ops) => {
-                health.set(slow_batch(&mut conn, ops, &backlog));
-                true
-            }
-            None => {
-                health.set(None);
-                false
-            }
-        };
-        tracing::trace!(
-            ops = size,
-            careful,
-            us = started.elapsed().as_micros() as u64,
-            "write batch committed"
-        );
+        if relaxed && let Err(e) = exec(&conn, "PRAGMA synchronous = FULL", []) {
+            tracing::error!(error = %e, "cannot set synchronous = FULL back");
+        }
     }
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the store's write connection failed");
