@@ -125,6 +125,35 @@ impl Receiver {
         self.notify.notify_one();
     }
 
+    /// A receiver serving `POST /hook` on a free loopback port, and that URL.
+    pub(super) async fn serve() -> anyhow::Result<(Arc<Receiver>, String)> {
+        let receiver = Receiver::new();
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok((receiver, url))
+    }
+
+    /// Inject → receipt of the events numbered from `offset` that were sent at
+    /// `sent_at` and arrived, sorted.
+    pub(super) fn latencies(&self, sent_at: &[Option<Instant>], offset: usize) -> Vec<Duration> {
+        let arrived = self
+            .arrived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut latencies: Vec<Duration> = sent_at
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some(arrived.get(offset + i).copied()??.duration_since((*s)?)))
+            .collect();
+        latencies.sort();
+        latencies
+    }
+
     pub(super) fn reset(&self, slots: usize) {
         self.count.store(0, Ordering::SeqCst);
         *self.arrived.lock().unwrap_or_else(|e| e.into_inner()) = vec![None; slots];
@@ -335,18 +364,7 @@ pub(super) async fn steady(
     }
     let achieved = total as f64 / begin.elapsed().as_secs_f64();
     receiver.wait_for(total, Duration::from_secs(60)).await?;
-    let arrived = receiver
-        .arrived
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let mut latencies: Vec<Duration> = sent_at
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| Some(arrived[offset + i]?.duration_since((*s)?)))
-        .collect();
-    latencies.sort();
-    Ok((achieved, latencies))
+    Ok((achieved, receiver.latencies(&sent_at, offset)))
 }
 
 pub(super) fn injection(i: usize) -> Injection {

@@ -16,7 +16,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use waas::harness::ScratchDatabase;
 
-use super::bench::{BenchArgs, Receiver, receive};
+use super::bench::{BenchArgs, Receiver};
 use super::child::{Proc, Scratch, port};
 
 fn spawn(
@@ -289,13 +289,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.accounts >= most,
         "--cluster needs at least as many accounts as instances (--accounts {most} or more): an account runs in one instance"
     );
-    let receiver = Receiver::new();
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(receiver.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let webhook = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (receiver, webhook) = Receiver::serve().await?;
 
     println!(
         "waas bench --cluster: {} events over HTTP (16 clients) to {} mock accounts, delivered to a local receiver; PostgreSQL at {}",

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
-use super::bench::{BenchArgs, Receiver, percentile, receive};
+use super::bench::{BenchArgs, Receiver, percentile};
 use super::child::{Proc, Scratch, cpu_time, peak_rss_mib, port};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -253,28 +253,29 @@ fn log_tail(dir: &std::path::Path) -> String {
     tail
 }
 
-async fn measure(
-    relay: Relay,
-    args: &BenchArgs,
+/// What every relay of a run is measured with.
+struct Setup<'a> {
+    args: &'a BenchArgs,
     grpc: bool,
-    receiver: &Arc<Receiver>,
-    webhook: &str,
-) -> anyhow::Result<Figures> {
+    receiver: &'a Arc<Receiver>,
+    webhook: &'a str,
+}
+
+async fn measure(relay: Relay, setup: &Setup<'_>) -> anyhow::Result<Figures> {
     let dir = Scratch::new()?;
-    match measure_in(&dir, relay, args, grpc, receiver, webhook).await {
+    match measure_in(&dir, relay, setup).await {
         Ok(figures) => Ok(figures),
         Err(e) => Err(e.context(format!("{}{}", relay.label(), log_tail(dir.path())))),
     }
 }
 
-async fn measure_in(
-    dir: &Scratch,
-    relay: Relay,
-    args: &BenchArgs,
-    grpc: bool,
-    receiver: &Arc<Receiver>,
-    webhook: &str,
-) -> anyhow::Result<Figures> {
+async fn measure_in(dir: &Scratch, relay: Relay, setup: &Setup<'_>) -> anyhow::Result<Figures> {
+    let Setup {
+        args,
+        grpc,
+        receiver,
+        webhook,
+    } = *setup;
     let secret = waas::relay::signing::generate_secret();
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let mut fixture = None;
@@ -358,17 +359,7 @@ async fn measure_in(
     }
     let achieved = total as f64 / begin.elapsed().as_secs_f64();
     let _ = receiver.wait_for(total, Duration::from_secs(60)).await;
-    let arrived = receiver
-        .arrived
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let mut latencies: Vec<Duration> = sent_at
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| Some(arrived[offset + i]?.duration_since((*s)?)))
-        .collect();
-    latencies.sort();
+    let latencies = receiver.latencies(&sent_at, offset);
     let lost = lost + total - latencies.len();
     let peak_rss = peak_rss_mib(proc.child.id());
     drop(proc);
@@ -395,13 +386,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Make sure the CPU figures can be read before anything is started.
     cpu_time(std::process::id())?;
     let grpc = args.grpc;
-    let receiver = Receiver::new();
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(receiver.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let webhook = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (receiver, webhook) = Receiver::serve().await?;
     println!(
         "waas bench --{}: {} events by {} concurrent clients ({}), then {}/s for {} s; webhook max_in_flight {}, storage.synchronous = {}",
         if grpc { "grpc" } else { "http" },
@@ -432,7 +417,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if relay == Relay::Earlier && args.against.is_none() {
             continue;
         }
-        let f = measure(relay, &args, grpc, &receiver, &webhook).await?;
+        let setup = Setup {
+            args: &args,
+            grpc,
+            receiver: &receiver,
+            webhook: &webhook,
+        };
+        let f = measure(relay, &setup).await?;
         println!(
             "{:<11} {:>7.0} events/s  CPU {:>6.1} µs/event{}  latency @ {:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.2} ms  lost {} of {}  peak RSS {:.1} MiB",
             relay.label(),
