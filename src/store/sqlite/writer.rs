@@ -310,8 +310,8 @@ fn run(
         batch.extend(next);
         drain(&mut rx, &mut batch);
         // Concurrent appends (the last group had several, this one has fewer): the
-        // ones on their way join this commit if they come within GATHER. A lone
-        // append, as at a steady rate, never waits.
+        // ones on their way join this commit if they come within GATHER. One append
+        // after one append, as at a steady rate, does not wait.
         let appends = batch
             .iter()
             .filter(|op| matches!(op, Write::Append(..)))
