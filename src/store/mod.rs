@@ -569,8 +569,9 @@ pub trait EventLog: Send + Sync {
     ) -> Result<Appended>;
 
     /// Commits several events in this order, each as [`EventLog::append_event`] does,
-    /// with a result for each. A store with one writer commits them together (one group
-    /// commit for a burst from the puppet); this default appends them one by one.
+    /// with a result for each. Both stores queue them for their group commit back to
+    /// back (one commit for a burst from the puppet); this default appends them one by
+    /// one.
     async fn append_events(
         &self,
         events: Vec<(NewEvent, Vec<NewDelivery>)>,

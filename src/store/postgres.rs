@@ -685,6 +685,37 @@ impl EventLog for PgStore {
         self.track(result)
     }
 
+    /// Queued for the group committer one after the other before any answer is
+    /// awaited: they are committed in this order (a group keeps its order in `seq`),
+    /// normally in one transaction.
+    async fn append_events(
+        &self,
+        events: Vec<(NewEvent, Vec<NewDelivery>)>,
+        by: &Claimant,
+    ) -> Vec<Result<Appended>> {
+        let mut answers = Vec::with_capacity(events.len());
+        for (event, deliveries) in events {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = AppendJob {
+                until: by.until(event.created_at),
+                owner: by.owner.clone(),
+                event,
+                deliveries,
+                reply,
+            };
+            answers.push(self.appends.send(job).await.ok().map(|()| answer));
+        }
+        let mut appended = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let result = match answer {
+                Some(answer) => answer.await.unwrap_or(Err(StoreError::Closed)),
+                None => Err(StoreError::Closed),
+            };
+            appended.push(self.track(result));
+        }
+        appended
+    }
+
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT id, type, seq, created_at, bot, data, account FROM events
