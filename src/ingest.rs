@@ -173,16 +173,9 @@ impl Ingest {
     }
 
     /// Stores one event and its deliveries. Returns once committed.
-    pub async fn record(&self, mut data: EventData) -> Result<Recorded, StoreError> {
-        if let Some(skipped) = self.screen(&mut data) {
-            return Ok(skipped);
-        }
-        let (mut event, destinations) = self.prepare(&data);
-        event.epoch = self.epoch();
-        self.outbox
-            .record_event(event, destinations)
-            .await
-            .map(Recorded::Stored)
+    pub async fn record(&self, data: EventData) -> Result<Recorded, StoreError> {
+        let mut recorded = self.record_all(vec![data]).await;
+        recorded.pop().unwrap_or(Err(StoreError::Closed))
     }
 
     /// Several events, in this order, as [`Ingest::record`] records each, committed

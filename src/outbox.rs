@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use crate::relay::lanes::Lanes;
 use crate::store::{
     Appended, Claimant, DueDelivery, Enqueued, NewDelivery, NewEvent, NewSend, QueuedSend, Receipt,
-    RequeueChunk, Requeued, Result, SendOutcome, SendStatus, Store, StoredEvent,
+    RequeueChunk, Requeued, Result, SendOutcome, SendStatus, Store, StoreError, StoredEvent,
 };
 
 /// How long a claim on a delivery or a send lasts before another instance may take the
@@ -90,17 +90,8 @@ impl Outbox {
         event: NewEvent,
         recipients: Vec<Destination>,
     ) -> Result<Appended> {
-        let recorded = self.to_record(event, recipients);
-        let appended = self
-            .store
-            .append_event(
-                recorded.event.clone(),
-                recorded.deliveries.clone(),
-                &self.claimant,
-            )
-            .await?;
-        self.recorded(&appended, recorded);
-        Ok(appended)
+        let mut appended = self.record_events(vec![(event, recipients)]).await;
+        appended.pop().unwrap_or(Err(StoreError::Closed))
     }
 
     /// Several events, in this order, as [`Outbox::record_event`] records each: the

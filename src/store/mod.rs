@@ -201,6 +201,21 @@ pub struct FinishedAttempt {
     pub prompt: bool,
 }
 
+/// The answers to writes queued one after the other, in their order; `None` is a write
+/// that could not be queued (the store is closed).
+pub(crate) async fn answers<T>(
+    queued: Vec<Option<tokio::sync::oneshot::Receiver<Result<T>>>>,
+) -> Vec<Result<T>> {
+    let mut answers = Vec::with_capacity(queued.len());
+    for answer in queued {
+        answers.push(match answer {
+            Some(answer) => answer.await.unwrap_or(Err(StoreError::Closed)),
+            None => Err(StoreError::Closed),
+        });
+    }
+    answers
+}
+
 /// Claimed work, and when the next not-yet-due item becomes due.
 #[derive(Debug)]
 pub struct Claim<T> {

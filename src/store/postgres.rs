@@ -669,20 +669,8 @@ impl EventLog for PgStore {
         deliveries: Vec<NewDelivery>,
         by: &Claimant,
     ) -> Result<Appended> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = AppendJob {
-            until: by.until(event.created_at),
-            owner: by.owner.clone(),
-            event,
-            deliveries,
-            reply,
-        };
-        self.appends
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let result = answer.await.map_err(|_| StoreError::Closed)?;
-        self.track(result)
+        let mut appended = self.append_events(vec![(event, deliveries)], by).await;
+        appended.pop().unwrap_or(Err(StoreError::Closed))
     }
 
     /// Queued for the group committer one after the other before any answer is
@@ -693,7 +681,7 @@ impl EventLog for PgStore {
         events: Vec<(NewEvent, Vec<NewDelivery>)>,
         by: &Claimant,
     ) -> Vec<Result<Appended>> {
-        let mut answers = Vec::with_capacity(events.len());
+        let mut queued = Vec::with_capacity(events.len());
         for (event, deliveries) in events {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let job = AppendJob {
@@ -703,17 +691,13 @@ impl EventLog for PgStore {
                 deliveries,
                 reply,
             };
-            answers.push(self.appends.send(job).await.ok().map(|()| answer));
+            queued.push(self.appends.send(job).await.ok().map(|()| answer));
         }
-        let mut appended = Vec::with_capacity(answers.len());
-        for answer in answers {
-            let result = match answer {
-                Some(answer) => answer.await.unwrap_or(Err(StoreError::Closed)),
-                None => Err(StoreError::Closed),
-            };
-            appended.push(self.track(result));
-        }
-        appended
+        answers(queued)
+            .await
+            .into_iter()
+            .map(|result| self.track(result))
+            .collect()
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {

@@ -312,9 +312,8 @@ impl EventLog for SqliteStore {
         deliveries: Vec<NewDelivery>,
         by: &Claimant,
     ) -> Result<Appended> {
-        let until = by.until(event.created_at);
-        self.write(|r| Write::Append(event, deliveries, until, r))
-            .await
+        let mut appended = self.append_events(vec![(event, deliveries)], by).await;
+        appended.pop().unwrap_or(Err(StoreError::Closed))
     }
 
     /// Queued for the writer one after the other before any answer is awaited: they
@@ -324,29 +323,14 @@ impl EventLog for SqliteStore {
         events: Vec<(NewEvent, Vec<NewDelivery>)>,
         by: &Claimant,
     ) -> Vec<Result<Appended>> {
-        let mut answers = Vec::with_capacity(events.len());
+        let mut queued = Vec::with_capacity(events.len());
         for (event, deliveries) in events {
             let until = by.until(event.created_at);
-            let (tx, rx) = oneshot::channel();
-            answers.push(
-                match self
-                    .writer
-                    .send(Write::Append(event, deliveries, until, tx))
-                    .await
-                {
-                    Ok(()) => Some(rx),
-                    Err(_) => None,
-                },
-            );
+            let (reply, answer) = oneshot::channel();
+            let op = Write::Append(event, deliveries, until, reply);
+            queued.push(self.writer.send(op).await.ok().map(|()| answer));
         }
-        let mut appended = Vec::with_capacity(answers.len());
-        for answer in answers {
-            appended.push(match answer {
-                Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
-                None => Err(StoreError::Closed),
-            });
-        }
-        appended
+        answers(queued).await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {

@@ -1153,9 +1153,6 @@ impl ServicePuppet {
     }
 }
 
-/// Stores what the puppet reported. The stream has no acknowledgement to withhold, so
-/// an event the store refuses (a full disk) is held here and written again until the
-/// store takes it; the stream waits meanwhile, in order, rather than lose it.
 /// A step that is a plain event to record (not a puppet error, which is folded first);
 /// any other step is left in `other`.
 fn plain_record(step: Resolved, other: &mut Option<Resolved>) -> Option<EventData> {
@@ -1189,6 +1186,9 @@ async fn record_run(ingest: &Ingest, run: Vec<EventData>) {
     }
 }
 
+/// Stores what the puppet reported. The stream has no acknowledgement to withhold, so
+/// an event the store refuses (a full disk) is held here and written again until the
+/// store takes it; the stream waits meanwhile, in order, rather than lose it.
 async fn record(ingest: &Ingest, data: EventData) {
     let kind = data.event_type();
     let never = CancellationToken::new();

@@ -312,19 +312,20 @@ fn run(
         // Concurrent appends (the last group had several, this one has fewer): the
         // ones on their way join this commit if they come within GATHER. One append
         // after one append, as at a steady rate, does not wait.
-        let appends = batch
-            .iter()
-            .filter(|op| matches!(op, Write::Append(..)))
-            .count();
-        if open && appends > 0 && appends < last_appends && batch.len() < MAX_BATCH {
-            std::thread::sleep(GATHER);
-            drain(&mut rx, &mut batch);
-        }
-        if appends > 0 {
-            last_appends = batch
+        let appends = |batch: &[Write]| {
+            batch
                 .iter()
                 .filter(|op| matches!(op, Write::Append(..)))
-                .count();
+                .count()
+        };
+        let mut group = appends(&batch);
+        if open && group > 0 && group < last_appends && batch.len() < MAX_BATCH {
+            std::thread::sleep(GATHER);
+            drain(&mut rx, &mut batch);
+            group = appends(&batch);
+        }
+        if group > 0 {
+            last_appends = group;
         }
         if open
             && waiter.is_some()
