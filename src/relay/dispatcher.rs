@@ -592,6 +592,7 @@ impl Dispatcher {
         let finished = FinishedAttempt {
             delivery_id: delivery.id,
             webhook: delivery.webhook,
+            attempts_before: delivery.attempts,
             attempt,
             outcome,
             replies,

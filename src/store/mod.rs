@@ -192,6 +192,8 @@ pub struct DueDelivery {
 pub struct FinishedAttempt {
     pub delivery_id: String,
     pub webhook: String,
+    /// Attempts recorded for this delivery before this one (0: its first).
+    pub attempts_before: u32,
     pub attempt: AttemptRecord,
     pub outcome: Outcome,
     /// Sends the response's reply asked for, queued in the same transaction.

@@ -274,6 +274,37 @@ async fn probe_while_failing(writer: mpsc::WeakSender<Write>, health: Arc<WriteH
     }
 }
 
+/// The first `seq` stored at or after `since` (unix ms), or one past the newest when
+/// none is. Events are not indexed by time: `seq` follows insertion, and so time, and a
+/// binary search over it costs a few dozen lookups by `seq` where an index would cost a
+/// page in every commit. (An event stored while the clock stood earlier than its
+/// predecessor's may be placed on the wrong side of `since`.)
+async fn first_seq_since(conn: &mut sqlx::SqliteConnection, since: Millis) -> Result<i64> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM events")
+            .fetch_one(&mut *conn)
+            .await?;
+    let (Some(mut lo), Some(hi)) = (lo, hi) else {
+        return Ok(1);
+    };
+    let mut hi = hi + 1;
+    // The created_at of the first event at or after `seq` (seq has gaps where events
+    // were pruned); `None` past the newest.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT created_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1")
+                .bind(mid)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match at {
+            Some(at) if at >= since => hi = mid,
+            _ => lo = mid + 1,
+        }
+    }
+    Ok(lo)
+}
+
 /// Splits `items` into chunks whose lengths are powers of two (at most
 /// [`ROWS_PER_STATEMENT`]), so statements with one placeholder per item come in a
 /// handful of shapes that stay in the prepared-statement cache.
@@ -358,14 +389,17 @@ impl EventLog for SqliteStore {
         since: Millis,
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        let from = first_seq_since(&mut conn, since).await?;
         let rows = sqlx::query(
             "SELECT id, type, seq, created_at, bot, data, account FROM events
-             WHERE created_at >= ? AND type = ? ORDER BY seq LIMIT ?",
+             WHERE seq >= ? AND created_at >= ? AND type = ? ORDER BY seq LIMIT ?",
         )
+        .bind(from)
         .bind(since)
         .bind(event_type)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         rows.iter().map(|r| stored_event(r, 0)).collect()
     }
@@ -452,16 +486,24 @@ impl DeliveryQueue for SqliteStore {
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>> {
         let rows: Vec<DeliveryRow> = sqlx::query_as(
-            "SELECT d.id, d.webhook, e.id, e.type, d.status, d.next_attempt_at,
+            // A delivery's newest attempt is in its own row, the earlier ones in
+            // `attempts` (in the order they were made).
+            "WITH d AS (SELECT * FROM deliveries
+                        WHERE (?1 IS NULL OR webhook = ?1) AND (?2 IS NULL OR status = ?2)
+                          AND (?4 IS NULL OR event_seq IN (
+                               SELECT seq FROM events WHERE account IN (SELECT value FROM json_each(?4))))
+                        ORDER BY rowid DESC LIMIT ?3),
+                  a AS (SELECT delivery_id, at, status_code, error, duration_ms, id AS n
+                        FROM attempts WHERE delivery_id IN (SELECT id FROM d)
+                        UNION ALL
+                        SELECT id, last_at, last_status_code, last_error, last_duration_ms,
+                               9223372036854775807
+                        FROM d WHERE last_at IS NOT NULL)
+             SELECT d.id, d.webhook, e.id, e.type, d.status, d.next_attempt_at,
                     a.at, a.status_code, a.error, a.duration_ms
-             FROM (SELECT * FROM deliveries
-                   WHERE (?1 IS NULL OR webhook = ?1) AND (?2 IS NULL OR status = ?2)
-                     AND (?4 IS NULL OR event_seq IN (
-                          SELECT seq FROM events WHERE account IN (SELECT value FROM json_each(?4))))
-                   ORDER BY rowid DESC LIMIT ?3) d
-             JOIN events e ON e.seq = d.event_seq
-             LEFT JOIN attempts a ON a.delivery_id = d.id
-             ORDER BY d.event_seq DESC, d.id, a.id",
+             FROM d JOIN events e ON e.seq = d.event_seq
+             LEFT JOIN a ON a.delivery_id = d.id
+             ORDER BY d.event_seq DESC, d.id, a.n",
         )
         .bind(&filter.webhook)
         .bind(filter.status.map(|s| s.as_str()))
@@ -809,5 +851,86 @@ mod tests {
             0,
             "checkpointed and truncated"
         );
+    }
+
+    /// A database in the layout before the lean hot path (migrations 1–8) keeps its
+    /// events, its deliveries' attempts and its `seq` high-water mark: a `seq` handed out
+    /// once is not handed out again, even after the newest events were pruned.
+    #[tokio::test]
+    async fn the_lean_layout_keeps_history_and_never_reuses_a_seq() {
+        use sqlx::ConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let before = dir.path().join("migrations-1-8");
+        std::fs::create_dir_all(&before).unwrap();
+        for entry in std::fs::read_dir("migrations/sqlite").unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.as_str() < "0009" {
+                std::fs::copy(&path, before.join(&name)).unwrap();
+            }
+        }
+        let mut conn = format!("sqlite://{}?mode=rwc", db.display())
+            .parse::<SqliteConnectOptions>()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        sqlx::migrate::Migrator::new(before.as_path())
+            .await
+            .unwrap()
+            .run(&mut conn)
+            .await
+            .unwrap();
+        for sql in [
+            "INSERT INTO events (seq, id, type, dedup_key, created_at, bot, data)
+             VALUES (1, 'evt_1', 'message', 'message:m1', 10, '{}', '{}'),
+                    (2, 'evt_2', 'message', 'message:m2', 20, '{}', '{}'),
+                    (3, 'evt_3', 'message', 'message:m3', 30, '{}', '{}')",
+            "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, updated_at)
+             VALUES ('dlv_1', 1, 'a', 'dead', 2, NULL, 40)",
+            "INSERT INTO attempts (delivery_id, at, status_code, duration_ms) VALUES
+             ('dlv_1', 11, 500, 1), ('dlv_1', 21, 503, 1)",
+            // The newest events went (an old store could prune them).
+            "DELETE FROM events WHERE seq > 1",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+
+        let url = format!("sqlite://{}", db.display());
+        let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        let me = Claimant::new("test", Duration::from_secs(60));
+        let fresh = NewEvent {
+            id: "evt_new".into(),
+            event_type: "message",
+            dedup_key: Some("message:m1".into()),
+            conversation: None,
+            created_at: 50,
+            account: "default".into(),
+            bot_json: "{}".into(),
+            data_json: "{}".into(),
+            epoch: None,
+        };
+        let new = NewEvent {
+            dedup_key: Some("message:m4".into()),
+            ..fresh.clone()
+        };
+        let appended = store.append_event(new, vec![], &me).await.unwrap();
+        assert_eq!(appended.seq, 4, "after the high-water mark 3");
+        // Still deduplicated against what was there.
+        let again = store.append_event(fresh, vec![], &me).await.unwrap();
+        assert!(again.duplicate && again.seq == 1, "{again:?}");
+        let listed = store
+            .list_deliveries(DeliveryFilter {
+                webhook: None,
+                accounts: None,
+                status: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let codes: Vec<Option<u16>> = listed[0].attempts.iter().map(|a| a.status_code).collect();
+        assert_eq!(codes, [Some(500), Some(503)]);
     }
 }

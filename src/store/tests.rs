@@ -79,6 +79,7 @@ store_tests!(
     signed_requests_are_answered_once,
     conversations_deliver_in_order,
     replays_and_retries_requeue_finished_deliveries,
+    every_attempt_is_listed_in_order,
     cursors_aliases_and_keys_are_kept,
     events_come_back_in_seq_order,
     a_run_of_events_is_stored_in_its_order,
@@ -129,6 +130,7 @@ fn finished(d: &DueDelivery, outcome: Outcome, at: Millis) -> FinishedAttempt {
     FinishedAttempt {
         delivery_id: d.id.clone(),
         webhook: d.webhook.clone(),
+        attempts_before: d.attempts,
         attempt: attempt(at),
         outcome,
         replies: vec![],
@@ -522,6 +524,78 @@ async fn replays_and_retries_requeue_finished_deliveries(b: Backend) {
     );
 }
 
+/// Every attempt at a delivery is kept and listed oldest first, across retries, a
+/// manual retry of a dead delivery and a replay of a delivered one (SQLite keeps the
+/// newest in the delivery's row, the earlier ones apart).
+async fn every_attempt_is_listed_in_order(b: Backend) {
+    let store = b.open().await;
+    store
+        .append_event(event("evt_h", 10, None), hooks(), &me())
+        .await
+        .unwrap();
+    let mut at = 100;
+    let mut attempt_once = |outcome: Outcome, code: u16| {
+        let store = &store;
+        at += 100;
+        let now = at;
+        async move {
+            let d = store
+                .claim_due(&me(), "a", Ordering::None, 1, now)
+                .await
+                .unwrap()
+                .items
+                .pop()
+                .expect("a due delivery");
+            let mut f = finished(&d, outcome, now);
+            f.attempt.status_code = Some(code);
+            store.finish_attempt(&f).await.unwrap();
+            (d.id, d.attempts)
+        }
+    };
+    let (id, before) = attempt_once(Outcome::Retry { at: 0 }, 500).await;
+    assert_eq!(before, 0);
+    let (_, before) = attempt_once(Outcome::Dead, 502).await;
+    assert_eq!(before, 1);
+    store.retry_delivery(&id, 250).await.unwrap();
+    attempt_once(Outcome::Delivered, 200).await;
+    let replay = RequeueChunk {
+        webhook: "a".into(),
+        after_seq: None,
+        since: None,
+        now: 450,
+        cursor: 0,
+        rows: 100,
+    };
+    assert_eq!(store.requeue(replay).await.unwrap().requeued, 1);
+    let (_, before) = attempt_once(Outcome::Delivered, 204).await;
+    assert_eq!(before, 3);
+    let listed = store
+        .list_deliveries(DeliveryFilter {
+            webhook: Some("a".into()),
+            accounts: None,
+            status: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let attempts: Vec<(Millis, Option<u16>)> = listed[0]
+        .attempts
+        .iter()
+        .map(|a| (a.at, a.status_code))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (200, Some(500)),
+            (300, Some(502)),
+            (400, Some(200)),
+            (500, Some(204))
+        ]
+    );
+    assert_eq!(listed[0].status, DeliveryStatus::Delivered);
+}
+
 async fn cursors_aliases_and_keys_are_kept(b: Backend) {
     let store = b.open().await;
     assert_eq!(store.cursor("bot").await.unwrap(), None);
@@ -593,6 +667,11 @@ async fn events_come_back_in_seq_order(b: Backend) {
     let logins = store.recent_events("login", 110, 100).await.unwrap();
     assert_eq!(logins.len(), 5);
     assert!(logins.iter().all(|e| e.event_type == "login"));
+    // Every boundary: before the first event, on one, between two, after the last.
+    for (since, expected) in [(0, 10), (111, 5), (112, 4), (119, 1), (120, 0)] {
+        let got = store.recent_events("login", since, 100).await.unwrap();
+        assert_eq!(got.len(), expected, "logins since {since}");
+    }
 }
 
 /// A burst from the puppet's stream, appended as one run: stored in its order, a

@@ -286,6 +286,7 @@ fn run(
     let mut open = true;
     // Appends in the last group that had any.
     let mut last_appends = 0;
+    let mut written = SuccessWritten::default();
     while open || !held.is_empty() {
         let next = match (&waiter, held.is_empty()) {
             (Some(rt), false) => {
@@ -374,9 +375,9 @@ fn run(
         if !batch.is_empty() {
             let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
             let (size, started) = (ops.len(), Instant::now());
-            let careful = match fast_batch(&mut conn, ops, &backlog) {
+            let careful = match fast_batch(&mut conn, ops, &backlog, &mut written) {
                 Some(ops) => {
-                    health.set(slow_batch(&mut conn, ops, &backlog));
+                    health.set(slow_batch(&mut conn, ops, &backlog, &mut written));
                     true
                 }
                 None => {
@@ -421,7 +422,12 @@ fn is_bulk(op: &Write) -> bool {
 /// The fast path: a batch of appends, attempt results and claims in one transaction,
 /// without savepoints. Returns the operations untouched when it cannot (another kind of
 /// operation in the batch, or any error), for the careful path.
-fn fast_batch(conn: &mut Connection, ops: Vec<Write>, backlog: &Backlog) -> Option<Vec<Write>> {
+fn fast_batch(
+    conn: &mut Connection,
+    ops: Vec<Write>,
+    backlog: &Backlog,
+    written: &mut SuccessWritten,
+) -> Option<Vec<Write>> {
     if !ops.iter().all(is_bulk) {
         return Some(ops);
     }
@@ -444,7 +450,7 @@ fn fast_batch(conn: &mut Connection, ops: Vec<Write>, backlog: &Backlog) -> Opti
                 _ => {}
             }
         }
-        health.write(conn)?;
+        health.write(conn, written)?;
         // Claims last, so they see what this batch appended and finished.
         let mut claimed = Vec::new();
         for op in &ops {
@@ -516,7 +522,12 @@ fn step<T>(conn: &mut Connection, work: impl FnOnce(&mut Connection) -> Result<T
 
 /// The careful path: every operation in its own savepoint, so one that fails does not
 /// undo the others; all committed together.
-fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Option<String> {
+fn slow_batch(
+    conn: &mut Connection,
+    batch: Vec<Write>,
+    backlog: &Backlog,
+    written: &mut SuccessWritten,
+) -> Option<String> {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
         let msg = e.to_string();
         tracing::error!(error = %msg, "cannot begin a write transaction");
@@ -595,7 +606,7 @@ fn slow_batch(conn: &mut Connection, batch: Vec<Write>, backlog: &Backlog) -> Op
             Write::Finish(f, reply) => answer(
                 &mut resource_failure,
                 reply,
-                counted(conn, &mut counts, |c, n| finish(c, &f, n)),
+                counted(conn, &mut counts, |c, n| finish(c, &f, n, written)),
             ),
             Write::Enqueue(send, reply) => answer(
                 &mut resource_failure,
@@ -841,22 +852,20 @@ fn append(
     })
 }
 
-/// Records an attempt and moves its delivery to the outcome's state.
+/// Records an attempt and moves its delivery to the outcome's state. The newest attempt
+/// is kept in the delivery's row; the one it replaces, if any, moves to `attempts`. A
+/// delivery that succeeds at its first try so writes one row, not two.
 fn record_attempt(conn: &Connection, f: &FinishedAttempt, counts: &mut Counts) -> Result<()> {
     let a = &f.attempt;
-    exec(
-        conn,
-        "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            f.delivery_id,
-            a.at,
-            a.status_code,
-            a.error,
-            a.duration_ms,
-            a.response
-        ],
-    )?;
+    if f.attempts_before > 0 {
+        exec(
+            conn,
+            "INSERT INTO attempts (delivery_id, at, status_code, error, duration_ms, response)
+             SELECT id, last_at, last_status_code, last_error, last_duration_ms, last_response
+             FROM deliveries WHERE id = ?1 AND last_at IS NOT NULL",
+            [&f.delivery_id],
+        )?;
+    }
     let now = a.at + a.duration_ms;
     let (status, next) = match f.outcome {
         Outcome::Delivered => ("delivered", None),
@@ -868,9 +877,20 @@ fn record_attempt(conn: &Connection, f: &FinishedAttempt, counts: &mut Counts) -
     exec(
         conn,
         "UPDATE deliveries SET status = ?1, attempts = attempts + 1, claimed = 0,
-                next_attempt_at = ?2, updated_at = ?3
-         WHERE id = ?4",
-        params![status, next, now, f.delivery_id],
+                next_attempt_at = ?2, updated_at = ?3, last_at = ?4, last_status_code = ?5,
+                last_error = ?6, last_duration_ms = ?7, last_response = ?8
+         WHERE id = ?9",
+        params![
+            status,
+            next,
+            now,
+            a.at,
+            a.status_code,
+            a.error,
+            a.duration_ms,
+            a.response,
+            f.delivery_id
+        ],
     )?;
     match f.outcome {
         Outcome::Delivered => counts.add(&f.webhook, -1, 0),
@@ -903,9 +923,9 @@ impl Health {
         }
     }
 
-    fn write(self, conn: &Connection) -> Result<()> {
+    fn write(self, conn: &Connection, written: &mut SuccessWritten) -> Result<()> {
         for (webhook, WebhookHealth { success, error }) in self.0 {
-            if let Some(at) = success {
+            if let Some(at) = success.filter(|at| written.due(&webhook, *at)) {
                 exec(
                     conn,
                     "INSERT INTO webhook_state (name, last_success_at) VALUES (?1, ?2)
@@ -928,13 +948,40 @@ impl Health {
     }
 }
 
+/// When each webhook's `last_success_at` was last written: at most once a second, so a
+/// busy webhook does not put its `webhook_state` page into every commit.
+#[derive(Default)]
+struct SuccessWritten(HashMap<String, Millis>);
+
+impl SuccessWritten {
+    /// Whether a success at `at` is to be written (and notes it so).
+    fn due(&mut self, webhook: &str, at: Millis) -> bool {
+        match self.0.get_mut(webhook) {
+            Some(last) if at < *last + 1000 => false,
+            Some(last) => {
+                *last = at;
+                true
+            }
+            None => {
+                self.0.insert(webhook.to_string(), at);
+                true
+            }
+        }
+    }
+}
+
 /// An attempt with everything that follows from it: health, disabling the webhook,
 /// the replies its response asked for.
-fn finish(conn: &Connection, f: &FinishedAttempt, counts: &mut Counts) -> Result<()> {
+fn finish(
+    conn: &Connection,
+    f: &FinishedAttempt,
+    counts: &mut Counts,
+    written: &mut SuccessWritten,
+) -> Result<()> {
     record_attempt(conn, f, counts)?;
     let mut health = Health::default();
     health.note(f);
-    health.write(conn)?;
+    health.write(conn, written)?;
     if let Outcome::Disabled { reason } = f.outcome {
         disable(
             conn,
@@ -1254,7 +1301,7 @@ fn requeue(conn: &Connection, r: &RequeueChunk, counts: &mut Counts) -> Result<R
              WHERE rowid > ?5 AND rowid <= ?6
                AND webhook = ?2 AND status = ?7
                AND event_seq > COALESCE(?3, 0)
-               AND event_seq IN (SELECT seq FROM events WHERE created_at >= COALESCE(?4, 0))",
+               AND (?4 IS NULL OR (SELECT created_at FROM events WHERE seq = deliveries.event_seq) >= ?4)",
             params![r.now, r.webhook, r.after_seq, r.since, r.cursor, upto, was],
         )? as i64;
         counts.add(&r.webhook, n, dead * n);
@@ -1323,10 +1370,17 @@ fn prune(conn: &Connection, before: Millis) -> Result<u64> {
          INSERT OR IGNORE INTO open_seq
              SELECT event_seq FROM deliveries WHERE status != 'delivered';",
     )?;
+    // Events are not indexed by time; `seq` follows insertion (and so time), and the
+    // events older than `before` are the ones before the first that is not: a walk from
+    // the oldest that reads what is to be pruned and one more.
+    let young: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM events WHERE created_at >= ?1 ORDER BY seq LIMIT 1")?
+        .query_row([before], |r| r.get(0))
+        .optional()?;
     let events = conn.execute(
         "INSERT INTO prune_seq SELECT seq FROM events
-         WHERE created_at < ?1 AND seq NOT IN (SELECT seq FROM open_seq)",
-        [before],
+         WHERE seq < ?2 AND created_at < ?1 AND seq NOT IN (SELECT seq FROM open_seq)",
+        params![before, young.unwrap_or(i64::MAX)],
     )?;
     if events > 0 {
         conn.execute_batch(
