@@ -435,6 +435,7 @@ fn announce(app: &App, addr: SocketAddr) {
         accounts = app.accounts.len(),
         webhooks = settings.webhooks.len(),
         auth = %access,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "waas {} listening on http://{addr} (open it in a browser for the session and the QR code)",
         env!("CARGO_PKG_VERSION"),
     );

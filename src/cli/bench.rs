@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// the same way in the same run, and compare waas with it.
     #[arg(long, value_name = "WAAS_BINARY")]
     pub against: Option<std::path::PathBuf>,
+    /// With --http or --grpc: measure every relay this many times, in an order that
+    /// rotates from round to round (whichever runs later in a round is measured on a
+    /// warmer, busier machine), and sum up with medians.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Measure several waas processes on one PostgreSQL database instead (throughput
     /// with each of `--instances`, then failover).
     #[arg(long)]

@@ -411,54 +411,137 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         println!("against      {}", binary.display());
     }
-    let relays = [Relay::Null, Relay::Earlier, Relay::Waas];
-    let mut figures = Vec::new();
-    for relay in relays {
-        if relay == Relay::Earlier && args.against.is_none() {
-            continue;
+    let relays: Vec<Relay> = [Relay::Null, Relay::Earlier, Relay::Waas]
+        .into_iter()
+        .filter(|r| *r != Relay::Earlier || args.against.is_some())
+        .collect();
+    let rounds = args.rounds.max(1);
+    // figures[round][relay], in the order of `relays`.
+    let mut figures: Vec<Vec<Figures>> = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        if rounds > 1 {
+            println!("round {} of {rounds}", round + 1);
         }
-        let setup = Setup {
-            args: &args,
-            grpc,
-            receiver: &receiver,
-            webhook: &webhook,
-        };
-        let f = measure(relay, &setup).await?;
-        println!(
-            "{:<11} {:>7.0} events/s  CPU {:>6.1} µs/event{}  latency @ {:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.2} ms  lost {} of {}  peak RSS {:.1} MiB",
-            relay.label(),
-            f.rate,
-            f.cpu_per_event.as_secs_f64() * 1e6,
-            f.fixture_cpu_per_event
-                .map(|d| format!(" (fixture {:.1} µs/event)", d.as_secs_f64() * 1e6))
-                .unwrap_or_default(),
-            f.achieved,
-            ms(percentile(&f.latencies, 0.50)),
-            ms(percentile(&f.latencies, 0.99)),
-            ms(f.latencies.last().copied().unwrap_or_default()),
-            f.lost,
-            args.events + f.steady_total,
-            f.peak_rss.unwrap_or(0.0)
-        );
-        figures.push((relay, f));
+        // Round r starts with relay r (mod n): each relay runs first, in the middle and
+        // last equally often over n rounds.
+        let mut measured: Vec<Option<Figures>> = relays.iter().map(|_| None).collect();
+        for k in 0..relays.len() {
+            let i = (round + k) % relays.len();
+            let relay = relays[i];
+            let setup = Setup {
+                args: &args,
+                grpc,
+                receiver: &receiver,
+                webhook: &webhook,
+            };
+            let f = measure(relay, &setup).await?;
+            println!(
+                "{:<11} {:>7.0} events/s  CPU {:>6.1} µs/event{}  latency @ {:.0}/s p50 {:.2} ms p99 {:.2} ms max {:.2} ms  lost {} of {}  peak RSS {:.1} MiB",
+                relay.label(),
+                f.rate,
+                f.cpu_per_event.as_secs_f64() * 1e6,
+                f.fixture_cpu_per_event
+                    .map(|d| format!(" (fixture {:.1} µs/event)", d.as_secs_f64() * 1e6))
+                    .unwrap_or_default(),
+                f.achieved,
+                ms(percentile(&f.latencies, 0.50)),
+                ms(percentile(&f.latencies, 0.99)),
+                ms(f.latencies.last().copied().unwrap_or_default()),
+                f.lost,
+                args.events + f.steady_total,
+                f.peak_rss.unwrap_or(0.0)
+            );
+            measured[i] = Some(f);
+        }
+        let round_figures: Vec<Figures> = measured.into_iter().flatten().collect();
+        compare(&relays, &round_figures);
+        figures.push(round_figures);
     }
-    let cpu = |f: &Figures| f.cpu_per_event.as_secs_f64().max(1e-9);
-    let null = &figures[0].1;
-    for (relay, f) in &figures[1..] {
+    if rounds > 1 {
+        summarize(&relays, &figures, args.rate);
+    }
+    anyhow::ensure!(
+        figures.iter().flatten().all(|f| f.lost == 0),
+        "events were lost"
+    );
+    Ok(())
+}
+
+fn cpu_us(f: &Figures) -> f64 {
+    f.cpu_per_event.as_secs_f64().max(1e-9) * 1e6
+}
+
+/// One round's ratios: each relay against the null relay, and waas against the other
+/// build.
+fn compare(relays: &[Relay], figures: &[Figures]) {
+    let null = &figures[0];
+    for (relay, f) in relays.iter().zip(figures).skip(1) {
         println!(
             "{} / null relay  {:.2} of the events/s; {:.1}× the CPU per event",
             relay.label(),
             f.rate / null.rate,
-            cpu(f) / cpu(null)
+            cpu_us(f) / cpu_us(null)
         );
     }
-    if let [_, (_, earlier), (_, waas)] = &figures[..] {
+    if let [_, earlier, waas] = figures {
         println!(
             "waas / against  {:.2}× the events/s; {:.2} of the CPU per event",
             waas.rate / earlier.rate,
-            cpu(waas) / cpu(earlier)
+            cpu_us(waas) / cpu_us(earlier)
         );
     }
-    anyhow::ensure!(figures.iter().all(|(_, f)| f.lost == 0), "events were lost");
-    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Medians over the rounds: of each relay's figures, and of the ratios taken within
+/// each round (the machine's pace drifts from round to round; a ratio within a round
+/// does not see it).
+fn summarize(relays: &[Relay], figures: &[Vec<Figures>], rate: u64) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("medians of {} rounds:", figures.len());
+    for (i, relay) in relays.iter().enumerate() {
+        let of =
+            |pick: &dyn Fn(&Figures) -> f64| median(figures.iter().map(|r| pick(&r[i])).collect());
+        println!(
+            "{:<11} {:>7.0} events/s  CPU {:>6.1} µs/event  p99 @ {}/s {:.2} ms",
+            relay.label(),
+            of(&|f| f.rate),
+            of(&cpu_us),
+            rate,
+            of(&|f| ms(percentile(&f.latencies, 0.99)))
+        );
+    }
+    for (i, relay) in relays.iter().enumerate().skip(1) {
+        let rates = median(figures.iter().map(|r| r[i].rate / r[0].rate).collect());
+        let cpus = median(
+            figures
+                .iter()
+                .map(|r| cpu_us(&r[i]) / cpu_us(&r[0]))
+                .collect(),
+        );
+        println!(
+            "{} / null relay  {rates:.2} of the events/s; {cpus:.2}× the CPU per event (median of the rounds' ratios)",
+            relay.label()
+        );
+    }
+    if relays.len() == 3 {
+        let rates = median(figures.iter().map(|r| r[2].rate / r[1].rate).collect());
+        let cpus = median(
+            figures
+                .iter()
+                .map(|r| cpu_us(&r[2]) / cpu_us(&r[1]))
+                .collect(),
+        );
+        println!(
+            "waas / against  {rates:.2}× the events/s; {cpus:.2} of the CPU per event (median of the rounds' ratios)"
+        );
+    }
 }
