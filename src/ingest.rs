@@ -101,7 +101,8 @@ pub struct Ingest {
     account: String,
     outbox: Arc<Outbox>,
     routes: RwLock<Arc<Vec<WebhookRoute>>>,
-    bot: RwLock<BotRef>,
+    /// The account's bot as every event's `bot` carries it (JSON, written once at login).
+    bot_json: RwLock<String>,
     skip_self: bool,
     skip_older_than: Duration,
     /// Signs the links of media messages.
@@ -124,10 +125,10 @@ impl Ingest {
             account: account.to_string(),
             outbox,
             routes: RwLock::new(Arc::new(webhooks.iter().map(WebhookRoute::new).collect())),
-            bot: RwLock::new(BotRef {
+            bot_json: RwLock::new(bot_json(&BotRef {
                 id: String::new(),
                 name: String::new(),
-            }),
+            })),
             skip_self: puppet.skip_self,
             skip_older_than: puppet.skip_older_than,
             links,
@@ -169,7 +170,7 @@ impl Ingest {
 
     /// The account events are attributed to; set at login.
     pub fn set_bot(&self, bot: BotRef) {
-        *self.bot.write().unwrap_or_else(|e| e.into_inner()) = bot;
+        *self.bot_json.write().unwrap_or_else(|e| e.into_inner()) = bot_json(&bot);
     }
 
     /// Stores one event and its deliveries. Returns once committed.
@@ -270,10 +271,11 @@ impl Ingest {
     }
 
     fn new_event(&self, data: &EventData) -> NewEvent {
-        let bot_json = {
-            let bot = self.bot.read().unwrap_or_else(|e| e.into_inner());
-            serde_json::to_string(&*bot).unwrap_or_else(|_| "{}".into())
-        };
+        let bot_json = self
+            .bot_json
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         NewEvent {
             id: new_event_id(),
             event_type: data.event_type().as_str(),
@@ -286,6 +288,10 @@ impl Ingest {
             epoch: None,
         }
     }
+}
+
+fn bot_json(bot: &BotRef) -> String {
+    serde_json::to_string(bot).unwrap_or_else(|_| "{}".into())
 }
 
 #[cfg(test)]

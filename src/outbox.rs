@@ -48,6 +48,8 @@ pub struct Outbox {
     claimant: Claimant,
     /// The newest stored seq, across accounts (the feed and long polls watch it).
     last_seq: watch::Sender<i64>,
+    /// `waas_events_stored_total` by account and type, looked up once each.
+    stored_total: std::sync::RwLock<HashMap<(String, &'static str), metrics::Counter>>,
 }
 
 impl Outbox {
@@ -63,6 +65,7 @@ impl Outbox {
             senders,
             claimant,
             last_seq: watch::Sender::new(0),
+            stored_total: Default::default(),
         }
     }
 
@@ -171,9 +174,26 @@ impl Outbox {
             }
         }
         self.lanes.wake(&to_wake);
-        metrics::counter!("waas_events_stored_total", "account" => event.account, "type" => event.event_type)
-            .increment(1);
+        self.count_stored(event.account, event.event_type);
         self.stored(appended.seq);
+    }
+
+    fn count_stored(&self, account: String, event_type: &'static str) {
+        let key = (account, event_type);
+        if let Some(counter) = self
+            .stored_total
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return counter.increment(1);
+        }
+        let counter = metrics::counter!("waas_events_stored_total", "account" => key.0.clone(), "type" => event_type);
+        counter.increment(1);
+        self.stored_total
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, counter);
     }
 
     /// Tells the feed and long polls that events up to `seq` are stored (also by
