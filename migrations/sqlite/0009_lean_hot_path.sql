@@ -1,11 +1,12 @@
 -- no-transaction
 -- The hot path's layout. Every B-tree an event touches costs a page in the WAL (and in
--- the fsync) of each commit: an event and its delivery used to touch eleven. Three go:
+-- the fsync) of each commit: an event and its delivery used to touch eleven. Four go:
 --
 -- * `events.id` loses its UNIQUE index: nothing looks an event up by id, and the id is
 --   `evt_` + a ULID (80 random bits per millisecond), unique by construction.
 -- * `events_created` goes: pruning and the legacy "last 5 minutes" read walk `seq`
 --   instead, which follows insertion (and so time).
+-- * AUTOINCREMENT's counter (`sqlite_sequence`): see below.
 -- * A delivery keeps its newest attempt in its own row (`last_*`); the `attempts` table
 --   holds the earlier ones. A delivery that succeeds at the first try, the usual case,
 --   writes no attempt row.
@@ -15,12 +16,17 @@
 PRAGMA foreign_keys = OFF;
 BEGIN IMMEDIATE;
 
--- `seq` is never reused: AUTOINCREMENT's high-water mark is carried over, even when the
--- newest events were pruned.
-CREATE TEMP TABLE events_seq_floor AS SELECT seq FROM sqlite_sequence WHERE name = 'events';
+-- `seq` is assigned by the writer (one more than the newest, which is never pruned),
+-- not by AUTOINCREMENT, whose counter row is one more page in every commit. The old
+-- counter's high-water mark is kept, so a seq handed out once is not handed out again
+-- even where the newest events were pruned.
+CREATE TABLE event_seq_floor (floor INTEGER NOT NULL);
+INSERT INTO event_seq_floor (floor)
+    SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0),
+               COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0));
 
 CREATE TABLE events_lean (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq          INTEGER PRIMARY KEY,
     id           TEXT    NOT NULL,
     type         TEXT    NOT NULL,
     dedup_key    TEXT    UNIQUE,
@@ -34,12 +40,6 @@ INSERT INTO events_lean (seq, id, type, dedup_key, conversation, created_at, bot
     SELECT seq, id, type, dedup_key, conversation, created_at, bot, data, account FROM events;
 DROP TABLE events;
 ALTER TABLE events_lean RENAME TO events;
-
-DELETE FROM sqlite_sequence WHERE name = 'events';
-INSERT INTO sqlite_sequence (name, seq)
-    SELECT 'events', MAX(COALESCE((SELECT MAX(seq) FROM events), 0),
-                         COALESCE((SELECT MAX(seq) FROM events_seq_floor), 0));
-DROP TABLE events_seq_floor;
 
 ALTER TABLE deliveries ADD COLUMN last_at INTEGER;            -- unix ms; NULL: no attempt yet
 ALTER TABLE deliveries ADD COLUMN last_status_code INTEGER;

@@ -74,6 +74,7 @@ store_tests!(
     numbers_are_stable_distinct_and_survive_a_reopen,
     duplicates_are_stored_once_and_claims_are_exclusive,
     retention_prunes_delivered_events_and_keeps_dead_ones,
+    a_seq_is_never_handed_out_twice,
     send_claims_have_an_owner_and_an_expiry,
     idempotency_keys_replay_or_conflict,
     signed_requests_are_answered_once,
@@ -271,6 +272,46 @@ async fn retention_prunes_delivered_events_and_keeps_dead_ones(b: Backend) {
     assert!(
         store.get_send("out_old").await.unwrap().is_some(),
         "a queued send is never pruned"
+    );
+}
+
+/// Pull clients keep a seq as their cursor: one handed out is never handed out again,
+/// not after every event was pruned, not after a restart, not for a duplicate.
+async fn a_seq_is_never_handed_out_twice(b: Backend) {
+    let store = b.open().await;
+    let mut last = 0;
+    for i in 0..3 {
+        let a = store
+            .append_event(
+                event(&format!("evt_{i}"), 10, Some(&format!("m{i}"))),
+                vec![],
+                &me(),
+            )
+            .await
+            .unwrap();
+        assert!(a.seq > last);
+        last = a.seq;
+    }
+    let dup = store
+        .append_event(event("evt_dup", 10, Some("m0")), vec![], &me())
+        .await
+        .unwrap();
+    assert!(dup.duplicate);
+    store.prune(1_000).await.unwrap();
+    drop(store);
+    let store = b.open().await;
+    let a = store
+        .append_event(event("evt_after", 2_000, None), vec![], &me())
+        .await
+        .unwrap();
+    assert!(a.seq > last, "{} after {last}", a.seq);
+    assert!(
+        store
+            .events_after(last, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.id == "evt_after")
     );
 }
 

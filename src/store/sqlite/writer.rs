@@ -221,13 +221,17 @@ pub(super) fn spawn(
     // large file behind for good.
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let kept = Kept {
+        written: SuccessWritten::default(),
+        next_seq: NextSeq::read(&conn)?,
+    };
 
     let (tx, rx) = mpsc::channel(4096);
     // An OS thread of its own: it is the one serial stage, and on the shared runtime it
     // would wait behind HTTP work between its statements.
     std::thread::Builder::new()
         .name("waas-store-writer".into())
-        .spawn(move || run(conn, rx, health, backlog, synchronous))
+        .spawn(move || run(conn, rx, health, backlog, synchronous, kept))
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Ok(tx)
 }
@@ -261,12 +265,19 @@ fn drain(rx: &mut mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
     }
 }
 
+/// What the writer keeps from one transaction to the next.
+struct Kept {
+    written: SuccessWritten,
+    next_seq: NextSeq,
+}
+
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Write>,
     health: Arc<WriteHealth>,
     backlog: Arc<Backlog>,
     synchronous: Synchronous,
+    mut kept: Kept,
 ) {
     // Only to wait for the channel with a deadline; nothing else runs on it.
     let waiter = match tokio::runtime::Builder::new_current_thread()
@@ -286,7 +297,6 @@ fn run(
     let mut open = true;
     // Appends in the last group that had any.
     let mut last_appends = 0;
-    let mut written = SuccessWritten::default();
     while open || !held.is_empty() {
         let next = match (&waiter, held.is_empty()) {
             (Some(rt), false) => {
@@ -375,9 +385,9 @@ fn run(
         if !batch.is_empty() {
             let ops = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
             let (size, started) = (ops.len(), Instant::now());
-            let careful = match fast_batch(&mut conn, ops, &backlog, &mut written) {
+            let careful = match fast_batch(&mut conn, ops, &backlog, &mut kept) {
                 Some(ops) => {
-                    health.set(slow_batch(&mut conn, ops, &backlog, &mut written));
+                    health.set(slow_batch(&mut conn, ops, &backlog, &mut kept));
                     true
                 }
                 None => {
@@ -426,7 +436,7 @@ fn fast_batch(
     conn: &mut Connection,
     ops: Vec<Write>,
     backlog: &Backlog,
-    written: &mut SuccessWritten,
+    kept: &mut Kept,
 ) -> Option<Vec<Write>> {
     if !ops.iter().all(is_bulk) {
         return Some(ops);
@@ -434,6 +444,7 @@ fn fast_batch(
     if exec(conn, "BEGIN IMMEDIATE", []).is_err() {
         return Some(ops);
     }
+    kept.next_seq.begin();
     let written = (|| {
         let mut appended = Vec::with_capacity(ops.len());
         let mut health = Health::default();
@@ -441,7 +452,14 @@ fn fast_batch(
         for op in &ops {
             match op {
                 Write::Append(event, deliveries, until, _) => {
-                    appended.push(append(conn, event, deliveries, *until, &mut counts)?);
+                    appended.push(append(
+                        conn,
+                        event,
+                        deliveries,
+                        *until,
+                        &mut counts,
+                        &mut kept.next_seq,
+                    )?);
                 }
                 Write::Finish(f, _) => {
                     record_attempt(conn, f, &mut counts)?;
@@ -450,7 +468,7 @@ fn fast_batch(
                 _ => {}
             }
         }
-        health.write(conn, written)?;
+        health.write(conn, &mut kept.written)?;
         // Claims last, so they see what this batch appended and finished.
         let mut claimed = Vec::new();
         for op in &ops {
@@ -469,6 +487,7 @@ fn fast_batch(
         Err(e) => {
             tracing::warn!(error = %e, "batched write failed; writing each operation alone");
             let _ = exec(conn, "ROLLBACK", []);
+            kept.next_seq.rollback();
             return Some(ops);
         }
     };
@@ -526,7 +545,7 @@ fn slow_batch(
     conn: &mut Connection,
     batch: Vec<Write>,
     backlog: &Backlog,
-    written: &mut SuccessWritten,
+    kept: &mut Kept,
 ) -> Option<String> {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
         let msg = e.to_string();
@@ -536,6 +555,7 @@ fn slow_batch(
         }
         return Some(msg);
     }
+    kept.next_seq.begin();
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
     // The first error that says the database cannot write, if any.
     let mut resource_failure: Option<String> = None;
@@ -560,7 +580,7 @@ fn slow_batch(
                 &mut resource_failure,
                 reply,
                 counted(conn, &mut counts, |c, n| {
-                    append(c, &event, &deliveries, until, n)
+                    append(c, &event, &deliveries, until, n, &mut kept.next_seq)
                 }),
             ),
             Write::ClaimSends(request, reply) => answer(
@@ -606,7 +626,9 @@ fn slow_batch(
             Write::Finish(f, reply) => answer(
                 &mut resource_failure,
                 reply,
-                counted(conn, &mut counts, |c, n| finish(c, &f, n, written)),
+                counted(conn, &mut counts, |c, n| {
+                    finish(c, &f, n, &mut kept.written)
+                }),
             ),
             Write::Enqueue(send, reply) => answer(
                 &mut resource_failure,
@@ -619,7 +641,7 @@ fn slow_batch(
                 counted(conn, &mut counts, |c, n| {
                     finish_send(c, &id, &outcome, now)?;
                     receipt
-                        .map(|r| append(c, &r.event, &r.deliveries, 0, n))
+                        .map(|r| append(c, &r.event, &r.deliveries, 0, n, &mut kept.next_seq))
                         .transpose()
                 }),
             ),
@@ -679,6 +701,7 @@ fn slow_batch(
             let msg = e.to_string();
             tracing::error!(error = %msg, "commit failed; the batch is rolled back");
             let _ = exec(conn, "ROLLBACK", []);
+            kept.next_seq.rollback();
             answers.into_iter().for_each(|a| a(Some(&msg)));
             Some(msg)
         }
@@ -802,13 +825,16 @@ fn append(
     deliveries: &[NewDelivery],
     claimed_until: Millis,
     counts: &mut Counts,
+    next: &mut NextSeq,
 ) -> Result<Appended> {
+    let seq = next.next;
     let inserted = exec(
         conn,
-        "INSERT INTO events (id, type, dedup_key, conversation, created_at, bot, data, account)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO events (seq, id, type, dedup_key, conversation, created_at, bot, data, account)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (dedup_key) DO NOTHING",
         params![
+            seq,
             e.id,
             e.event_type,
             e.dedup_key,
@@ -829,7 +855,6 @@ fn append(
             duplicate: true,
         });
     }
-    let seq = conn.last_insert_rowid();
     let mut insert = conn.prepare_cached(
         "INSERT INTO deliveries (id, event_seq, webhook, status, attempts, next_attempt_at, conversation, claimed, updated_at)
          VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6, ?4)",
@@ -845,11 +870,48 @@ fn append(
         ])?;
         counts.add(&d.webhook, 1, 0);
     }
+    next.next += 1;
     Ok(Appended {
         id: e.id.clone(),
         seq,
         duplicate: false,
     })
+}
+
+/// The seq the next stored event gets. The writer assigns it (SQLite's AUTOINCREMENT
+/// writes its counter's page in every commit): one more than the newest event, which
+/// pruning never removes, or than the high-water mark an older layout left
+/// (`event_seq_floor`). A transaction that rolls back gives its seqs back, so `seq`
+/// grows by one per stored event.
+pub(super) struct NextSeq {
+    next: i64,
+    /// `next` when the open transaction began.
+    at_begin: i64,
+}
+
+impl NextSeq {
+    fn read(conn: &Connection) -> Result<NextSeq> {
+        let last: i64 = conn.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0),
+                        COALESCE((SELECT MAX(floor) FROM event_seq_floor), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(NextSeq {
+            next: last + 1,
+            at_begin: last + 1,
+        })
+    }
+
+    /// A transaction begins.
+    fn begin(&mut self) {
+        self.at_begin = self.next;
+    }
+
+    /// The transaction rolled back: what it took is free again.
+    fn rollback(&mut self) {
+        self.next = self.at_begin;
+    }
 }
 
 /// Records an attempt and moves its delivery to the outcome's state. The newest attempt
@@ -1373,14 +1435,17 @@ fn prune(conn: &Connection, before: Millis) -> Result<u64> {
     // Events are not indexed by time; `seq` follows insertion (and so time), and the
     // events older than `before` are the ones before the first that is not: a walk from
     // the oldest that reads what is to be pruned and one more.
+    // The newest event always stays: the next seq is one more than it (see NextSeq).
     let young: Option<i64> = conn
         .prepare_cached("SELECT seq FROM events WHERE created_at >= ?1 ORDER BY seq LIMIT 1")?
         .query_row([before], |r| r.get(0))
         .optional()?;
+    let newest: i64 =
+        conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
     let events = conn.execute(
         "INSERT INTO prune_seq SELECT seq FROM events
          WHERE seq < ?2 AND created_at < ?1 AND seq NOT IN (SELECT seq FROM open_seq)",
-        params![before, young.unwrap_or(i64::MAX)],
+        params![before, young.unwrap_or(newest).min(newest)],
     )?;
     if events > 0 {
         conn.execute_batch(
