@@ -85,11 +85,56 @@ pub fn router(app: AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             app.settings.server.body_limit.0 as usize,
         ))
-        .layer(middleware::from_fn_with_state(app.clone(), time_limit))
-        .layer(middleware::from_fn_with_state(app.clone(), guard_open_mode))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(app.clone(), edge))
         .with_state(app)
+}
+
+/// Every request's way in, as one layer (each layer of its own cost a clone of the
+/// router's service and a boxed future per request, a measurable share of the CPU of a
+/// small request): an id for the request and a span carrying it
+/// ([`request_id`]), the open-mode guard ([`guard_open_mode`]), the time limit
+/// ([`time_limit`]), and the contract's 500 for a handler that panics ([`panicked`]).
+async fn edge(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = request_id(&mut request);
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %redact_path(request.uri().path())
+    );
+    let started = std::time::Instant::now();
+    let served = async move {
+        if let Some(refused) = guard_open_mode(&app, &request) {
+            return refused;
+        }
+        within(app.settings.server.request_timeout, request, next).await
+    };
+    let mut response = served.instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request served"
+        )
+    });
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Runs the handler within `limit` ([`assign_idempotency_key`], [`timed_out`]) and
+/// answers the contract's 500 if it panics ([`panicked`]).
+async fn within(limit: std::time::Duration, mut request: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let assigned = assign_idempotency_key(&mut request);
+    let handler = std::panic::AssertUnwindSafe(next.run(request)).catch_unwind();
+    match tokio::time::timeout(limit, handler).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(panic)) => panicked(panic),
+        Err(_) => timed_out(limit, assigned),
+    }
 }
 
 /// A handler that panicked still answers, in the contract's shape; the panic is
@@ -103,15 +148,14 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(format!("a request handler panicked: {detail}")).into_response()
 }
 
-/// Answers 503 in the contract's shape when a request takes longer than
-/// `server.request_timeout` (until its response starts: streams may run on).
+/// The time limit (`server.request_timeout`, until the response starts: streams may
+/// run on): past it, the contract's 503.
 ///
 /// A request cut off this way may still be committed a moment later, so its outcome is
 /// unknown. A POST that came without an `Idempotency-Key` (and unsigned) is given one
 /// here, and the 503 names it: retrying with it answers the first outcome instead of
-/// acting twice.
-async fn time_limit(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    let limit = app.settings.server.request_timeout;
+/// acting twice. Returns the key it gave.
+fn assign_idempotency_key(request: &mut Request) -> Option<String> {
     let assigned = (request.method() == Method::POST
         && !request.headers().contains_key("idempotency-key")
         && !request.headers().contains_key(&WEBHOOK_SIGNATURE))
@@ -121,36 +165,37 @@ async fn time_limit(State(app): State<AppState>, mut request: Request, next: Nex
     {
         request.headers_mut().insert("idempotency-key", value);
     }
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let retry = match assigned {
-                Some(key) => format!(
-                    "; it may still complete: retry with the header `Idempotency-Key: {key}` to learn its outcome without doing it twice"
-                ),
-                None => "; it may still complete: retry with the same Idempotency-Key (or webhook-id) to learn its outcome".into(),
-            };
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                format!(
-                    "the request took longer than server.request_timeout ({}) and its outcome is unknown{retry}",
-                    humantime::format_duration(limit)
-                ),
-            )
-            .into_response()
-        }
-    }
+    assigned
+}
+
+/// The 503 of a request that ran past `limit`; `assigned` is the key it was given.
+fn timed_out(limit: std::time::Duration, assigned: Option<String>) -> Response {
+    let retry = match assigned {
+        Some(key) => format!(
+            "; it may still complete: retry with the header `Idempotency-Key: {key}` to learn its outcome without doing it twice"
+        ),
+        None => "; it may still complete: retry with the same Idempotency-Key (or webhook-id) to learn its outcome".into(),
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        format!(
+            "the request took longer than server.request_timeout ({}) and its outcome is unknown{retry}",
+            humantime::format_duration(limit)
+        ),
+    )
+    .into_response()
 }
 
 /// With no credentials configured the API is open to anything that can reach the
 /// loopback listener, including a web page the operator has open: a foreign page may
 /// not make the bot act (cross-origin writes), nor read through a rebound DNS name
 /// (a `Host` that is not loopback or `server.public_url`'s host).
-async fn guard_open_mode(State(app): State<AppState>, request: Request, next: Next) -> Response {
+/// Returns the refusal, if any.
+fn guard_open_mode(app: &App, request: &Request) -> Option<Response> {
     let path = request.uri().path();
     if app.auth().is_configured() || path == "/healthz" || path == "/readyz" {
-        return next.run(request).await;
+        return None;
     }
     let public_host = app.public_host.as_deref();
     let allowed = |host: &str| {
@@ -165,14 +210,14 @@ async fn guard_open_mode(State(app): State<AppState>, request: Request, next: Ne
             .map(host_without_port)
             .unwrap_or_default();
         if !allowed(host) {
-            return ApiError::new(
+            return Some(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
                     "with no auth configured, waas answers only requests addressed to a loopback host or to server.public_url's host, not `{host}` (configure [auth] to serve other names)"
                 ),
             )
-            .into_response();
+            .into_response());
         }
     }
     let writes = !matches!(
@@ -193,15 +238,15 @@ async fn guard_open_mode(State(app): State<AppState>, request: Request, next: Ne
             .get("sec-fetch-site")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
         if cross_site || origin.as_deref().is_some_and(|o| !allowed(o)) {
-            return ApiError::new(
+            return Some(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "with no auth configured, waas refuses writes from another web origin (a page in a browser must not make the bot act); configure [auth] and send a token",
             )
-            .into_response();
+            .into_response());
         }
     }
-    next.run(request).await
+    None
 }
 
 /// `host:port`, `[v6]:port` or `host` → the host.
@@ -224,10 +269,9 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Gives every request an id (the caller's `x-request-id` when it is sane, else a new
-/// one), returns it in `x-request-id`, and logs the request inside a span carrying it.
-async fn request_id(mut request: Request, next: Next) -> Response {
-    use tracing::Instrument;
+/// The request's id: the caller's `x-request-id` when it is sane, else a new one, set
+/// on the request (and returned in the response's `x-request-id`).
+fn request_id(request: &mut Request) -> String {
     let id = request
         .headers()
         .get("x-request-id")
@@ -243,21 +287,7 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         request.headers_mut().insert("x-request-id", value);
     }
-    let path = redact_path(request.uri().path());
-    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %path);
-    let started = std::time::Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request served"
-        )
-    });
-    if let Ok(value) = header::HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
+    id
 }
 
 /// The path as logged: the token in `/t/{token}/api/…` is replaced by `***`.
@@ -285,9 +315,9 @@ mod tests {
                     found[0]
                 }),
             )
-            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                super::panicked,
-            ));
+            .layer(axum::middleware::from_fn(|request, next| {
+                super::within(std::time::Duration::from_secs(5), request, next)
+            }));
         let response = router
             .oneshot(
                 axum::http::Request::get("/boom")
@@ -302,6 +332,38 @@ mod tests {
             .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"]["code"], "internal_error");
+    }
+
+    #[tokio::test]
+    async fn a_slow_post_answers_503_naming_the_key_it_was_given() {
+        use axum::body::Body;
+        use tower::ServiceExt;
+        let router = axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::post(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }),
+            )
+            .layer(axum::middleware::from_fn(|request, next| {
+                super::within(std::time::Duration::from_millis(50), request, next)
+            }));
+        let response = router
+            .oneshot(
+                axum::http::Request::post("/slow")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "timeout");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Idempotency-Key: "), "{message}");
     }
 
     #[test]
