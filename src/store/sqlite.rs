@@ -54,6 +54,58 @@ struct Local {
     leases: HashMap<String, LeaseView>,
 }
 
+/// The migrations that run outside sqlx's transaction (`-- no-transaction`: their own
+/// `BEGIN … COMMIT`), each with a table only it creates.
+const NO_TRANSACTION_MIGRATIONS: [(i64, &str); 1] = [(9, "event_seq_floor")];
+
+/// sqlx records a no-transaction migration after it ran, outside its transaction: a
+/// process killed between the two would find it done but not recorded, and the next
+/// start would run it again and fail on what it already created. Such a migration is
+/// recorded here instead (its own transaction either committed all of it, the marker
+/// table included, or none).
+async fn record_interrupted_migrations(
+    conn: &mut sqlx::SqliteConnection,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<()> {
+    for (version, marker) in NO_TRANSACTION_MIGRATIONS {
+        let done: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)
+                AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .bind(marker)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !done {
+            continue;
+        }
+        let recorded: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = ?1)")
+                .bind(version)
+                .fetch_one(&mut *conn)
+                .await?;
+        let Some(migration) = migrator.iter().find(|m| m.version == version) else {
+            continue;
+        };
+        if !recorded {
+            tracing::warn!(
+                version,
+                description = %migration.description,
+                "a migration was applied but not recorded (the process stopped right after it); recording it"
+            );
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES (?1, ?2, TRUE, ?3, -1)",
+            )
+            .bind(version)
+            .bind(&*migration.description)
+            .bind(&*migration.checksum)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url`, runs the embedded migrations
     /// and starts the writer task.
@@ -83,6 +135,7 @@ impl SqliteStore {
             .connect()
             .await?;
         let migrator = sqlx::migrate!("./migrations/sqlite");
+        record_interrupted_migrations(&mut conn, &migrator).await?;
         let applied: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&mut conn)
@@ -959,5 +1012,68 @@ mod tests {
             .unwrap();
         let codes: Vec<Option<u16>> = listed[0].attempts.iter().map(|a| a.status_code).collect();
         assert_eq!(codes, [Some(500), Some(503)]);
+    }
+
+    /// A process killed after migration 0009 committed but before sqlx recorded it (sqlx
+    /// records a no-transaction migration afterwards): the next start records it rather
+    /// than run it again over the tables it made.
+    #[tokio::test]
+    async fn a_no_transaction_migration_done_but_not_recorded_is_recorded() {
+        use sqlx::ConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let url = format!("sqlite://{}", db.display());
+        let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        let me = Claimant::new("test", Duration::from_secs(60));
+        let event = NewEvent {
+            id: "evt_1".into(),
+            event_type: "message",
+            dedup_key: Some("message:m1".into()),
+            conversation: None,
+            created_at: 50,
+            account: "default".into(),
+            bot_json: "{}".into(),
+            data_json: "{}".into(),
+            epoch: None,
+        };
+        store
+            .append_event(event.clone(), vec![], &me)
+            .await
+            .unwrap();
+        drop(store);
+        let mut conn = format!("sqlite://{}", db.display())
+            .parse::<SqliteConnectOptions>()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let forgotten = sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 9")
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert_eq!(forgotten, 1);
+        conn.close().await.unwrap();
+
+        let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        let again = store.append_event(event, vec![], &me).await.unwrap();
+        assert!(
+            again.duplicate && again.seq == 1,
+            "the events are still there: {again:?}"
+        );
+        drop(store);
+        let mut conn = format!("sqlite://{}", db.display())
+            .parse::<SqliteConnectOptions>()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 9 AND success",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(recorded, 1);
     }
 }
