@@ -92,11 +92,12 @@ pub fn router(app: AppState) -> Router {
 /// Every request's way in, as one layer (each layer of its own cost a clone of the
 /// router's service and a boxed future per request, a measurable share of the CPU of a
 /// small request): an id for the request and a span carrying it
-/// ([`request_id`]), the open-mode guard ([`guard_open_mode`]), the time limit
-/// ([`time_limit`]), and the contract's 500 for a handler that panics ([`panicked`]).
+/// ([`request_id`]), the open-mode guard ([`guard_open_mode`]), the time limit and the
+/// contract's 500 for a handler that panics ([`within`]).
 async fn edge(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     use tracing::Instrument;
     let id = request_id(&mut request);
+    let echoed = request.headers().get("x-request-id").cloned();
     let span = tracing::info_span!(
         "request",
         id = %id,
@@ -118,7 +119,7 @@ async fn edge(State(app): State<AppState>, mut request: Request, next: Next) -> 
             "request served"
         )
     });
-    if let Ok(value) = header::HeaderValue::from_str(&id) {
+    if let Some(value) = echoed {
         response.headers_mut().insert("x-request-id", value);
     }
     response
@@ -303,64 +304,56 @@ fn redact_path(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn a_panicking_handler_answers_the_contracts_500() {
-        use axum::body::Body;
+    use axum::body::Body;
+    use std::time::Duration;
+
+    /// `request` through a router of `route` behind [`super::within`] with `limit`:
+    /// the status and the JSON body.
+    async fn answer_within(
+        limit: Duration,
+        route: axum::routing::MethodRouter,
+        request: axum::http::Request<Body>,
+    ) -> (axum::http::StatusCode, serde_json::Value) {
         use tower::ServiceExt;
         let router = axum::Router::new()
-            .route(
-                "/boom",
-                axum::routing::get(|| async {
-                    let found: Vec<&'static str> = Vec::new();
-                    found[0]
-                }),
-            )
-            .layer(axum::middleware::from_fn(|request, next| {
-                super::within(std::time::Duration::from_secs(5), request, next)
+            .route("/", route)
+            .layer(axum::middleware::from_fn(move |request, next| {
+                super::within(limit, request, next)
             }));
-        let response = router
-            .oneshot(
-                axum::http::Request::get("/boom")
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 500);
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_the_contracts_500() {
+        let (status, body) = answer_within(
+            Duration::from_secs(5),
+            axum::routing::get(|| async {
+                let found: Vec<&'static str> = Vec::new();
+                found[0]
+            }),
+            axum::http::Request::get("/").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 500);
         assert_eq!(body["error"]["code"], "internal_error");
     }
 
     #[tokio::test]
     async fn a_slow_post_answers_503_naming_the_key_it_was_given() {
-        use axum::body::Body;
-        use tower::ServiceExt;
-        let router = axum::Router::new()
-            .route(
-                "/slow",
-                axum::routing::post(|| async {
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                }),
-            )
-            .layer(axum::middleware::from_fn(|request, next| {
-                super::within(std::time::Duration::from_millis(50), request, next)
-            }));
-        let response = router
-            .oneshot(
-                axum::http::Request::post("/slow")
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 503);
-        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (status, body) = answer_within(
+            Duration::from_millis(50),
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }),
+            axum::http::Request::post("/").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 503);
         assert_eq!(body["error"]["code"], "timeout");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("Idempotency-Key: "), "{message}");

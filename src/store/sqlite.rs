@@ -75,32 +75,29 @@ async fn record_interrupted_migrations(
         .bind(marker)
         .fetch_one(&mut *conn)
         .await?;
-        if !done {
-            continue;
-        }
-        let recorded: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = ?1)")
-                .bind(version)
-                .fetch_one(&mut *conn)
-                .await?;
         let Some(migration) = migrator.iter().find(|m| m.version == version) else {
             continue;
         };
-        if !recorded {
+        if !done {
+            continue;
+        }
+        // `version` is the table's primary key: a recorded migration is left alone.
+        let recorded_now = sqlx::query(
+            "INSERT OR IGNORE INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (?1, ?2, TRUE, ?3, -1)",
+        )
+        .bind(version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if recorded_now > 0 {
             tracing::warn!(
                 version,
                 description = %migration.description,
-                "a migration was applied but not recorded (the process stopped right after it); recording it"
+                "a migration was applied but not recorded (the process stopped right after it); recorded it"
             );
-            sqlx::query(
-                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
-                 VALUES (?1, ?2, TRUE, ?3, -1)",
-            )
-            .bind(version)
-            .bind(&*migration.description)
-            .bind(&*migration.checksum)
-            .execute(&mut *conn)
-            .await?;
         }
     }
     Ok(())
@@ -142,15 +139,17 @@ impl SqliteStore {
                 .await
                 .unwrap_or(0);
         let pending = migrator.iter().count() as i64 - applied;
+        // A new file is created, not upgraded: nothing to say.
+        let upgrading = applied > 0 && pending > 0;
         let started = std::time::Instant::now();
-        if applied > 0 && pending > 0 {
+        if upgrading {
             tracing::info!(
                 pending,
                 "upgrading the database's schema (on a big file this takes a few seconds per million events)"
             );
         }
         migrator.run(&mut conn).await?;
-        if applied > 0 && pending > 0 {
+        if upgrading {
             tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
                 "the database's schema is up to date"
@@ -903,6 +902,32 @@ impl Cluster for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A message event deduplicated under `dedup_key`.
+    fn message_event(id: &str, dedup_key: &str, created_at: i64) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            event_type: "message",
+            dedup_key: Some(dedup_key.into()),
+            conversation: None,
+            created_at,
+            account: "default".into(),
+            bot_json: "{}".into(),
+            data_json: "{}".into(),
+            epoch: None,
+        }
+    }
+
+    /// A connection of its own to the file at `db` (created if missing), beside any store.
+    async fn raw_connection(db: &Path) -> sqlx::SqliteConnection {
+        use sqlx::ConnectOptions;
+        format!("sqlite://{}?mode=rwc", db.display())
+            .parse::<SqliteConnectOptions>()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn pruning_truncates_the_write_ahead_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -938,7 +963,6 @@ mod tests {
     /// once is not handed out again, even after the newest events were pruned.
     #[tokio::test]
     async fn the_lean_layout_keeps_history_and_never_reuses_a_seq() {
-        use sqlx::ConnectOptions;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
         let before = dir.path().join("migrations-1-8");
@@ -950,12 +974,7 @@ mod tests {
                 std::fs::copy(&path, before.join(&name)).unwrap();
             }
         }
-        let mut conn = format!("sqlite://{}?mode=rwc", db.display())
-            .parse::<SqliteConnectOptions>()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = raw_connection(&db).await;
         sqlx::migrate::Migrator::new(before.as_path())
             .await
             .unwrap()
@@ -981,17 +1000,7 @@ mod tests {
         let url = format!("sqlite://{}", db.display());
         let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
         let me = Claimant::new("test", Duration::from_secs(60));
-        let fresh = NewEvent {
-            id: "evt_new".into(),
-            event_type: "message",
-            dedup_key: Some("message:m1".into()),
-            conversation: None,
-            created_at: 50,
-            account: "default".into(),
-            bot_json: "{}".into(),
-            data_json: "{}".into(),
-            epoch: None,
-        };
+        let fresh = message_event("evt_new", "message:m1", 50);
         let new = NewEvent {
             dedup_key: Some("message:m4".into()),
             ..fresh.clone()
@@ -1019,34 +1028,18 @@ mod tests {
     /// than run it again over the tables it made.
     #[tokio::test]
     async fn a_no_transaction_migration_done_but_not_recorded_is_recorded() {
-        use sqlx::ConnectOptions;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
         let url = format!("sqlite://{}", db.display());
         let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
         let me = Claimant::new("test", Duration::from_secs(60));
-        let event = NewEvent {
-            id: "evt_1".into(),
-            event_type: "message",
-            dedup_key: Some("message:m1".into()),
-            conversation: None,
-            created_at: 50,
-            account: "default".into(),
-            bot_json: "{}".into(),
-            data_json: "{}".into(),
-            epoch: None,
-        };
+        let event = message_event("evt_1", "message:m1", 50);
         store
             .append_event(event.clone(), vec![], &me)
             .await
             .unwrap();
         drop(store);
-        let mut conn = format!("sqlite://{}", db.display())
-            .parse::<SqliteConnectOptions>()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = raw_connection(&db).await;
         let forgotten = sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 9")
             .execute(&mut conn)
             .await
@@ -1062,12 +1055,7 @@ mod tests {
             "the events are still there: {again:?}"
         );
         drop(store);
-        let mut conn = format!("sqlite://{}", db.display())
-            .parse::<SqliteConnectOptions>()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = raw_connection(&db).await;
         let recorded: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 9 AND success",
         )
