@@ -202,6 +202,24 @@ async fn metrics_describe_events_deliveries_backlog_and_session() {
     assert!(body.contains("waas_webhook_dead{webhook=\"metrics-hook\"} 0"));
     assert!(body.contains("waas_session_state{account=\"default\",state=\"logged_in\"} 1"));
     assert!(body.contains("waas_process_resident_memory_bytes"));
+    // The store's writer committed the event (and its delivery's result): its commit
+    // time and operations are counted.
+    let commits = body
+        .lines()
+        .find_map(|l| l.strip_prefix("waas_store_commit_seconds_count{sync=\""))
+        .and_then(|rest| rest.split_whitespace().last()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no waas_store_commit_seconds: {body}"));
+    assert!(commits >= 1.0, "{body}");
+    assert!(
+        body.contains("waas_store_commit_seconds_bucket{sync=\""),
+        "{body}"
+    );
+    let writes: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("waas_store_writes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no waas_store_writes_total: {body}"));
+    assert!(writes >= 2.0, "the append and the attempt: {body}");
 }
 
 #[tokio::test]

@@ -80,6 +80,64 @@ struct Figures {
     lost: usize,
     steady_total: usize,
     peak_rss: Option<f64>,
+    /// The store's group commits over the throughput window (waas's own
+    /// `/metrics`; `None` for the null relay and for a build without them).
+    store: Option<Commits>,
+}
+
+/// `waas_store_commit_seconds` and `waas_store_writes_total`, or their change over a
+/// window.
+#[derive(Clone, Copy, Default)]
+struct Commits {
+    /// Commits that waited for the disk (`sync="full"`), and their total time (s).
+    synced: f64,
+    synced_seconds: f64,
+    /// Commits that did not (attempt records alone, with nothing else to wait for).
+    unsynced: f64,
+    writes: f64,
+}
+
+impl Commits {
+    /// Read off a relay's Prometheus text; `None` if it has no such metrics.
+    async fn read(client: &reqwest::Client, base: &str) -> Option<Commits> {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        };
+        Some(Commits {
+            synced: value("waas_store_commit_seconds_count{sync=\"full\"}").unwrap_or(0.0),
+            synced_seconds: value("waas_store_commit_seconds_sum{sync=\"full\"}").unwrap_or(0.0),
+            unsynced: value("waas_store_commit_seconds_count{sync=\"normal\"}").unwrap_or(0.0),
+            writes: value("waas_store_writes_total")?,
+        })
+    }
+
+    fn since(self, before: Commits) -> Commits {
+        Commits {
+            synced: self.synced - before.synced,
+            synced_seconds: self.synced_seconds - before.synced_seconds,
+            unsynced: self.unsynced - before.unsynced,
+            writes: self.writes - before.writes,
+        }
+    }
+
+    /// Events per commit that waited for the disk, and such a commit's mean time (ms).
+    fn per_synced(&self, events: usize) -> Option<(f64, f64)> {
+        (self.synced > 0.0).then(|| {
+            (
+                events as f64 / self.synced,
+                self.synced_seconds / self.synced * 1000.0,
+            )
+        })
+    }
 }
 
 /// The puppet-service fixture (Node), started fresh for each relay.
@@ -316,6 +374,7 @@ async fn measure_in(dir: &Scratch, relay: Relay, setup: &Setup<'_>) -> anyhow::R
     // Throughput, and CPU per event over the same window.
     let offset = warm;
     receiver.reset(offset + args.events);
+    let commits_before = Commits::read(&client, &proc.base).await;
     let cpu_before = proc.cpu()?;
     let fixture_before = fixture.as_ref().map(Proc::cpu).transpose()?;
     let started = Instant::now();
@@ -329,6 +388,12 @@ async fn measure_in(dir: &Scratch, relay: Relay, setup: &Setup<'_>) -> anyhow::R
     let fixture_cpu = match (&fixture, fixture_before) {
         (Some(f), Some(before)) => Some(f.cpu()?.saturating_sub(before)),
         _ => None,
+    };
+    let store = match commits_before {
+        Some(before) => Commits::read(&client, &proc.base)
+            .await
+            .map(|after| after.since(before)),
+        None => None,
     };
     let per_event = |d: Duration| d / args.events as u32;
     let rate = args.events as f64 / elapsed.as_secs_f64();
@@ -373,6 +438,7 @@ async fn measure_in(dir: &Scratch, relay: Relay, setup: &Setup<'_>) -> anyhow::R
         lost,
         steady_total: total,
         peak_rss,
+        store,
     })
 }
 
@@ -451,6 +517,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.events + f.steady_total,
                 f.peak_rss.unwrap_or(0.0)
             );
+            if let Some(store) = &f.store {
+                print_commits(store, args.events);
+            }
             measured[i] = Some(f);
         }
         let round_figures: Vec<Figures> = measured.into_iter().flatten().collect();
@@ -458,13 +527,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         figures.push(round_figures);
     }
     if rounds > 1 {
-        summarize(&relays, &figures, args.rate);
+        summarize(&relays, &figures, args.rate, args.events);
     }
     anyhow::ensure!(
         figures.iter().flatten().all(|f| f.lost == 0),
         "events were lost"
     );
     Ok(())
+}
+
+/// What the store's writer did over the throughput window: each commit that waits for
+/// the disk adds an fsync to the answer of every request in it.
+fn print_commits(store: &Commits, events: usize) {
+    match store.per_synced(events) {
+        Some((per, ms)) => println!(
+            "            store: {:.0} commits with fsync ({per:.1} events each, {ms:.2} ms mean), {:.0} without; {:.1} writes per event",
+            store.synced,
+            store.unsynced,
+            store.writes / events as f64
+        ),
+        None => println!(
+            "            store: {:.0} commits, none with fsync; {:.1} writes per event",
+            store.unsynced,
+            store.writes / events as f64
+        ),
+    }
 }
 
 fn cpu_us(f: &Figures) -> f64 {
@@ -504,14 +591,26 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Medians over the rounds: of each relay's figures, and of the ratios taken within
 /// each round (the machine's pace drifts from round to round; a ratio within a round
 /// does not see it).
-fn summarize(relays: &[Relay], figures: &[Vec<Figures>], rate: u64) {
+fn summarize(relays: &[Relay], figures: &[Vec<Figures>], rate: u64, events: usize) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("medians of {} rounds:", figures.len());
     for (i, relay) in relays.iter().enumerate() {
         let of =
             |pick: &dyn Fn(&Figures) -> f64| median(figures.iter().map(|r| pick(&r[i])).collect());
+        let synced: Vec<(f64, f64)> = figures
+            .iter()
+            .filter_map(|r| r[i].store.as_ref()?.per_synced(events))
+            .collect();
+        let store = match synced.len() {
+            0 => String::new(),
+            _ => format!(
+                "  {:.1} events per fsync'd commit of {:.2} ms",
+                median(synced.iter().map(|s| s.0).collect()),
+                median(synced.iter().map(|s| s.1).collect())
+            ),
+        };
         println!(
-            "{:<11} {:>7.0} events/s  CPU {:>6.1} µs/event  p99 @ {}/s {:.2} ms",
+            "{:<11} {:>7.0} events/s  CPU {:>6.1} µs/event  p99 @ {}/s {:.2} ms{store}",
             relay.label(),
             of(&|f| f.rate),
             of(&cpu_us),

@@ -297,6 +297,7 @@ fn run(
     let mut open = true;
     // Appends in the last group that had any.
     let mut last_appends = 0;
+    let mut meter = CommitMeter::default();
     while open || !held.is_empty() {
         let next = match (&waiter, held.is_empty()) {
             (Some(rt), false) => {
@@ -395,11 +396,13 @@ fn run(
                     false
                 }
             };
+            let took = started.elapsed();
+            meter.record(synchronous == Synchronous::Full && !relaxed, size, took);
             tracing::trace!(
                 ops = size,
                 careful,
                 relaxed,
-                us = started.elapsed().as_micros() as u64,
+                us = took.as_micros() as u64,
                 "write batch committed"
             );
         }
@@ -409,6 +412,33 @@ fn run(
     }
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the store's write connection failed");
+    }
+}
+
+/// `waas_store_commit_seconds` and `waas_store_writes_total`: how long each group
+/// commit took (statements, WAL write and, with `sync="full"`, the fsync) and how many
+/// operations it carried; the disk's pace shows here first. Each series is registered
+/// when first used (a store at `synchronous = normal` has no `full` one).
+#[derive(Default)]
+struct CommitMeter {
+    full: Option<metrics::Histogram>,
+    normal: Option<metrics::Histogram>,
+    writes: Option<metrics::Counter>,
+}
+
+impl CommitMeter {
+    fn record(&mut self, synced: bool, ops: usize, took: Duration) {
+        let (slot, sync) = match synced {
+            true => (&mut self.full, "full"),
+            false => (&mut self.normal, "normal"),
+        };
+        slot.get_or_insert_with(
+            || metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS, "sync" => sync),
+        )
+        .record(took);
+        self.writes
+            .get_or_insert_with(|| metrics::counter!(crate::metrics::STORE_WRITES_TOTAL))
+            .increment(ops as u64);
     }
 }
 
