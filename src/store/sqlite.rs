@@ -12,7 +12,7 @@
 //! at start-up (after a crash nothing is in flight). The expiry matters where several
 //! processes share a database; here it is kept for the record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -58,30 +58,52 @@ struct Local {
 /// `BEGIN … COMMIT`), each with a table only it creates.
 const NO_TRANSACTION_MIGRATIONS: [(i64, &str); 1] = [(9, "event_seq_floor")];
 
+/// The versions sqlx has recorded as applied; `None` on a new file (no
+/// `_sqlx_migrations` yet).
+async fn recorded_migrations(conn: &mut sqlx::SqliteConnection) -> Result<Option<HashSet<i64>>> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(Some(versions.into_iter().collect()))
+}
+
 /// sqlx records a no-transaction migration after it ran, outside its transaction: a
 /// process killed between the two would find it done but not recorded, and the next
 /// start would run it again and fail on what it already created. Such a migration is
 /// recorded here instead (its own transaction either committed all of it, the marker
-/// table included, or none).
+/// table included, or none), and added to `recorded`. A migration already recorded
+/// costs nothing here.
 async fn record_interrupted_migrations(
     conn: &mut sqlx::SqliteConnection,
     migrator: &sqlx::migrate::Migrator,
+    recorded: &mut HashSet<i64>,
 ) -> Result<()> {
     for (version, marker) in NO_TRANSACTION_MIGRATIONS {
+        if recorded.contains(&version) {
+            continue;
+        }
+        let Some(migration) = migrator.iter().find(|m| m.version == version) else {
+            continue;
+        };
         let done: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)
-                AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
         )
         .bind(marker)
         .fetch_one(&mut *conn)
         .await?;
-        let Some(migration) = migrator.iter().find(|m| m.version == version) else {
-            continue;
-        };
         if !done {
             continue;
         }
-        // `version` is the table's primary key: a recorded migration is left alone.
+        // `version` is the table's primary key: a row sqlx left (a failed run) stays.
         let recorded_now = sqlx::query(
             "INSERT OR IGNORE INTO _sqlx_migrations (version, description, success, checksum, execution_time)
              VALUES (?1, ?2, TRUE, ?3, -1)",
@@ -93,6 +115,7 @@ async fn record_interrupted_migrations(
         .await?
         .rows_affected();
         if recorded_now > 0 {
+            recorded.insert(version);
             tracing::warn!(
                 version,
                 description = %migration.description,
@@ -132,15 +155,17 @@ impl SqliteStore {
             .connect()
             .await?;
         let migrator = sqlx::migrate!("./migrations/sqlite");
-        record_interrupted_migrations(&mut conn, &migrator).await?;
-        let applied: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap_or(0);
-        let pending = migrator.iter().count() as i64 - applied;
         // A new file is created, not upgraded: nothing to say.
-        let upgrading = applied > 0 && pending > 0;
+        let mut upgrading = false;
+        let mut pending = 0;
+        if let Some(mut recorded) = recorded_migrations(&mut conn).await? {
+            record_interrupted_migrations(&mut conn, &migrator, &mut recorded).await?;
+            pending = migrator
+                .iter()
+                .filter(|m| !recorded.contains(&m.version))
+                .count();
+            upgrading = !recorded.is_empty() && pending > 0;
+        }
         let started = std::time::Instant::now();
         if upgrading {
             tracing::info!(
