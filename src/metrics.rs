@@ -16,6 +16,7 @@
 //! | `waas_process_resident_memory_bytes`, `waas_process_uptime_seconds` | | the process |
 //! | `waas_store_commit_seconds` | `sync` | SQLite: one group commit of the writer, statements to `fsync` (histogram); `sync="normal"` for commits that do not wait for the disk |
 //! | `waas_store_writes_total` | | SQLite: operations committed by the writer (per commit: this over the histogram's count) |
+//! | `waas_store_append_seconds` | | both stores: from handing events to the store until their commit is known (the group commit under way, the group's own, the hand-back; histogram) |
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -30,6 +31,15 @@ use crate::puppet::SessionState;
 pub const STORE_COMMIT_SECONDS: &str = "waas_store_commit_seconds";
 /// Operations the SQLite writer committed.
 pub const STORE_WRITES_TOTAL: &str = "waas_store_writes_total";
+/// How long an append (an event, or a burst from the puppet's stream) waited for its
+/// commit, on either store.
+pub const STORE_APPEND_SECONDS: &str = "waas_store_append_seconds";
+
+/// Buckets of the store's histograms: a commit takes a fraction of a millisecond on a
+/// good disk, and the default buckets (from 5 ms) would put them all in the first.
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
+];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
@@ -44,14 +54,9 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ])
                 .ok()?
-                // A commit takes a fraction of a millisecond on a good disk: the default
-                // buckets (from 5 ms) would put them all in the first.
-                .set_buckets_for_metric(
-                    Matcher::Full(STORE_COMMIT_SECONDS.into()),
-                    &[
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
-                    ],
-                )
+                .set_buckets_for_metric(Matcher::Full(STORE_COMMIT_SECONDS.into()), STORE_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(STORE_APPEND_SECONDS.into()), STORE_BUCKETS)
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();

@@ -50,6 +50,9 @@ pub struct Outbox {
     last_seq: watch::Sender<i64>,
     /// `waas_events_stored_total` by account and type, looked up once each.
     stored_total: std::sync::RwLock<HashMap<(String, &'static str), metrics::Counter>>,
+    /// `waas_store_append_seconds`, looked up at the first append (after the recorder
+    /// is installed).
+    append_seconds: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl Outbox {
@@ -66,6 +69,7 @@ impl Outbox {
             claimant,
             last_seq: watch::Sender::new(0),
             stored_total: Default::default(),
+            append_seconds: std::sync::OnceLock::new(),
         }
     }
 
@@ -111,7 +115,11 @@ impl Outbox {
             .iter()
             .map(|r| (r.event.clone(), r.deliveries.clone()))
             .collect();
+        let started = std::time::Instant::now();
         let results = self.store.append_events(batch, &self.claimant).await;
+        self.append_seconds
+            .get_or_init(|| metrics::histogram!(crate::metrics::STORE_APPEND_SECONDS))
+            .record(started.elapsed());
         results
             .into_iter()
             .zip(recorded)

@@ -220,6 +220,18 @@ async fn metrics_describe_events_deliveries_backlog_and_session() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no waas_store_writes_total: {body}"));
     assert!(writes >= 2.0, "the append and the attempt: {body}");
+    // The inject request waited for its event's commit: counted, in the store's
+    // sub-millisecond buckets.
+    let appends: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("waas_store_append_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no waas_store_append_seconds: {body}"));
+    assert!(appends >= 1.0, "{body}");
+    assert!(
+        body.contains("waas_store_append_seconds_bucket{le=\"0.0001\"}"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -95,6 +95,10 @@ struct Commits {
     /// Commits that did not (attempt records alone, with nothing else to wait for).
     unsynced: f64,
     writes: f64,
+    /// Appends handed to the store (`waas_store_append_seconds`), and their total wait
+    /// for a commit (s).
+    appends: f64,
+    append_seconds: f64,
 }
 
 impl Commits {
@@ -117,6 +121,8 @@ impl Commits {
             synced_seconds: value("waas_store_commit_seconds_sum{sync=\"full\"}").unwrap_or(0.0),
             unsynced: value("waas_store_commit_seconds_count{sync=\"normal\"}").unwrap_or(0.0),
             writes: value("waas_store_writes_total")?,
+            appends: value("waas_store_append_seconds_count").unwrap_or(0.0),
+            append_seconds: value("waas_store_append_seconds_sum").unwrap_or(0.0),
         })
     }
 
@@ -126,7 +132,14 @@ impl Commits {
             synced_seconds: self.synced_seconds - before.synced_seconds,
             unsynced: self.unsynced - before.unsynced,
             writes: self.writes - before.writes,
+            appends: self.appends - before.appends,
+            append_seconds: self.append_seconds - before.append_seconds,
         }
+    }
+
+    /// An append's mean wait for its commit (ms), if the build measures it.
+    fn append_wait(&self) -> Option<f64> {
+        (self.appends > 0.0).then(|| self.append_seconds / self.appends * 1000.0)
     }
 
     /// Events per commit that waited for the disk, and such a commit's mean time (ms).
@@ -539,15 +552,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// What the store's writer did over the throughput window: each commit that waits for
 /// the disk adds an fsync to the answer of every request in it.
 fn print_commits(store: &Commits, events: usize) {
+    let waited = match store.append_wait() {
+        Some(ms) => format!("; an append waited {ms:.2} ms for its commit"),
+        None => String::new(),
+    };
     match store.per_synced(events) {
         Some((per, ms)) => println!(
-            "            store: {:.0} commits with fsync ({per:.1} events each, {ms:.2} ms mean), {:.0} without; {:.1} writes per event",
+            "            store: {:.0} commits with fsync ({per:.1} events each, {ms:.2} ms mean), {:.0} without; {:.1} writes per event{waited}",
             store.synced,
             store.unsynced,
             store.writes / events as f64
         ),
         None => println!(
-            "            store: {:.0} commits, none with fsync; {:.1} writes per event",
+            "            store: {:.0} commits, none with fsync; {:.1} writes per event{waited}",
             store.unsynced,
             store.writes / events as f64
         ),
@@ -601,7 +618,7 @@ fn summarize(relays: &[Relay], figures: &[Vec<Figures>], rate: u64, events: usiz
             .iter()
             .filter_map(|r| r[i].store.as_ref()?.per_synced(events))
             .collect();
-        let store = match synced.len() {
+        let mut store = match synced.len() {
             0 => String::new(),
             _ => format!(
                 "  {:.1} events per fsync'd commit of {:.2} ms",
@@ -609,6 +626,13 @@ fn summarize(relays: &[Relay], figures: &[Vec<Figures>], rate: u64, events: usiz
                 median(synced.iter().map(|s| s.1).collect())
             ),
         };
+        let waits: Vec<f64> = figures
+            .iter()
+            .filter_map(|r| r[i].store.as_ref()?.append_wait())
+            .collect();
+        if !waits.is_empty() {
+            store += &format!(", appends waiting {:.2} ms", median(waits));
+        }
         println!(
             "{:<11} {:>7.0} events/s  CPU {:>6.1} µs/event  p99 @ {}/s {:.2} ms{store}",
             relay.label(),
