@@ -202,32 +202,28 @@ async fn metrics_describe_events_deliveries_backlog_and_session() {
     assert!(body.contains("waas_webhook_dead{webhook=\"metrics-hook\"} 0"));
     assert!(body.contains("waas_session_state{account=\"default\",state=\"logged_in\"} 1"));
     assert!(body.contains("waas_process_resident_memory_bytes"));
+    // A sample's value: the first line starting with `prefix`, its last field.
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().last()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}: {body}"))
+    };
     // The store's writer committed the event (and its delivery's result): its commit
     // time and operations are counted.
-    let commits = body
-        .lines()
-        .find_map(|l| l.strip_prefix("waas_store_commit_seconds_count{sync=\""))
-        .and_then(|rest| rest.split_whitespace().last()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no waas_store_commit_seconds: {body}"));
-    assert!(commits >= 1.0, "{body}");
+    assert!(
+        value("waas_store_commit_seconds_count{sync=\"") >= 1.0,
+        "{body}"
+    );
     assert!(
         body.contains("waas_store_commit_seconds_bucket{sync=\""),
         "{body}"
     );
-    let writes: f64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("waas_store_writes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no waas_store_writes_total: {body}"));
+    let writes = value("waas_store_writes_total ");
     assert!(writes >= 2.0, "the append and the attempt: {body}");
     // The inject request waited for its event's commit: counted, in the store's
     // sub-millisecond buckets.
-    let appends: f64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("waas_store_append_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no waas_store_append_seconds: {body}"));
-    assert!(appends >= 1.0, "{body}");
+    assert!(value("waas_store_append_seconds_count ") >= 1.0, "{body}");
     assert!(
         body.contains("waas_store_append_seconds_bucket{le=\"0.0001\"}"),
         "{body}"
