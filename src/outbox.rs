@@ -107,6 +107,11 @@ impl Outbox {
         &self,
         events: Vec<(NewEvent, Vec<Destination>)>,
     ) -> Vec<Result<Appended>> {
+        // Everything screened out (the bot's own messages, stale ones): no append to
+        // wait for, and none to time.
+        if events.is_empty() {
+            return Vec::new();
+        }
         let recorded: Vec<Recording> = events
             .into_iter()
             .map(|(event, recipients)| self.to_record(event, recipients))

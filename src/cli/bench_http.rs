@@ -85,8 +85,8 @@ struct Figures {
     store: Option<Commits>,
 }
 
-/// `waas_store_commit_seconds` and `waas_store_writes_total`, or their change over a
-/// window.
+/// `waas_store_commit_seconds`, `waas_store_writes_total` and
+/// `waas_store_append_seconds`, or their change over a window.
 #[derive(Clone, Copy, Default)]
 struct Commits {
     /// Commits that waited for the disk (`sync="full"`), and their total time (s).
@@ -549,8 +549,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the store's writer did over the throughput window: each commit that waits for
-/// the disk adds an fsync to the answer of every request in it.
+/// What the store did over the throughput window: each commit that waits for the disk
+/// adds an fsync to the answer of every request in it, and an append's wait adds up the
+/// commits it sat through.
 fn print_commits(store: &Commits, events: usize) {
     let waited = match store.append_wait() {
         Some(ms) => format!("; an append waited {ms:.2} ms for its commit"),
